@@ -1,0 +1,51 @@
+"""`omnibyte ...`: a thin shell over the library. Each subcommand lives in its own module here
+with `add_parser(subparsers)` (which sets `func`) so commands stay independent."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from omnibyte.errors import OmnibyteError
+
+COMMANDS = ["prepare", "train", "eval", "generate", "patch", "bench", "report", "serve"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="omnibyte",
+        description="Tokenizer-free byte-level models (byte transformer, MEGABYTE, BLT) for text, images "
+        "and audio: prepare data, train, evaluate in bits per byte, generate, inspect patches.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"omnibyte.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"omnibyte.cli.{name}":
+                continue  # command not built in this version
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except OmnibyteError as e:
+        print(f"omnibyte {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"omnibyte {args.command}: error: no such file: {e.filename or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"omnibyte {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

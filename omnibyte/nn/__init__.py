@@ -1,0 +1,15 @@
+from omnibyte.nn.cache import KVCache
+from omnibyte.nn.layers import (
+    Attention,
+    Block,
+    RMSNorm,
+    SwiGLU,
+    TransformerStack,
+    apply_rope,
+    causal_mask,
+    mlp_hidden,
+)
+from omnibyte.nn.loss import lm_loss, nll_sums
+
+__all__ = ["KVCache", "Attention", "Block", "RMSNorm", "SwiGLU", "TransformerStack", "apply_rope",
+           "causal_mask", "mlp_hidden", "lm_loss", "nll_sums"]

@@ -1,0 +1,160 @@
+"""Shared transformer layers: RMSNorm → RoPE → attention (SDPA, optional QK-norm) → SwiGLU →
+pre-norm block → stack. Every model (byte transformer, MEGABYTE, BLT) builds from these.
+
+Attention always goes through `F.scaled_dot_product_attention` with an explicit boolean mask
+(True = may attend) or `is_causal`, so the same code trains on CPU and GPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from omnibyte.nn.cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+def apply_rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of the head dim by angle pos · θ^(-2i/d).
+
+    x: (B, H, T, D); pos: (T,) or (B, T) absolute positions.
+    """
+    d = x.shape[-1]
+    inv_freq = theta ** (-torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d)
+    ang = pos.to(torch.float32)[..., None] * inv_freq  # (T, D/2) or (B, T, D/2)
+    if ang.dim() == 3:
+        ang = ang[:, None]  # (B, 1, T, D/2): broadcast over heads
+    cos, sin = ang.cos(), ang.sin()
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+def causal_mask(t_q: int, t_k: int, device, offset: int = 0, window: int = 0) -> torch.Tensor:
+    """Bool (t_q, t_k): query i (at absolute position offset+i) may see key j iff j ≤ offset+i,
+    and, with a sliding window, offset+i - j < window."""
+    qi = torch.arange(t_q, device=device)[:, None] + offset
+    kj = torch.arange(t_k, device=device)[None, :]
+    m = kj <= qi
+    if window > 0:
+        m = m & (qi - kj < window)
+    return m
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with RoPE, optional QK-norm (Chameleon: keeps modalities from
+    drifting apart through logit growth) and an optional KV cache for incremental decoding."""
+
+    def __init__(self, dim: int, n_heads: int, qk_norm: bool = True, rope_theta: float = 10000.0,
+                 use_rope: bool = True):
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"dim {dim} is not divisible by n_heads {n_heads}")
+        self.n_heads, self.head_dim = n_heads, dim // n_heads
+        self.wqkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.wo = nn.Linear(dim, dim, bias=False)
+        self.q_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.rope_theta, self.use_rope = rope_theta, use_rope
+
+    def forward(self, x, pos, mask=None, cache: KVCache | None = None):
+        q, k, v = rearrange(self.wqkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_heads)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if self.use_rope:
+            q, k = apply_rope(q, pos, self.rope_theta), apply_rope(k, pos, self.rope_theta)
+        if cache is not None:
+            k, v = cache.update(k, v)
+        if mask is None:
+            # Training path, or one query attending to its whole cache.
+            causal = cache is None and q.shape[2] > 1
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.wo(rearrange(y, "b h t d -> b t (h d)"))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w13 = nn.Linear(dim, 2 * hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        a, b = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(a) * b)
+
+
+def mlp_hidden(dim: int, ratio: float, multiple_of: int = 32) -> int:
+    return multiple_of * math.ceil(int(dim * ratio) / multiple_of)
+
+
+class Block(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, dim: int, n_heads: int, mlp_ratio: float = 8 / 3, qk_norm: bool = True,
+                 rope_theta: float = 10000.0):
+        super().__init__()
+        self.attn_norm = RMSNorm(dim)
+        self.attn = Attention(dim, n_heads, qk_norm=qk_norm, rope_theta=rope_theta)
+        self.mlp_norm = RMSNorm(dim)
+        self.mlp = SwiGLU(dim, mlp_hidden(dim, mlp_ratio))
+
+    def forward(self, x, pos, mask=None, cache=None):
+        x = x + self.attn(self.attn_norm(x), pos, mask, cache)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class TransformerStack(nn.Module):
+    """n pre-norm blocks and a final norm over (B, T, dim) vectors; no embeddings or head, so the
+    byte transformer, the MEGABYTE global/local models and BLT's three stacks all share it.
+
+    `window` > 0 gives sliding-window causal attention (entropy model, BLT local encoder).
+    """
+
+    def __init__(self, dim: int, n_layers: int, n_heads: int, mlp_ratio: float = 8 / 3,
+                 qk_norm: bool = True, rope_theta: float = 10000.0, window: int = 0):
+        super().__init__()
+        self.dim, self.n_heads, self.window = dim, n_heads, window
+        self.layers = nn.ModuleList(
+            Block(dim, n_heads, mlp_ratio, qk_norm, rope_theta) for _ in range(n_layers)
+        )
+        self.norm = RMSNorm(dim)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        # GPT-2 style: residual projections scaled down with depth.
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * len(self.layers)) if name.endswith(("wo.weight", "w2.weight")) else 0.02
+                nn.init.normal_(p, std=std)
+
+    def forward(self, x, pos=None, mask=None, caches: list[KVCache] | None = None):
+        """x: (B, T, dim). pos: (T,) or (B, T) absolute positions (default 0..T-1, or continuing the
+        cache). mask: bool, broadcastable to (B, H, T, T_keys); default causal (+ window)."""
+        t = x.shape[1]
+        offset = caches[0].length if caches else 0
+        if pos is None:
+            pos = torch.arange(offset, offset + t, device=x.device)
+        if mask is None and (self.window > 0 or (caches and t > 1)):
+            mask = causal_mask(t, offset + t, x.device, offset=offset, window=self.window)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, pos, mask, caches[i] if caches else None)
+        return self.norm(x)
+
+    def new_caches(self, batch_size: int, max_len: int, device, dtype) -> list[KVCache]:
+        return [KVCache(batch_size, self.n_heads, max_len, self.dim // self.n_heads, device, dtype)
+                for _ in self.layers]
