@@ -139,7 +139,8 @@ class TransformerStack(nn.Module):
         # GPT-2 style: residual projections scaled down with depth.
         for name, p in self.named_parameters():
             if p.dim() == 2:
-                std = 0.02 / math.sqrt(2 * len(self.layers)) if name.endswith(("wo.weight", "w2.weight")) else 0.02
+                deep = name.endswith(("wo.weight", "w2.weight"))
+                std = 0.02 / math.sqrt(2 * len(self.layers)) if deep else 0.02
                 nn.init.normal_(p, std=std)
 
     def forward(self, x, pos=None, mask=None, caches: list[KVCache] | None = None):
