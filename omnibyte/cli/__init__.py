@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from omnibyte.errors import OmnibyteError
@@ -30,9 +31,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Pull dotted config overrides (`--train.steps 300`, `--model.dim=64`) out of argv, so argparse
+    sees only the command's own flags."""
+    rest, overrides, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        if re.match(r"^--[A-Za-z_][\w-]*\.[\w.-]+(=.*)?$", a):
+            if "=" in a:
+                overrides.append(a)
+                i += 1
+            else:
+                overrides += argv[i:i + 2]
+                i += 2
+            continue
+        rest.append(a)
+        i += 1
+    return rest, overrides
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, overrides = split_overrides(argv)
     args = parser.parse_args(argv)
+    if overrides and not getattr(args, "parse_rest", False):
+        parser.error(f"{args.command} takes no config overrides (got {overrides[0]})")
+    args.overrides = overrides
     try:
         rc = args.func(args)
     except OmnibyteError as e:

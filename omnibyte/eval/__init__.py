@@ -1,0 +1,3 @@
+from omnibyte.eval.bpb import bits_per_byte
+
+__all__ = ["bits_per_byte"]

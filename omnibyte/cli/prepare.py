@@ -1,0 +1,38 @@
+"""`omnibyte prepare`: text, JSONL, image and audio files -> a sharded dataset for training."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "prepare",
+        help="build a dataset from files (default: the King James Bible)",
+        description="Turn text files, folders, globs and JSONL files ({'text': ...} or {'segments': [...]} "
+        "per line) into uint16 shards with a document-level train/val split. With no SRC, builds the "
+        "King James Bible (apt-get install bible-kjv-text) into data/kjv.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("sources", nargs="*", metavar="SRC", help="file, folder, glob or .jsonl file")
+    p.add_argument("--out", metavar="DIR", help="dataset folder (default with no SRC: data/kjv)")
+    p.add_argument("--val-fraction", type=float, default=0.01, help="share of documents held out for val")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
+    p.add_argument("--doc-bytes", type=int, default=16384, help="largest document cut from a text file")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from omnibyte.data.corpus import DEFAULT_DATA_DIR, prepare_kjv
+    from omnibyte.data.prepare import prepare, summary
+    from omnibyte.errors import OmnibyteError
+
+    if args.sources:
+        if args.out is None:
+            raise OmnibyteError("--out DIR is required when sources are given")
+        meta = prepare(args.sources, args.out, val_fraction=args.val_fraction, seed=args.seed,
+                       doc_bytes=args.doc_bytes, progress=True)
+    else:
+        meta = prepare_kjv(args.out or DEFAULT_DATA_DIR, val_fraction=args.val_fraction, seed=args.seed)
+    print(summary(meta, args.out or DEFAULT_DATA_DIR))
+    return 0

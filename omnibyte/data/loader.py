@@ -1,0 +1,315 @@
+"""Shards on disk -> packed, resumable, rank-sharded batches.
+
+A prepared dataset is a folder: ``meta.json`` plus, per split, uint16 shard files whose
+concatenation is the split's *stream* of ids (documents ``BOS ... EOS`` back to back). Models
+see fixed windows of that stream; documents are packed, never padded, because BOS/EOS already
+tell a model where one ends (as in nanoGPT's packed training).
+
+Batches are pure functions of (seed, step, rank, world_size): a run resumes at any step and
+every rank draws a disjoint slice of one global batch without talking to the others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from omnibyte.errors import OmnibyteError
+from omnibyte.format import PAD
+
+FORMAT_NAME = "omnibyte-shards"
+FORMAT_VERSION = 1
+ID_DTYPE = np.uint16
+AUX_DTYPE = np.float16
+META_FILE = "meta.json"
+_AUX_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+# ----------------------------------------------------------------------------- meta.json
+
+
+def read_meta(path: str | Path) -> dict:
+    """meta.json of the dataset at `path`; a one-line OmnibyteError when it is not a dataset."""
+    path = Path(path)
+    file = path / META_FILE
+    if not file.is_file():
+        raise OmnibyteError(f"{path} is not an omnibyte dataset (no {META_FILE}); run `omnibyte prepare`")
+    try:
+        meta = json.loads(file.read_text())
+    except (ValueError, OSError) as e:
+        raise OmnibyteError(f"{file} is corrupt: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise OmnibyteError(f"{path} is not an omnibyte dataset ({META_FILE} has no format {FORMAT_NAME!r})")
+    if meta.get("version") != FORMAT_VERSION:
+        raise OmnibyteError(f"{path}: dataset version {meta.get('version')} is not supported "
+                            f"(this omnibyte reads version {FORMAT_VERSION}); prepare it again")
+    return meta
+
+
+def is_dataset(path: str | Path) -> bool:
+    try:
+        read_meta(path)
+    except OmnibyteError:
+        return False
+    return True
+
+
+def tmp_sibling(path: Path, tag: str = "tmp") -> Path:
+    """A hidden, unique name next to `path` to write into before renaming onto `path`."""
+    return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def write_atomic(file: Path, write) -> None:
+    """Call `write(f)` on a temporary file, then rename it onto `file`: a crash leaves the old
+    file or the new one, never half of one."""
+    tmp = tmp_sibling(file)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, file)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(file: Path, obj: dict) -> None:
+    write_atomic(file, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+# ----------------------------------------------------------------------------- dataset
+
+
+class ConcatArray:
+    """Read-only 1-D view over several arrays (one per shard) that slices like one array."""
+
+    def __init__(self, parts: Sequence[np.ndarray]):
+        self.parts = list(parts)
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+        self.dtype = self.parts[0].dtype
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self),)
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            start, stop, step = idx.indices(len(self))
+            if step != 1:
+                raise IndexError("ConcatArray supports contiguous slices only")
+            pieces = []
+            for part, lo in zip(self.parts, self.starts[:-1]):
+                a, b = max(start - lo, 0), min(stop - lo, len(part))
+                if a < b:
+                    pieces.append(part[a:b])
+            return np.concatenate(pieces) if pieces else np.zeros(0, self.dtype)
+        i = int(idx) + (len(self) if idx < 0 else 0)
+        if not 0 <= i < len(self):
+            raise IndexError(idx)
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self.parts[k][i - self.starts[k]]
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.concatenate(self.parts)
+        return out if dtype is None else out.astype(dtype)
+
+
+def _memmap(file: Path, dtype, n: int) -> np.ndarray:
+    """Memory-map `file` as n items of dtype; a one-line error when its size disagrees."""
+    if not file.is_file():
+        raise OmnibyteError(f"{file} is missing; prepare the dataset again")
+    size = file.stat().st_size
+    if size != n * np.dtype(dtype).itemsize:
+        raise OmnibyteError(f"{file} is truncated or corrupt: {size} bytes, meta.json says {n} items")
+    if n == 0:
+        return np.zeros(0, dtype)  # numpy cannot map an empty file
+    return np.memmap(file, dtype=dtype, mode="r", shape=(n,))
+
+
+class ShardDataset:
+    """A prepared dataset folder: memory-mapped id streams per split plus aligned aux arrays."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.meta = read_meta(self.path)
+        self._streams: dict[str, np.ndarray | ConcatArray] = {}
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.meta["splits"])
+
+    def _split(self, split: str) -> dict:
+        if split not in self.meta["splits"]:
+            raise OmnibyteError(f"dataset {self.path} has no split {split!r} (has: {', '.join(self.splits)})")
+        return self.meta["splits"][split]
+
+    def n_ids(self, split: str) -> int:
+        return int(self._split(split)["n_ids"])
+
+    def stream(self, split: str) -> np.ndarray | ConcatArray:
+        """All ids of `split` in order, as one 1-D uint16 array-like (mapped, not loaded)."""
+        if split not in self._streams:
+            info = self._split(split)
+            parts = [_memmap(self.path / s["file"], ID_DTYPE, s["n_ids"]) for s in info["shards"]]
+            if sum(len(p) for p in parts) != info["n_ids"]:
+                raise OmnibyteError(f"{self.path / META_FILE} is corrupt: shard sizes do not add up "
+                                    f"to the {info['n_ids']} ids of split {split!r}")
+            if not parts:
+                stream = np.zeros(0, ID_DTYPE)
+            elif len(parts) == 1:
+                stream = parts[0]
+            else:
+                stream = ConcatArray(parts)
+            self._streams[split] = stream
+        return self._streams[split]
+
+    # Aux arrays: one value per id of a split (e.g. BLT's precomputed next-byte entropies), so
+    # the loader can cut them into the very same windows as the ids.
+
+    def has_aux(self, split: str, name: str) -> bool:
+        return name in self.meta.get("aux", {}).get(split, {})
+
+    def aux(self, split: str, name: str) -> np.ndarray:
+        if not self.has_aux(split, name):
+            raise OmnibyteError(f"dataset {self.path} has no aux array {name!r} for split {split!r}")
+        return _memmap(self.path / self.meta["aux"][split][name]["file"], AUX_DTYPE, self.n_ids(split))
+
+    def write_aux(self, split: str, name: str, array: np.ndarray) -> None:
+        """Store `array` (one value per id of `split`) as float16 in ``{split}.{name}.bin``.
+
+        The file is written then renamed and meta.json updated after it, so readers never see a
+        partial array. Call it from one process only (rank 0).
+        """
+        if not _AUX_NAME.match(name):
+            raise OmnibyteError(f"aux name {name!r} must be letters, digits, '_' or '-'")
+        array = np.asarray(array)
+        if array.shape != (self.n_ids(split),):
+            raise OmnibyteError(f"aux {name!r} has shape {array.shape}, split {split!r} "
+                                f"needs ({self.n_ids(split)},)")
+        file = self.path / f"{split}.{name}.bin"
+        write_atomic(file, array.astype(AUX_DTYPE).tofile)
+        meta = read_meta(self.path)  # re-read: another aux may have been added since we opened it
+        meta.setdefault("aux", {}).setdefault(split, {})[name] = {"file": file.name, "dtype": "float16"}
+        write_json_atomic(self.path / META_FILE, meta)
+        self.meta = meta
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def _as_dataset(dataset: ShardDataset | str | Path) -> ShardDataset:
+    return dataset if isinstance(dataset, ShardDataset) else ShardDataset(dataset)
+
+
+def _aux_arrays(dataset: ShardDataset, split: str, aux: Sequence[str]) -> dict[str, np.ndarray]:
+    return {name: dataset.aux(split, name) for name in aux}
+
+
+def _nonempty_stream(dataset: ShardDataset, split: str):
+    stream = dataset.stream(split)
+    if len(stream) == 0:
+        raise OmnibyteError(f"split {split!r} of {dataset.path} is empty; prepare more data "
+                            f"(or a larger --val-fraction)")
+    return stream
+
+
+def _windows(arr, starts: Sequence[int], length: int, fill, dtype) -> np.ndarray:
+    """Rows arr[s : s+length] for each start, padded with `fill` past the end."""
+    out = np.full((len(starts), length), fill, dtype)
+    for row, s in enumerate(starts):
+        chunk = arr[s : s + length]
+        out[row, : len(chunk)] = chunk
+    return out
+
+
+def _batch(stream, aux: dict, starts: Sequence[int], seq_len: int) -> dict[str, torch.Tensor]:
+    """The batch dict every consumer sees: ids (B, T+1) int64 plus aux (B, T+1) float32."""
+    ids = _windows(stream, starts, seq_len + 1, PAD, np.int64)
+    batch = {"ids": torch.from_numpy(ids)}
+    for name, arr in aux.items():
+        batch[name] = torch.from_numpy(_windows(arr, starts, seq_len + 1, 0.0, np.float32))
+    return batch
+
+
+class BatchLoader:
+    """Random training windows of ``seq_len + 1`` ids, deterministic in (seed, step, rank).
+
+    Window k is ``stream[k*seq_len : k*seq_len + seq_len + 1]``: consecutive windows share one
+    id, so each id is a target exactly once per epoch (the tail shorter than a window is left
+    out; a split shorter than one window gives one window padded with PAD). Sample position
+    ``p = step * world_size * batch_size + i`` takes window ``perm(seed, p // n)[p % n]``, so
+    epochs follow each other seamlessly, rank r takes the r-th contiguous slice of each global
+    batch, and the union over ranks is the 1-process batch of size world_size * batch_size.
+    """
+
+    def __init__(self, dataset: ShardDataset | str | Path, split: str = "train", batch_size: int = 8,
+                 seq_len: int = 1024, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 aux: Sequence[str] = ()):
+        if batch_size < 1 or seq_len < 1:
+            raise OmnibyteError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
+        if not 0 <= rank < world_size:
+            raise OmnibyteError(f"rank {rank} is outside 0..{world_size - 1}")
+        self.dataset = _as_dataset(dataset)
+        self.split, self.batch_size, self.seq_len = split, batch_size, seq_len
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.stream = _nonempty_stream(self.dataset, split)
+        self.aux = _aux_arrays(self.dataset, split, aux)
+        self.n_windows = max(1, (len(self.stream) - 1) // seq_len)
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            if len(self._perms) >= 2:  # a batch spans at most a few epochs; keep memory flat
+                self._perms.clear()
+            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.n_windows)
+        return self._perms[epoch]
+
+    def epoch(self, step: int) -> float:
+        """Passes over the split completed before `step` (fractional), for logging."""
+        return step * self.world_size * self.batch_size / self.n_windows
+
+    def get_batch(self, step: int) -> dict[str, torch.Tensor]:
+        first = (step * self.world_size + self.rank) * self.batch_size
+        positions = np.arange(first, first + self.batch_size)
+        windows = [self._perm(int(p // self.n_windows))[p % self.n_windows] for p in positions]
+        return _batch(self.stream, self.aux, [int(w) * self.seq_len for w in windows], self.seq_len)
+
+    def iter_from(self, step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches for step, step+1, ... forever: resuming a run is `iter_from(saved_step)`."""
+        while True:
+            yield self.get_batch(step)
+            step += 1
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self.iter_from(0)
+
+
+def eval_batches(dataset: ShardDataset | str | Path, split: str = "val", batch_size: int = 8,
+                 seq_len: int = 1024, max_batches: int | None = None,
+                 aux: Sequence[str] = ()) -> Iterator[dict[str, torch.Tensor]]:
+    """The split in order as windows whose targets cover every id after the first exactly once.
+
+    Same window layout as training, but all of it: the last window is padded with PAD (which
+    the loss ignores) and the last batch may have fewer rows, so bits per byte over these
+    batches is exact. `max_batches` stops early for a quick estimate.
+    """
+    if batch_size < 1 or seq_len < 1:
+        raise OmnibyteError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
+    dataset = _as_dataset(dataset)
+    stream = _nonempty_stream(dataset, split)
+    aux_arrays = _aux_arrays(dataset, split, aux)
+    n_windows = -(-(len(stream) - 1) // seq_len)
+    for b, first in enumerate(range(0, n_windows, batch_size)):
+        if max_batches is not None and b >= max_batches:
+            return
+        starts = [k * seq_len for k in range(first, min(first + batch_size, n_windows))]
+        yield _batch(stream, aux_arrays, starts, seq_len)

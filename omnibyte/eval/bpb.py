@@ -1,0 +1,36 @@
+"""Bits per byte: summed negative log-likelihood in bits over every scored target, divided by the
+number of byte targets (ids < 256). Special ids (EOS, segment markers) are scored in the numerator
+but are not bytes, so they are not counted in the denominator; PAD is never scored."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+import torch
+
+from omnibyte.nn import nll_sums
+
+
+@torch.no_grad()
+def bits_per_byte(model, batches: Iterable[dict], extras: dict[str, str] | None = None,
+                  autocast=contextlib.nullcontext) -> dict[str, float]:
+    """Evaluate `model` on batches of {"ids": (B, T+1), <aux>: ...} → {"bpb", "bytes", "nll_bits"}.
+
+    `extras` maps a forward kwarg to the batch key holding it (e.g. BLT's precomputed entropies).
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total_bits, total_bytes = 0.0, 0
+    for batch in batches:
+        ids = batch["ids"].to(device)
+        kwargs = {k: batch[v][:, :-1].to(device) for k, v in (extras or {}).items()}
+        with autocast():
+            logits = model(ids[:, :-1], **kwargs).logits
+        bits, n = nll_sums(logits, ids[:, 1:])
+        total_bits += bits
+        total_bytes += n
+    model.train(was_training)
+    bpb = total_bits / total_bytes if total_bytes else float("nan")
+    return {"bpb": bpb, "bytes": total_bytes, "nll_bits": total_bits}

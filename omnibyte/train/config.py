@@ -1,0 +1,118 @@
+"""Run configuration: `[model]` (arch + that arch's fields), `[data]`, `[train]`.
+
+Defaults → TOML file → `--section.key value` overrides; the resolved config is saved as
+`run.json` in every run directory. A top-level `[patcher]` table is shorthand for
+`[model.patcher]` (read by models that patch dynamically, i.e. BLT).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omnibyte.config import from_dict, load_toml, merge, parse_overrides, to_dict
+from omnibyte.errors import OmnibyteError
+from omnibyte.models.registry import build_config
+
+
+@dataclass
+class DataConfig:
+    path: str = "data/kjv"  # a prepared dataset (omnibyte prepare); the default corpus is built if missing
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200  # optimizer steps (a FLOPs budget may stop earlier)
+    batch_size: int = 8  # sequences per micro-step on each rank
+    seq_len: int = 256  # ids per sequence (targets are the next ids)
+    grad_accum: int = 1  # micro-steps per optimizer step
+    lr: float = 3e-3  # peak learning rate
+    min_lr_ratio: float = 0.1  # cosine decays to lr · min_lr_ratio
+    warmup_steps: int = 20
+    weight_decay: float = 0.1  # on 2-D weights only
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global grad norm; 0 = off
+    eval_every: int = 100  # validation bpb every N steps (and at the end); 0 = only at the end
+    eval_batches: int = 20  # validation batches per evaluation (0 = the whole split)
+    save_every: int = 100  # checkpoint every N steps (and at the end, and on Ctrl-C)
+    log_every: int = 10  # metrics line every N steps
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    compile: bool = False  # torch.compile the training forward
+    flops: float = 0.0  # stop once this many training FLOPs are spent (0 = no budget)
+    threads: int = 0  # torch CPU threads (0 = torch's default)
+
+    def __post_init__(self):
+        positive = ("steps", "batch_size", "seq_len", "grad_accum", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "eval_batches", "save_every", "threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be ≥ 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"train.dtype must be auto, fp32 or bf16, got {self.dtype!r}")
+        if self.flops < 0:
+            raise ValueError(f"train.flops must be ≥ 0, got {self.flops}")
+
+
+@dataclass
+class RunConfig:
+    arch: str = "transformer"
+    model: Any = None  # the arch's config dataclass
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return {"model": {"arch": self.arch, **to_dict(self.model)}, "data": to_dict(self.data),
+                "train": to_dict(self.train)}
+
+
+SECTIONS = ("model", "data", "train", "patcher")
+
+
+def resolve(raw: dict) -> RunConfig:
+    """Nested dict (file + overrides) → validated RunConfig."""
+    for key in raw:
+        if key not in SECTIONS:
+            raise OmnibyteError(f"unknown config section '{key}' (known: model, data, train, patcher)")
+    model = dict(raw.get("model", {}))
+    if "patcher" in raw:
+        model["patcher"] = merge(model.get("patcher", {}), raw["patcher"])
+    arch = model.pop("arch", "transformer")
+    if not isinstance(arch, str):
+        raise OmnibyteError(f"'model.arch' must be a string, got {arch!r}")
+    return RunConfig(
+        arch=arch,
+        model=build_config(arch, model),
+        data=from_dict(DataConfig, raw.get("data", {}), prefix="data"),
+        train=from_dict(TrainConfig, raw.get("train", {}), prefix="train"),
+    )
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
+    raw = load_toml(path) if path else {}
+    if overrides:
+        raw = merge(raw, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
+    return resolve(raw)
+
+
+def read_run_config(run_dir: Path, overrides: list[str] | dict | None = None) -> RunConfig:
+    f = Path(run_dir) / "run.json"
+    if not f.is_file():
+        raise OmnibyteError(f"{run_dir} is not a run directory (no run.json)")
+    try:
+        raw = json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise OmnibyteError(f"corrupt {f}: {e}") from None
+    if overrides:
+        raw = merge(raw, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
+    return resolve(raw)

@@ -1,0 +1,358 @@
+"""One training loop for every model (byte transformer, MEGABYTE, BLT, BPE baseline).
+
+Plain phases, as in nanoGPT: set the lr → evaluate/checkpoint when due → micro-steps with
+gradient accumulation → clip → step → log. Device, dtype, compile and DistributedDataParallel
+are settings applied from outside the model. A run directory holds:
+
+    run.json            resolved config (defaults + file + overrides)
+    checkpoint/         model.safetensors, config.json, trainer.pt (optimizer, step) — atomic
+    metrics.jsonl       one JSON object per log line / evaluation
+    tb/                 TensorBoard events
+    loss.png            loss curve, written at the end
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from omnibyte.data import DEFAULT_DATA_DIR, BatchLoader, ShardDataset, eval_batches
+from omnibyte.errors import OmnibyteError
+from omnibyte.eval.bpb import bits_per_byte
+from omnibyte.models.base import replace_dir
+from omnibyte.models.registry import build_model
+from omnibyte.train.config import RunConfig, read_run_config
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_setting: str) -> Dist:
+    """Join the torchrun process group when launched by torchrun (gloo on CPU, NCCL on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available() and not device_setting.startswith("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if cuda:
+        torch.cuda.set_device(local)
+    return Dist(rank, world, local)
+
+
+def pick_device(setting: str, d: Dist) -> torch.device:
+    if setting == "auto":
+        return torch.device(f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise OmnibyteError(f"train.device is {setting!r} but CUDA is not available")
+    if setting == "cuda" and d.world_size > 1:
+        return torch.device(f"cuda:{d.local_rank}")
+    return torch.device(setting)
+
+
+def lr_at(step: int, cfg) -> float:
+    """Linear warm-up to cfg.lr, then cosine decay to cfg.lr · min_lr_ratio at cfg.steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, cfg, device: torch.device) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+
+
+def open_dataset(path: str) -> ShardDataset:
+    """The prepared dataset at `path`; the default corpus is built on first use."""
+    p = Path(path)
+    if not (p / "meta.json").exists() and Path(path) == Path(DEFAULT_DATA_DIR):
+        from omnibyte.data import prepare_kjv
+
+        print(f"preparing the default corpus (King James Bible) into {p} ...", flush=True)
+        prepare_kjv(p)
+    if not p.exists():
+        raise OmnibyteError(f"dataset {p} not found: run `omnibyte prepare SRC... --out {p}` first")
+    return ShardDataset(p)
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool = False):
+        self.cfg, self.run_dir, self.quiet = cfg, Path(run_dir), quiet
+        tc = cfg.train
+        self.dist = init_distributed(tc.device)
+        self.device = pick_device(tc.device, self.dist)
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        self.amp_dtype = None
+        if tc.dtype == "bf16" or (tc.dtype == "auto" and self.device.type == "cuda"):
+            self.amp_dtype = torch.bfloat16
+
+        torch.manual_seed(tc.seed)
+        self.model = build_model(cfg.arch, cfg.model).to(self.device)
+        self.dataset = open_dataset(cfg.data.path)
+        prepare = getattr(self.model, "prepare_data", None)
+        self.extras: dict[str, str] = prepare(self.dataset) if prepare else {}
+        self.loader = BatchLoader(self.dataset, "train", tc.batch_size, tc.seq_len, tc.seed,
+                                  self.dist.rank, self.dist.world_size, aux=tuple(self.extras.values()))
+        self.has_val = self.dataset.n_ids("val") > 1 if "val" in self.dataset.splits else False
+        self.optimizer = make_optimizer(self.model, tc, self.device)
+        self.step = 0
+
+        flops = self.model.flops_per_byte(tc.seq_len)
+        self.flops_per_byte = flops["train"]
+        self.bytes_per_step = tc.batch_size * tc.seq_len * tc.grad_accum * self.dist.world_size
+        self.total_steps = tc.steps
+        if tc.flops > 0:
+            self.total_steps = min(tc.steps, max(1, int(tc.flops // (self.flops_per_byte * self.bytes_per_step))))
+
+        if resume:
+            self.load_checkpoint()
+        elif self.dist.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "run.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+        self.train_model = self.model
+        if self.dist.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DDP(self.model, device_ids=ids)
+        if tc.compile:
+            self.train_model = torch.compile(self.train_model)
+        self._stop_signal = None
+        self._tb = None
+
+    # --- pieces -----------------------------------------------------------------------------
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def forward_loss(self, batch: dict) -> torch.Tensor:
+        ids = batch["ids"].to(self.device, non_blocking=True)
+        kwargs = {k: batch[v][:, :-1].to(self.device) for k, v in self.extras.items()}
+        with self.autocast():
+            return self.train_model(ids[:, :-1], ids[:, 1:], **kwargs).loss
+
+    def micro_steps(self, step: int) -> float:
+        """Forward + backward over this step's micro-batches; returns the mean loss."""
+        n = self.cfg.train.grad_accum
+        total = 0.0
+        for micro in range(n):
+            batch = self.loader.get_batch(step * n + micro)
+            sync = micro == n - 1 or not isinstance(self.train_model, DDP)
+            ctx = contextlib.nullcontext() if sync else self.train_model.no_sync()
+            with ctx:
+                loss = self.forward_loss(batch)
+                (loss / n).backward()
+            total += loss.item()
+        return total / n
+
+    def evaluate(self, max_batches: int | None = None) -> dict:
+        tc = self.cfg.train
+        if max_batches is None:
+            max_batches = tc.eval_batches or None
+        batches = eval_batches(self.dataset, "val", tc.batch_size, tc.seq_len, max_batches,
+                               aux=tuple(self.extras.values()))
+        return bits_per_byte(self.model, batches, self.extras, autocast=self.autocast)
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        if not self.dist.main:
+            return
+        final = self.run_dir / "checkpoint"
+        tmp = self.run_dir / "checkpoint.tmp"
+        self.model.save_pretrained(tmp)  # writes tmp atomically itself
+        torch.save({"step": self.step, "optimizer": self.optimizer.state_dict()}, tmp / "trainer.pt")
+        replace_dir(tmp, final)
+
+    def load_checkpoint(self) -> None:
+        ckpt = self.run_dir / "checkpoint"
+        if not (ckpt / "trainer.pt").is_file():
+            raise OmnibyteError(f"{self.run_dir} has no checkpoint to resume from")
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(ckpt / "model.safetensors"), device=str(self.device))
+            self.model.load_state_dict(state)
+            tstate = torch.load(ckpt / "trainer.pt", map_location=self.device, weights_only=True)
+        except Exception as e:  # corrupt files of any kind: say which
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise OmnibyteError(f"cannot resume from corrupt checkpoint in {ckpt}: {first}") from None
+        self.optimizer.load_state_dict(tstate["optimizer"])
+        self.step = int(tstate["step"])
+
+    # --- logging ------------------------------------------------------------------------------
+    def log(self, record: dict) -> None:
+        if not self.dist.main:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        tb = self.tensorboard()
+        if tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, int | float):
+                    tb.add_scalar(k, v, record["step"])
+
+    def tensorboard(self):
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self._tb = False
+            else:
+                self._tb = SummaryWriter(str(self.run_dir / "tb"))
+        return self._tb or None
+
+    # --- the loop -------------------------------------------------------------------------------
+    def _on_signal(self, signum, frame):
+        self._stop_signal = signum
+
+    def fit(self, stop_after: int | None = None) -> dict:
+        """Train to cfg.train.steps (or the FLOPs budget). `stop_after` ends this call early at that
+        step (a checkpoint is saved), as an interruption would; `--resume` continues it."""
+        tc = self.cfg.train
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=self.quiet or not self.dist.main,
+                   unit="step", dynamic_ncols=True)
+        self.model.train()
+        last = {"step": self.step}
+        t_log, bytes_since = time.perf_counter(), 0
+        try:
+            while self.step < self.total_steps:
+                step = self.step
+                lr = lr_at(step, tc)
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr
+                loss = self.micro_steps(step)
+                if tc.grad_clip > 0:
+                    gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip))
+                else:
+                    gnorm = float("nan")
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                bytes_since += self.bytes_per_step
+                if not math.isfinite(loss):
+                    raise OmnibyteError(f"loss became {loss} at step {step}; lower train.lr or check the data")
+
+                if self.step % tc.log_every == 0 or self.step == self.total_steps:
+                    dt = time.perf_counter() - t_log
+                    rate = bytes_since / dt if dt > 0 else 0.0
+                    last = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": gnorm,
+                            "bytes_per_s": rate, "flops": self.step * self.bytes_per_step * self.flops_per_byte,
+                            "epoch": self.loader.epoch(self.step)}
+                    self.log(last)
+                    bar.set_postfix(loss=f"{loss:.3f}", bytes_s=f"{rate:,.0f}", refresh=False)
+                    t_log, bytes_since = time.perf_counter(), 0
+                done = self.step == self.total_steps
+                if ((tc.eval_every and self.step % tc.eval_every == 0) or done) and self.has_val:
+                    ev = self.evaluate() if self.dist.main else None
+                    if ev is not None:
+                        self.log({"step": self.step, "val_bpb": ev["bpb"], "val_bytes": ev["bytes"]})
+                        bar.set_postfix(loss=f"{loss:.3f}", val_bpb=f"{ev['bpb']:.3f}", refresh=False)
+                        last["val_bpb"] = ev["bpb"]
+                    t_log = time.perf_counter()  # evaluation time is not training throughput
+                bar.update(1)
+                interrupted = self._stop_signal is not None or (stop_after is not None and self.step >= stop_after)
+                if (tc.save_every and self.step % tc.save_every == 0) or done or interrupted:
+                    self.save_checkpoint()
+                if interrupted:
+                    break
+        finally:
+            bar.close()
+            for s, h in old.items():
+                signal.signal(s, h)
+            if self._tb:
+                self._tb.close()
+        if self._stop_signal is not None and self.dist.main and not self.quiet:
+            print(f"stopped at step {self.step}; checkpoint saved. Continue with: "
+                  f"omnibyte train --resume {self.run_dir}", flush=True)
+        if self.step >= self.total_steps and self.dist.main:
+            plot_metrics(self.run_dir)
+        return last
+
+
+def plot_metrics(run_dir: Path) -> Path | None:
+    """loss.png: training loss and validation bpb against step."""
+    f = Path(run_dir) / "metrics.jsonl"
+    if not f.is_file():
+        return None
+    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["step"], r["val_bpb"]) for r in rows if "val_bpb" in r]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss (nats/id)")
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation bits/byte")
+    ax.set_xlabel("step")
+    ax.set_title(Path(run_dir).name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    out = Path(run_dir) / "loss.png"
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def train(config: str | None, overrides: list[str], out: str | None, resume: str | None,
+          quiet: bool = False) -> dict:
+    """Entry point shared by `omnibyte train` and `python -m omnibyte.train`."""
+    from omnibyte.train.config import load_run_config
+
+    if resume:
+        cfg = read_run_config(Path(resume), overrides)
+        trainer = Trainer(cfg, resume, resume=True, quiet=quiet)
+    else:
+        cfg = load_run_config(config, overrides)
+        run_dir = out or default_run_dir(config, cfg)
+        if (Path(run_dir) / "checkpoint").exists():
+            raise OmnibyteError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
+                                f"or choose another --out")
+        trainer = Trainer(cfg, run_dir, quiet=quiet)
+    if trainer.dist.main and not quiet:
+        m = trainer.model
+        print(f"{cfg.arch}: {m.num_params():,} parameters, {trainer.flops_per_byte:.3g} training FLOPs/byte, "
+              f"{trainer.bytes_per_step:,} bytes/step × {trainer.total_steps} steps → {trainer.run_dir}",
+              flush=True)
+    result = trainer.fit()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return result
+
+
+def default_run_dir(config: str | None, cfg: RunConfig) -> str:
+    name = Path(config).stem if config else cfg.arch
+    return str(Path("runs") / name)
