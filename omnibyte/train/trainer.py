@@ -18,6 +18,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,7 +240,7 @@ class Trainer:
         from tqdm import tqdm
 
         bar = tqdm(total=self.total_steps, initial=self.step, disable=self.quiet or not self.dist.main,
-                   unit="step", dynamic_ncols=True)
+                   unit="step", dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
         self.model.train()
         last = {"step": self.step}
         t_log, bytes_since = time.perf_counter(), 0
