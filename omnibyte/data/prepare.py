@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from omnibyte import media
 from omnibyte.data.loader import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -34,9 +35,8 @@ from omnibyte.data.loader import (
 )
 from omnibyte.errors import OmnibyteError
 from omnibyte.format import BOS, EOS, VOCAB_SIZE, AudioSegment, Document, ImageSegment, Segment, TextSegment
+from omnibyte.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
 DOC_BYTES = 16384
 SHARD_IDS = 64 * 2**20  # 128 MiB shard files
 MODALITIES = ("text", "image", "audio")
@@ -75,14 +75,9 @@ def _walk(folder: Path) -> list[Path]:
 
 
 def media_segment(kind: str, path: str | Path) -> Segment:
-    """An image or audio file as a segment, via `omnibyte.media.{kind}_segment_from_path`."""
-    import omnibyte.media
-
-    hook = getattr(omnibyte.media, f"{kind}_segment_from_path", None)
-    if hook is None:
-        raise OmnibyteError(f"{path}: {kind} files need omnibyte.media.{kind}_segment_from_path, "
-                            f"which this install lacks")
-    return hook(Path(path))
+    """An image or audio file as a segment (media defaults: small images, 8 kHz mu-law audio)."""
+    reader = media.image_segment_from_path if kind == "image" else media.audio_segment_from_path
+    return reader(Path(path))
 
 
 def split_text(lines: Iterable[bytes], doc_bytes: int = DOC_BYTES) -> Iterator[bytes]:
