@@ -116,8 +116,7 @@ class Trainer:
         torch.manual_seed(tc.seed)
         self.model = build_model(cfg.arch, cfg.model).to(self.device)
         self.dataset = open_dataset(cfg.data.path)
-        prepare = getattr(self.model, "prepare_data", None)
-        self.extras: dict[str, str] = prepare(self.dataset) if prepare else {}
+        self.extras: dict[str, str] = self.prepare_data()
         self.loader = BatchLoader(self.dataset, "train", tc.batch_size, tc.seq_len, tc.seed,
                                   self.dist.rank, self.dist.world_size, aux=tuple(self.extras.values()))
         self.has_val = self.dataset.n_ids("val") > 1 if "val" in self.dataset.splits else False
@@ -147,6 +146,21 @@ class Trainer:
         self._tb = None
 
     # --- pieces -----------------------------------------------------------------------------
+    def prepare_data(self) -> dict[str, str]:
+        """Let the model add what it needs to the dataset once (BLT: precomputed entropies).
+        Rank 0 writes; the other ranks wait, then reopen the dataset and find it cached."""
+        prepare = getattr(self.model, "prepare_data", None)
+        if prepare is None:
+            return {}
+        if self.dist.world_size == 1:
+            return prepare(self.dataset)
+        extras = prepare(self.dataset) if self.dist.main else None
+        dist.barrier()
+        if not self.dist.main:
+            self.dataset = ShardDataset(self.cfg.data.path)
+            extras = prepare(self.dataset)
+        return extras
+
     def autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()

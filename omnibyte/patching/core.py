@@ -1,0 +1,249 @@
+"""Patchers: ids (B, T) → `starts` (B, T), True where a new patch begins.
+
+Three rules, as in the BLT paper's comparison (static, space-like, entropy):
+
+- static: a patch starts every `patch_size` ids, counted from the start of the current segment.
+- space: a patch starts at a word after space-like bytes (SpaceByte's rule, runs merged; see
+  `space_starts`).
+- entropy: a patch starts where the entropy model is unsure of the next byte — globally
+  (entropy above a threshold) or relatively (entropy rose by more than a threshold over the
+  previous byte: the paper's "approximate monotonicity" constraint).
+
+For every rule a segment marker starts a patch (a patch never spans two segments, see
+`omnibyte.format.is_segment_start`), and `max_patch_len` > 0 cuts longer patches into pieces.
+A boundary at t depends on ids[:, :t+1] and entropies[:, :t+1] only, so a model can decide
+boundaries online while it generates (`StreamingPatcher` does exactly that, one id at a time),
+and every row is patched on its own: nothing leaks across the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from omnibyte.errors import OmnibyteError
+from omnibyte.format import BOA, BOI, BOS, EOA, EOI, EOS, N_BYTES
+
+KINDS = ("static", "space", "entropy")
+_MARKERS = (BOS, EOS, BOI, BOA, EOI, EOA)
+_CLOSERS = (EOI, EOA)
+
+
+@dataclass
+class PatcherConfig:
+    kind: str = "static"  # "static" | "space" | "entropy"
+    patch_size: int = 4  # static: ids per patch
+    max_patch_len: int = 0  # any kind: cut patches longer than this; 0 = no cap
+    entropy_model: str = ""  # entropy: run dir or model dir of a trained entropy model
+    threshold: float | None = None  # entropy: None = the threshold calibrated with the entropy model
+    relative: bool = False  # entropy: threshold the rise H[t] - H[t-1] instead of H[t]
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"patcher kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.patch_size < 1:
+            raise ValueError(f"patch_size must be ≥ 1, got {self.patch_size}")
+        if self.max_patch_len < 0:
+            raise ValueError(f"max_patch_len must be ≥ 0 (0 = no cap), got {self.max_patch_len}")
+        if self.threshold is not None and self.threshold != self.threshold:
+            raise ValueError("threshold must be a number, got NaN")
+
+
+# --------------------------------------------------------------------------- byte classes
+
+
+def _isin(ids: torch.Tensor, values) -> torch.Tensor:
+    return torch.isin(ids, torch.tensor(values, device=ids.device, dtype=ids.dtype))
+
+
+def is_continuation(ids: torch.Tensor) -> torch.Tensor:
+    """UTF-8 continuation bytes 0x80-0xBF."""
+    return (ids >= 0x80) & (ids < 0xC0)
+
+
+def is_space_like(ids: torch.Tensor) -> torch.Tensor:
+    """SpaceByte's space-like bytes: anything but an ASCII letter or digit or a UTF-8 continuation
+    byte. UTF-8 lead bytes and special ids count as space-like."""
+    return ~_is_alnum(ids) & ~is_continuation(ids)
+
+
+def _is_alnum(ids: torch.Tensor) -> torch.Tensor:
+    return ((ids >= 48) & (ids <= 57)) | ((ids >= 65) & (ids <= 90)) | ((ids >= 97) & (ids <= 122))
+
+
+def is_word_start(ids: torch.Tensor) -> torch.Tensor:
+    """Bytes that may open a word: an ASCII letter or digit, or a UTF-8 lead byte (0xC0-0xFF)."""
+    return _is_alnum(ids) | ((ids >= 0xC0) & (ids < N_BYTES))
+
+
+def segment_starts(ids: torch.Tensor) -> torch.Tensor:
+    """Torch twin of `omnibyte.format.is_segment_start`: markers, and the id after EOI/EOA."""
+    out = _isin(ids, _MARKERS)
+    out[..., 1:] |= _isin(ids[..., :-1], _CLOSERS)
+    return out
+
+
+# --------------------------------------------------------------------------- the rules
+
+
+def _positions(starts: torch.Tensor) -> torch.Tensor:
+    """(B, T) index of the last True at or before each position (column 0 counts as True)."""
+    t = torch.arange(starts.shape[-1], device=starts.device).expand_as(starts)
+    marked = torch.where(starts, t, torch.zeros_like(t))
+    return marked.cummax(dim=-1).values
+
+
+def static_starts(ids: torch.Tensor, patch_size: int) -> torch.Tensor:
+    seg = segment_starts(ids)
+    seg[..., 0] = True
+    offset = torch.arange(ids.shape[-1], device=ids.device) - _positions(seg)  # (B, T) ids since segment start
+    return seg | (offset % patch_size == 0)
+
+
+def space_starts(ids: torch.Tensor) -> torch.Tensor:
+    """A patch starts at t when ids[t-1] is space-like and ids[t] opens a word.
+
+    Choice (documented departure from a per-byte reading of SpaceByte): a run of space-like
+    bytes (", ", "\\n\\n", indentation) is merged into the patch of the word before it, and a
+    patch never starts inside a UTF-8 character — "héllo wörld ✓" patches as
+    "héllo " | "wörld " | "✓". Non-ASCII characters thus behave like letters, so scripts
+    without spaces (Chinese, Japanese) get no boundaries from this rule: cap them with
+    `max_patch_len`.
+    """
+    out = torch.zeros_like(ids, dtype=torch.bool)
+    out[..., 1:] = is_space_like(ids[..., :-1]) & is_word_start(ids[..., 1:])
+    return out
+
+
+def entropy_starts(entropies: torch.Tensor, threshold: float, relative: bool = False) -> torch.Tensor:
+    """Global: H[t] > threshold. Relative: H[t] - H[t-1] > threshold (BLT's monotonicity rule)."""
+    h = entropies.float()
+    if not relative:
+        return h > threshold
+    out = torch.zeros_like(h, dtype=torch.bool)
+    out[..., 1:] = (h[..., 1:] - h[..., :-1]) > threshold
+    return out
+
+
+def cap_patches(starts: torch.Tensor, max_patch_len: int) -> torch.Tensor:
+    """Add starts so no patch is longer than `max_patch_len`.
+
+    The rules above carry no state, so the cap is closed-form: after the last natural start s,
+    the forced starts are s + k·max_patch_len.
+    """
+    if max_patch_len <= 0:
+        return starts
+    starts = starts.clone()
+    starts[..., 0] = True
+    offset = torch.arange(starts.shape[-1], device=starts.device) - _positions(starts)
+    return starts | (offset % max_patch_len == 0)
+
+
+def resolve_threshold(cfg: PatcherConfig, threshold: float | None) -> float:
+    thr = threshold if threshold is not None else cfg.threshold
+    if thr is None:
+        raise OmnibyteError(f"entropy patching needs a threshold: none given and none calibrated for "
+                            f"{cfg.entropy_model or 'the entropy model'} (run `omnibyte patch calibrate`)")
+    return float(thr)
+
+
+def patch_starts(ids: torch.Tensor, cfg: PatcherConfig, entropies: torch.Tensor | None = None,
+                 threshold: float | None = None) -> torch.Tensor:
+    """ids (B, T) → starts (B, T) bool. `threshold` overrides cfg.threshold (entropy kind).
+
+    entropies[:, t] is the entropy model's entropy (nats) of id t given ids < t; entropies[:, 0]
+    is unused (position 0 always starts a patch).
+    """
+    if ids.dim() != 2:
+        raise OmnibyteError(f"patch_starts expects ids of shape (B, T), got {tuple(ids.shape)}")
+    if ids.shape[1] == 0:
+        return torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
+    if cfg.kind == "static":
+        starts = static_starts(ids, cfg.patch_size)
+    elif cfg.kind == "space":
+        starts = space_starts(ids)
+    else:
+        if entropies is None:
+            raise OmnibyteError("entropy patching needs entropies (B, T) from the entropy model")
+        if entropies.shape != ids.shape:
+            raise OmnibyteError(f"entropies {tuple(entropies.shape)} do not match ids {tuple(ids.shape)}")
+        starts = entropy_starts(entropies, resolve_threshold(cfg, threshold), cfg.relative)
+    starts = starts | segment_starts(ids)
+    starts[..., 0] = True
+    return cap_patches(starts, cfg.max_patch_len)
+
+
+def patch_ids(starts: torch.Tensor) -> torch.Tensor:
+    """(B, T) index of the patch each position belongs to."""
+    return starts.long().cumsum(-1) - 1
+
+
+def patch_lengths(starts: torch.Tensor) -> list[list[int]]:
+    """Per row, the lengths of its patches in order (they sum to T)."""
+    out = []
+    for row in starts.detach().cpu():
+        idx = torch.nonzero(row, as_tuple=False).flatten().tolist()
+        ends = idx[1:] + [row.shape[0]]
+        out.append([e - s for s, e in zip(idx, ends)])
+    return out
+
+
+def mean_patch_len(starts: torch.Tensor) -> float:
+    """Mean bytes per patch over the whole tensor."""
+    n = int(starts.sum())
+    return starts.numel() / n if n else float("nan")
+
+
+# --------------------------------------------------------------------------- online patching
+
+
+class StreamingPatcher:
+    """The same rules, one id per row at a time: `push` says whether the new id starts a patch.
+
+    Equal to `patch_starts` on the full sequence; generation uses it to decide boundaries as
+    bytes are produced.
+    """
+
+    def __init__(self, cfg: PatcherConfig, batch_size: int, threshold: float | None = None,
+                 device: torch.device | str = "cpu"):
+        self.cfg, self.batch_size = cfg, batch_size
+        self.threshold = resolve_threshold(cfg, threshold) if cfg.kind == "entropy" else None
+        self.t = 0
+        z = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.prev_id = z.clone()
+        self.prev_entropy = torch.zeros(batch_size, dtype=torch.float32, device=device)
+        self.seg_offset = z.clone()  # ids since the current segment started
+        self.patch_len = z.clone()  # ids in the current patch
+
+    def push(self, ids: torch.Tensor, entropies: torch.Tensor | None = None) -> torch.Tensor:
+        ids = ids.reshape(-1).to(self.prev_id.device)
+        if ids.shape[0] != self.batch_size:
+            raise OmnibyteError(f"push got {ids.shape[0]} ids for a batch of {self.batch_size}")
+        first = self.t == 0
+        seg = _isin(ids, _MARKERS)
+        if not first:
+            seg |= _isin(self.prev_id, _CLOSERS)
+        seg_offset = torch.where(seg, torch.zeros_like(self.seg_offset), self.seg_offset)
+
+        if self.cfg.kind == "static":
+            start = seg_offset % self.cfg.patch_size == 0
+        elif self.cfg.kind == "space":
+            start = is_space_like(self.prev_id) & is_word_start(ids) & (not first)
+        else:
+            if entropies is None:
+                raise OmnibyteError("entropy patching needs the entropy of each pushed id")
+            h = entropies.reshape(-1).float().to(self.prev_entropy.device)
+            start = (h - self.prev_entropy if self.cfg.relative else h) > self.threshold
+            if self.cfg.relative and first:
+                start = torch.zeros_like(start)
+            self.prev_entropy = h
+        start = start | seg | first
+        if self.cfg.max_patch_len > 0:
+            start = start | (self.patch_len >= self.cfg.max_patch_len)
+
+        self.patch_len = torch.where(start, torch.ones_like(self.patch_len), self.patch_len + 1)
+        self.seg_offset = seg_offset + 1
+        self.prev_id = ids
+        self.t += 1
+        return start
