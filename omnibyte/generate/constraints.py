@@ -3,6 +3,8 @@ next (`allowed`) and tells it what came (`advance`). Constraints are shared by a
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from omnibyte.format import EOS, N_BYTES, VOCAB_SIZE
@@ -23,13 +25,19 @@ class TextOnly(Constraint):
     """Bytes and EOS only: plain text generation never opens an image or audio block."""
 
     def allowed(self, vocab_size: int) -> torch.Tensor:
-        m = torch.zeros(vocab_size, dtype=torch.bool)
-        m[:N_BYTES] = True
-        if EOS < vocab_size:
-            m[EOS] = True
-        return m
+        return _text_mask(vocab_size)
 
 
+@functools.cache
+def _text_mask(vocab_size: int) -> torch.Tensor:
+    m = torch.zeros(vocab_size, dtype=torch.bool)
+    m[:N_BYTES] = True
+    if EOS < vocab_size:
+        m[EOS] = True
+    return m
+
+
+@functools.cache
 def default_mask(vocab_size: int = VOCAB_SIZE) -> torch.Tensor:
     from omnibyte.format import BOS, PAD
 

@@ -353,7 +353,7 @@ def train(config: str | None, overrides: list[str], out: str | None, resume: str
     else:
         cfg = load_run_config(config, overrides)
         run_dir = out or default_run_dir(config, cfg)
-        if (Path(run_dir) / "checkpoint").exists():
+        if (Path(run_dir) / "checkpoint").exists() or (Path(run_dir) / "run.json").exists():
             raise OmnibyteError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
                                 f"or choose another --out")
         trainer = Trainer(cfg, run_dir, quiet=quiet)
