@@ -16,9 +16,18 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("sources", nargs="*", metavar="SRC", help="file, folder, glob or .jsonl file")
     p.add_argument("--out", metavar="DIR", help="dataset folder (default with no SRC: data/kjv)")
-    p.add_argument("--val-fraction", type=float, default=0.01, help="share of documents held out for val")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="share of documents held out for val (0.01; with --task/--mix 0.1: the held-out "
+                   "examples are the task metric's test set)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
     p.add_argument("--doc-bytes", type=int, default=16384, help="largest document cut from a text file")
+    p.add_argument("--task", metavar="NAME", help="build a generated task suite instead of reading files: "
+                   "clocks, shapes, fashion, speech or completion")
+    p.add_argument("--mix", metavar="SPEC", help="build tasks and text shuffled into one dataset, e.g. "
+                   "kjv:0.3,clocks:2000,shapes:2000,fashion:5000,speech:1000 (TASK:COUNT; kjv:SHARE or kjv:DOCS)")
+    p.add_argument("--n", type=int, default=2000, help="--task: number of examples")
+    p.add_argument("--task-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="--task/--mix: a task option, e.g. size=48 (in a mix: clocks.size=48); repeatable")
     p.set_defaults(func=run)
 
 
@@ -27,12 +36,21 @@ def run(args) -> int:
     from omnibyte.data.prepare import prepare, summary
     from omnibyte.errors import OmnibyteError
 
+    if args.task or args.mix:
+        from omnibyte.data.tasks import prepare_tasks
+
+        if args.sources:
+            raise OmnibyteError("--task/--mix generate their data; give no SRC with them")
+        print(prepare_tasks(args.out, task=args.task, mix=args.mix, n=args.n, seed=args.seed,
+                            val_fraction=args.val_fraction, options=args.task_opt))
+        return 0
+    val_fraction = 0.01 if args.val_fraction is None else args.val_fraction
     if args.sources:
         if args.out is None:
             raise OmnibyteError("--out DIR is required when sources are given")
-        meta = prepare(args.sources, args.out, val_fraction=args.val_fraction, seed=args.seed,
+        meta = prepare(args.sources, args.out, val_fraction=val_fraction, seed=args.seed,
                        doc_bytes=args.doc_bytes, progress=True)
     else:
-        meta = prepare_kjv(args.out or DEFAULT_DATA_DIR, val_fraction=args.val_fraction, seed=args.seed)
+        meta = prepare_kjv(args.out or DEFAULT_DATA_DIR, val_fraction=val_fraction, seed=args.seed)
     print(summary(meta, args.out or DEFAULT_DATA_DIR))
     return 0

@@ -1,0 +1,265 @@
+"""The multimodal demo on a CPU budget: task metrics against chance, bits per byte per modality,
+and the early-fusion question — do image and audio bytes get easier or harder to predict when
+text shares the training mix (at equal training FLOPs)?
+
+    .venv/bin/python benchmarks/multimodal_tasks.py            # full: ~2 h on a 2-core CPU, writes
+                                                                # benchmarks/results_multimodal.md
+    .venv/bin/python benchmarks/multimodal_tasks.py --quick    # smoke run, ~2 min: tiny everything
+
+Steps:
+1. Two training mixes built with `build_mix` from the same seed: *with text* (KJV + tasks) and
+   *without text* (the same task examples alone; `build_mix` makes a task's examples independent
+   of the rest of the mix). The demo's mix (kjv:0.3,clocks:2000,shapes:2000,fashion:5000,speech:1000)
+   with smaller media so whole documents fit a CPU-sized window: clocks and shapes 24×24 RGB,
+   speech one digit or phrase at 4 kHz.
+2. A separate evaluation set: new task examples (seed + 1, Fashion-MNIST's *test* images), 90 %
+   held out, so neither model has seen any of it.
+3. One BLT (configs/multimodal-tiny.toml's shape, wider) trained on each mix with the same
+   model, batch and number of steps — so the same FLOPs. The full run first times a few steps
+   and sets the step count so that each run takes `--minutes`.
+4. Both models scored on the evaluation set: bits per byte of its image and audio bytes, of KJV
+   chapters neither mix holds (text), and every task metric next to its chance level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from core_common import command_line, machine  # noqa: E402
+
+from omnibyte.data import write_dataset  # noqa: E402
+from omnibyte.data.tasks import build_mix, parse_mix, text_documents  # noqa: E402
+from omnibyte.data.tasks.fashion import DEFAULT_ROOT  # noqa: E402
+from omnibyte.data.tasks.speech import espeak_available  # noqa: E402
+from omnibyte.eval.multimodal import evaluate_by_modality, json_safe, run_examples, score_examples  # noqa: E402
+from omnibyte.models.base import OmniModel  # noqa: E402
+from omnibyte.train.config import resolve  # noqa: E402
+from omnibyte.train.trainer import Trainer  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results_multimodal.md"
+BLT = {"arch": "blt", "cross_attn_k": 2, "patcher": {"kind": "static", "patch_size": 4}}
+FULL = {
+    "text": "kjv:0.3", "tasks": "clocks:2000,shapes:2000,fashion:5000,speech:1000",
+    "eval_tasks": "clocks:300,shapes:300,fashion:300,speech:150",
+    "task_opts": {"clocks": {"size": 24}, "shapes": {"size": 24, "max_shapes": 4},
+                  "speech": {"sample_rate": 4000, "max_digits": 1}},
+    "model": {**BLT, "dim_local": 64, "dim_global": 192, "hash_buckets": 4096,
+              "encoder": {"n_layers": 1, "n_heads": 2, "window": 128}, "latent": {"n_layers": 4, "n_heads": 6},
+              "decoder": {"n_layers": 2, "n_heads": 2, "window": 128}},
+    "train": {"batch_size": 8, "seq_len": 2048, "lr": 2e-3},
+    "minutes": 45.0, "eval_n": 100, "bpb_batches": 40, "text_docs": 60,
+}
+QUICK = {
+    "text": "kjv:0.01", "tasks": "clocks:30,shapes:30,fashion:40,speech:8",
+    "eval_tasks": "clocks:6,shapes:8,fashion:8,speech:4",
+    "task_opts": {"clocks": {"size": 16}, "shapes": {"size": 16, "max_shapes": 3},
+                  "speech": {"sample_rate": 4000, "max_digits": 1, "phrases": 0.0}},
+    "model": {**BLT, "dim_local": 32, "dim_global": 64, "hash_buckets": 1024,
+              "encoder": {"n_layers": 1, "n_heads": 2, "window": 64}, "latent": {"n_layers": 2, "n_heads": 4},
+              "decoder": {"n_layers": 1, "n_heads": 2, "window": 64}},
+    "train": {"batch_size": 2, "seq_len": 512, "lr": 3e-3},
+    "steps": 6, "eval_n": 2, "bpb_batches": 2, "text_docs": 4,
+}
+CHANCE_KEYS = ("chance", "majority", "copy_row", "wrong_name")
+
+
+def available_spec(spec: str, note: list[str]) -> str:
+    """Drop the tasks this machine cannot generate (no espeak-ng, no Fashion-MNIST), saying so."""
+    keep = []
+    for entry in spec.split(","):
+        name = entry.split(":")[0]
+        if name == "speech" and not espeak_available():
+            note.append("speech left out: espeak-ng is not installed")
+        elif name == "fashion" and not Path(DEFAULT_ROOT).is_dir():
+            note.append(f"fashion left out: no Fashion-MNIST in {DEFAULT_ROOT}")
+        else:
+            keep.append(entry)
+    return ",".join(keep)
+
+
+def run_config(preset: dict, data: Path, steps: int, threads: int) -> dict:
+    train = {**preset["train"], "steps": steps, "warmup_steps": max(1, steps // 20), "eval_every": 0,
+             "eval_batches": 4, "save_every": 0, "log_every": max(1, min(50, steps // 10)), "device": "cpu",
+             "threads": threads, "seed": 0}
+    return {"model": json.loads(json.dumps(preset["model"])), "data": {"path": str(data)}, "train": train}
+
+
+def train_run(preset: dict, data: Path, run_dir: Path, steps: int, threads: int) -> dict:
+    torch.manual_seed(0)
+    trainer = Trainer(resolve(run_config(preset, data, steps, threads)), run_dir, quiet=True)
+    t0 = time.perf_counter()
+    trainer.fit()
+    wall = time.perf_counter() - t0
+    return {"steps": steps, "wall_s": wall, "bytes": steps * trainer.bytes_per_step,
+            "flops": steps * trainer.bytes_per_step * trainer.flops_per_byte, "params": trainer.model.num_params()}
+
+
+def calibrate_steps(preset: dict, data: Path, scratch: Path, threads: int) -> tuple[int, float]:
+    """Steps that fill `minutes` per run, from the bytes/s of a short timed run."""
+    probe = train_run(preset, data, scratch / "probe", 6, threads)
+    rate = probe["bytes"] / probe["wall_s"]
+    bytes_per_step = preset["train"]["batch_size"] * preset["train"]["seq_len"]
+    return max(10, int(preset["minutes"] * 60 * rate / bytes_per_step)), rate
+
+
+def score(run_dir: Path, preset: dict, eval_set: Path, text_set: Path | None) -> dict:
+    model = OmniModel.from_pretrained(run_dir).eval()
+    seq_len = preset["train"]["seq_len"]
+    bpb = evaluate_by_modality(model, eval_set, "val", seq_len=seq_len, batch_size=4,
+                               max_batches=preset["bpb_batches"])["modalities"]
+    if text_set is not None:  # KJV chapters that neither mix holds
+        bpb["text"] = evaluate_by_modality(model, text_set, "train", seq_len=seq_len, batch_size=4,
+                                           max_batches=preset["bpb_batches"])["modalities"]["text"]
+    t0 = time.perf_counter()
+    tasks = score_examples(run_examples(model, eval_set, n=preset["eval_n"]))
+    return {"bpb": {k: v["bpb"] for k, v in bpb.items() if v["bytes"]}, "tasks": tasks,
+            "eval_s": time.perf_counter() - t0}
+
+
+def mix_bytes(meta: dict) -> dict:
+    b = meta["splits"]["train"]["bytes"]
+    total = sum(b.values())
+    return {k: v / total for k, v in b.items()}
+
+
+def fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        if v != v:
+            return "–"
+        return f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
+
+
+def report(preset: dict, quick: bool, notes: list[str], mixes: dict, runs: dict, scores: dict,
+           total_s: float) -> list[str]:
+    title = "Multimodal tasks: smoke run (--quick)" if quick else "Multimodal tasks: BLT on a CPU budget"
+    lines = [f"## {title}", "", f"- command: `{command_line()}`",
+             f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}", f"- machine: {machine()}",
+             f"- model: BLT, {runs['with text']['params']:,} parameters, static patches of 4; batch "
+             f"{preset['train']['batch_size']} × {preset['train']['seq_len']} ids; "
+             f"{runs['with text']['steps']} steps per run ({runs['with text']['flops']:.3g} training FLOPs each)",
+             f"- training mixes: with text `{mixes['with text']['spec']}`; without text "
+             f"`{mixes['without text']['spec']}`; task options {json.dumps(preset['task_opts'])}",
+             f"- evaluation: new examples `{preset['eval_tasks']}` (seed + 1, Fashion-MNIST test images), up to "
+             f"{preset['eval_n']} per kind; bits per byte over {preset['bpb_batches']} batches of 4 windows",
+             f"- total wall time {total_s / 60:.1f} min"]
+    lines += [f"- note: {n}" for n in notes]
+    if quick:
+        lines += ["", "A smoke run: a tiny model trained for a few steps. It checks the pipeline; its numbers say "
+                  "nothing about what the model can learn."]
+    lines += ["", "### Training", "", "| run | text / image / audio share of training bytes | steps | wall (min) |",
+              "| --- | --- | --- | --- |"]
+    for name, r in runs.items():
+        share = " / ".join(f"{100 * mixes[name]['share'].get(k, 0):.0f} %" for k in ("text", "image", "audio"))
+        lines.append(f"| {name} | {share} | {r['steps']} | {r['wall_s'] / 60:.1f} |")
+
+    lines += ["", "### Bits per byte by modality (evaluation set; text: KJV chapters in neither mix)", "",
+              "| run | text | image | audio |", "| --- | --- | --- | --- |"]
+    for name, s in scores.items():
+        lines.append(f"| {name} | " + " | ".join(fmt(s['bpb'].get(k)) for k in ("text", "image", "audio")) + " |")
+    w, wo = scores["with text"]["bpb"], scores["without text"]["bpb"]
+    for k in ("image", "audio"):
+        if k in w and k in wo:
+            lines.append(f"\nEarly fusion, {k}: {fmt(w[k])} bits/byte with text in the mix vs {fmt(wo[k])} "
+                         f"without ({100 * (w[k] - wo[k]) / wo[k]:+.1f} %), at equal training FLOPs.")
+
+    lines += ["", "### Task metrics against chance (evaluation set)", "",
+              "| kind | metric | with text | without text | chance / baseline |", "| --- | --- | --- | --- | --- |"]
+    kinds = list(scores["with text"]["tasks"])
+    for kind in kinds:
+        m_with, m_without = scores["with text"]["tasks"][kind], scores["without text"]["tasks"].get(kind, {})
+        base = ", ".join(f"{k} {fmt(v)}" for k, v in m_with.items() if k.startswith(CHANCE_KEYS))
+        for k, v in m_with.items():
+            if k.startswith(CHANCE_KEYS) or k in ("n", "tolerance", "bytes"):
+                continue
+            lines.append(f"| {kind} (n={m_with.get('n')}) | {k} | {fmt(v)} | {fmt(m_without.get(k))} | {base} |")
+    return lines
+
+
+def write_results(key: str, lines: list[str]) -> None:
+    """Replace the `key` section of results_multimodal.md (quick and full keep separate sections)."""
+    import re
+
+    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    block = "\n".join([start, *lines, end])
+    text = RESULTS.read_text() if RESULTS.exists() else "# Multimodal benchmarks\n"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block
+    RESULTS.write_text(text.rstrip("\n") + "\n")
+    print(f"wrote the '{key}' section of {RESULTS}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run (~2 min)")
+    ap.add_argument("--minutes", type=float, help=f"training minutes per run (full: {FULL['minutes']:.0f})")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, help="keep data, runs and results.json here (default: a temporary folder)")
+    args = ap.parse_args()
+    preset = dict(QUICK if args.quick else FULL)
+    if args.minutes:
+        preset["minutes"] = args.minutes
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    notes: list[str] = []
+    tasks = available_spec(preset["tasks"], notes)
+    eval_tasks = available_spec(preset["eval_tasks"], [])
+    work = args.out or Path(tempfile.mkdtemp(prefix="omnibyte-mm-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        def opts_for(spec: str, extra: dict | None = None) -> dict:
+            names = {e.split(":")[0] for e in spec.split(",")}
+            out = {k: dict(v) for k, v in preset["task_opts"].items() if k in names}
+            for k, v in (extra or {}).items():
+                if k in names:
+                    out.setdefault(k, {}).update(v)
+            return out
+
+        print("building the training mixes and the evaluation set ...", flush=True)
+        mixes = {}
+        for name, spec in (("with text", f"{preset['text']},{tasks}"), ("without text", tasks)):
+            meta = build_mix(spec, work / name.replace(" ", "-"), seed=0, val_fraction=0.02, task_opts=opts_for(spec))
+            mixes[name] = {"spec": spec, "share": mix_bytes(meta), "path": work / name.replace(" ", "-")}
+        build_mix(eval_tasks, work / "eval", seed=1, val_fraction=0.9,
+                  task_opts=opts_for(eval_tasks, {"fashion": {"split": "test"}}))
+        name, share = parse_mix(preset["text"])[0]
+        held_text = text_documents(name, share, seed=0, complement=True)[:preset["text_docs"]]
+        write_dataset(held_text, work / "text-eval", sources=[f"{name} chapters left out of the mix"], val_fraction=0)
+
+        if args.quick:
+            steps = preset["steps"]
+        else:
+            steps, rate = calibrate_steps(preset, mixes["with text"]["path"], work, args.threads)
+            print(f"{rate:,.0f} bytes/s → {steps} steps per run ({preset['minutes']:.0f} min)", flush=True)
+        runs, scores = {}, {}
+        for name, mix in mixes.items():
+            print(f"training {name} ...", flush=True)
+            run_dir = work / f"run-{name.replace(' ', '-')}"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            runs[name] = train_run(preset, mix["path"], run_dir, steps, args.threads)
+            print(f"scoring {name} ...", flush=True)
+            scores[name] = score(run_dir, preset, work / "eval", work / "text-eval")
+        lines = report(preset, args.quick, notes, mixes, runs, scores, time.perf_counter() - t_start)
+        (work / "results.json").write_text(json.dumps(json_safe(
+            {"preset": preset, "runs": runs, "scores": scores, "notes": notes}), indent=2, default=str) + "\n")
+        print("\n".join(lines))
+        write_results("quick" if args.quick else "full", lines)
+    finally:
+        if args.out is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""Generated task suites: determinism, the prompt/answer layout, task datasets, per-modality bpb
+and task evaluation end to end on a tiny untrained model."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from omnibyte.data import BatchLoader, ShardDataset, eval_batches
+from omnibyte.data.tasks import (
+    ANSWER_PREFIX,
+    build_mix,
+    build_task,
+    parse_mix,
+    parse_task_opts,
+    prepare_tasks,
+    read_heldout,
+    task_examples,
+)
+from omnibyte.data.tasks import fashion as fashion_mod
+from omnibyte.data.tasks.shapes import Shape
+from omnibyte.data.tasks.speech import DIGITS
+from omnibyte.errors import OmnibyteError
+from omnibyte.eval import bits_per_byte
+from omnibyte.eval.multimodal import (
+    ExampleResult,
+    bpb_by_modality,
+    evaluate_task,
+    modality_batches,
+    modality_labels,
+    score_examples,
+)
+from omnibyte.format import BOA, BOI, BOS, EOA, EOI, EOS, AudioSegment, Document, ImageSegment, TextSegment, decode
+from omnibyte.models.registry import build_model
+
+SMALL = {"clocks": {"size": 16}, "shapes": {"size": 16, "max_shapes": 3}, "completion": {"source": "shapes",
+                                                                                       "size": 16}}
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+
+
+def small(*names: str) -> dict:
+    return {k: dict(SMALL[k]) for k in names}
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    head = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(head + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def fake_fashion(tmp_path_factory):
+    """A 40-image Fashion-MNIST lookalike in both splits (tests never need the real one)."""
+    root = tmp_path_factory.mktemp("fashion")
+    rng = np.random.default_rng(0)
+    for images, labels in fashion_mod.FILES.values():
+        write_idx(root / f"{images}.gz", rng.integers(0, 256, size=(40, 28, 28)))
+        write_idx(root / f"{labels}.gz", np.arange(40) % 10)
+    return str(root)
+
+
+def task_opts(name: str, fake_fashion: str) -> dict:
+    if name == "fashion":
+        return {"root": fake_fashion}
+    return dict(SMALL.get(name, {}))
+
+
+def doc_bytes(name: str, n: int, seed: int, opts: dict) -> list[bytes]:
+    return [np.asarray(ex.document().ids(), np.uint16).tobytes() for ex in task_examples(name, n, seed, **opts)]
+
+
+@pytest.mark.parametrize("name", ["clocks", "shapes", "fashion", "completion",
+                                  pytest.param("speech", marks=needs_espeak)])
+def test_generators_are_deterministic(name, fake_fashion):
+    opts = task_opts(name, fake_fashion)
+    n = 2 if name == "speech" else 6
+    first = doc_bytes(name, n, 0, opts)
+    assert first == doc_bytes(name, n, 0, opts)
+    assert first != doc_bytes(name, n, 1, opts)
+    assert len(set(first)) == n  # examples differ from each other too
+    # example i depends on (seed, i) only: a longer run starts with the same examples
+    if name != "speech":
+        assert doc_bytes(name, n + 3, 0, opts)[:n] == first
+
+
+@pytest.mark.parametrize("name", ["clocks", "shapes", "fashion", "completion"])
+def test_layout_answer_start(name, fake_fashion):
+    for ex in task_examples(name, 8, 3, **task_opts(name, fake_fashion)):
+        ids = ex.document().ids()
+        kind = ex.meta["kind"]
+        if kind in ("clock", "count", "point", "classify"):
+            # question, media, "Answer: " | answer "\n" EOS
+            assert bytes(ids[ex.answer_start - len(ANSWER_PREFIX):ex.answer_start]).decode() == ANSWER_PREFIX
+            assert bytes(ids[ex.answer_start:-1]).decode() == ex.meta["answer"] + "\n"
+            assert isinstance(decode(ids).segments[1], ImageSegment)
+        elif kind == "draw":
+            assert ids[ex.answer_start] == BOI and ids[-2] == EOI
+            assert bytes(ids[1:ex.answer_start]).decode() == ex.meta["prompt"]
+            assert ex.meta["counterfactual"] != ex.meta["prompt"]
+        else:  # complete: the answer starts at the first pixel of row height // 2
+            seg = decode(ids).segments[1]
+            row = seg.width * seg.channels
+            boi = ids.index(BOI)
+            assert ex.answer_start == boi + 6 + ex.meta["top_rows"] * row
+            assert bytes(ids[ex.answer_start:-2]) == seg.pixels[ex.meta["top_rows"] * row:]
+
+
+def test_clock_answers_and_shape_geometry():
+    for ex in task_examples("clocks", 20, 0, **SMALL["clocks"]):
+        h, m = ex.meta["hour"], ex.meta["minute"]
+        assert 1 <= h <= 12 and 0 <= m <= 59 and ex.meta["answer"] == f"{h:02d}:{m:02d}"
+    for ex in task_examples("shapes", 30, 0, size=40):
+        shapes = [Shape.from_dict(s) for s in ex.meta["shapes"]]
+        for i, a in enumerate(shapes):  # inside the canvas and not overlapping
+            assert a.r < a.x < 40 - a.r and a.r < a.y < 40 - a.r
+            assert all(np.hypot(a.x - b.x, a.y - b.y) > a.r + b.r for b in shapes[i + 1:])
+        if ex.meta["kind"] == "count":
+            assert ex.meta["count"] == sum(s.kind == ex.meta["shape"] for s in shapes)
+        else:
+            t = ex.meta["targets"]
+            assert ("<points " if len(t) > 1 else "<point ") in ex.meta["answer"]
+            assert all(d["kind"] == t[0]["kind"] and d["colour"] == t[0]["colour"] for d in t)
+
+
+def test_shapes_are_drawn_where_the_geometry_says():
+    ex = next(ex for ex in task_examples("shapes", 40, 2, size=40) if len(ex.meta["shapes"]) >= 2)
+    seg = decode(ex.document().ids()).segments[1]
+    px = np.frombuffer(seg.pixels, np.uint8).reshape(40, 40, 3).astype(int)
+    background = px[0, 0]
+    for d in ex.meta["shapes"]:
+        s = Shape.from_dict(d)
+        centre = px[int(s.y), int(s.x)]
+        assert np.abs(centre - background).sum() > 60  # the centre pixel has the shape's colour
+
+
+def test_read_idx_rejects_corrupt_files(tmp_path):
+    bad = tmp_path / "x-idx3-ubyte"
+    bad.write_bytes(b"\x00\x00\x08\x03" + struct.pack(">3I", 10, 28, 28) + b"\x00" * 100)
+    with pytest.raises(OmnibyteError, match="promises 7840 bytes"):
+        fashion_mod.read_idx(bad)
+    bad.write_bytes(b"PK\x03\x04")
+    with pytest.raises(OmnibyteError, match="not an idx-ubyte"):
+        fashion_mod.read_idx(bad)
+    with pytest.raises(OmnibyteError, match="dataset-fashion-mnist"):
+        list(task_examples("fashion", 2, 0, root=str(tmp_path)))
+
+
+@needs_espeak
+def test_speech_clip_and_transcript():
+    ex, = task_examples("speech", 1, 5, languages=["fr"], phrases=0.0, max_digits=2)
+    seg = decode(ex.document().ids()).segments[1]
+    assert isinstance(seg, AudioSegment) and seg.sample_rate == 8000
+    assert 0.15 < seg.n_samples / 8000 < 3.0  # silence trimmed, a few words long
+    words = ex.meta["answer"].split()
+    assert 1 <= len(words) <= 2 and set(words) <= set(DIGITS["fr"])
+    assert ex.meta["language"] == "fr" and ex.meta["voice"].startswith("fr")
+
+
+def test_task_dataset_builds_and_loads(tmp_path):
+    out = tmp_path / "clocks"
+    meta = build_task("clocks", out, n=30, seed=0, size=16)
+    assert json.loads((out / "tasks.json").read_text())["tasks"]["clocks"]["options"]["size"] == 16
+    records = read_heldout(out)
+    assert len(records) == meta["splits"]["val"]["n_docs"] == 3  # 10 % held out, all from the task
+    stream = ShardDataset(out).stream("val")
+    for r in records:
+        doc = [int(t) for t in stream[r["start"]:r["start"] + r["length"]]]
+        assert doc[0] == BOS and doc[-1] == EOS
+        assert bytes(doc[r["answer_start"]:-1]).decode() == r["answer"] + "\n"
+    batch = BatchLoader(out, "train", batch_size=2, seq_len=64, seed=0).get_batch(0)
+    assert batch["ids"].shape == (2, 65)
+    # rebuilding gives identical files; another seed gives other examples
+    again = tmp_path / "again"
+    build_task("clocks", again, n=30, seed=0, size=16)
+    for f in ("train-00000.bin", "val-00000.bin", "heldout.jsonl"):
+        assert (out / f).read_bytes() == (again / f).read_bytes()
+    build_task("clocks", again, n=30, seed=1, size=16)
+    assert (out / "train-00000.bin").read_bytes() != (again / "train-00000.bin").read_bytes()
+
+
+def test_unknown_task_and_bad_options(tmp_path):
+    with pytest.raises(OmnibyteError, match="unknown task 'clock'"):
+        build_task("clock", tmp_path / "x", n=5)
+    with pytest.raises(OmnibyteError, match="unknown config key 'clocks.colour'"):
+        build_task("clocks", tmp_path / "x", n=5, colour="red")
+    with pytest.raises(OmnibyteError, match="clock size"):
+        build_task("clocks", tmp_path / "x", n=5, size=4)
+
+
+def test_parse_mix_and_options():
+    assert parse_mix("kjv:0.3, clocks:2000,speech:10") == [("kjv", 0.3), ("clocks", 2000.0), ("speech", 10.0)]
+    for bad, msg in [("clocks", "needs an amount"), ("clocks:1.5", "whole number"), ("kjv:1.5", "text share"),
+                     ("cats:3", "unknown mix entry"), ("clocks:2,clocks:3", "twice"), ("", "empty")]:
+        with pytest.raises(OmnibyteError, match=msg):
+            parse_mix(bad)
+    assert parse_task_opts(["size=48", "mode=gray"], ["clocks"]) == {"clocks": {"size": 48, "mode": "gray"}}
+    assert parse_task_opts(["speech.languages=['en','fr']"], ["clocks", "speech"]) == {
+        "speech": {"languages": ["en", "fr"]}}
+    with pytest.raises(OmnibyteError, match="must name its task"):
+        parse_task_opts(["size=48"], ["clocks", "shapes"])
+    with pytest.raises(OmnibyteError, match="give either"):
+        prepare_tasks("x", task="clocks", mix="clocks:3")
+
+
+def test_mix_holds_the_same_task_examples_with_and_without_text(tmp_path, monkeypatch):
+    from omnibyte.data import corpus
+
+    bible = "".join(f"Ge{c}:{v} verse {v} of chapter {c} and more words\n" for c in range(1, 41) for v in range(1, 4))
+    monkeypatch.setattr(corpus, "kjv_text", lambda: bible)
+    spec = "clocks:12,shapes:12,completion:6"
+    with_text = build_mix("kjv:0.5," + spec, tmp_path / "a", seed=0, task_opts=SMALL)
+    without = build_mix(spec, tmp_path / "b", seed=0, task_opts=SMALL)
+    assert with_text["splits"]["train"]["bytes"]["text"] > without["splits"]["train"]["bytes"]["text"]
+
+    def task_docs(path):
+        ds = ShardDataset(path)
+        ids = np.concatenate([np.asarray(ds.stream(s)) for s in ("train", "val")])
+        docs = [ids[s:e + 1].tobytes() for s, e in zip(np.flatnonzero(ids == BOS), np.flatnonzero(ids == EOS))]
+        return sorted(d for d in docs if np.any(np.frombuffer(d, np.uint16) == BOI))
+
+    assert task_docs(tmp_path / "a") == task_docs(tmp_path / "b")
+    assert len(task_docs(tmp_path / "a")) == 30
+    with pytest.raises(OmnibyteError, match="does not hold"):
+        build_mix(spec, tmp_path / "c", task_opts={"speech": {}})
+
+
+# ----------------------------------------------------------------------------- per-modality bpb
+
+
+def test_modality_labels():
+    doc = Document([TextSegment(b"hi"), ImageSegment(2, 1, 1, b"\x01\x02"), TextSegment(b"a"),
+                    AudioSegment(8000, 3, 1, b"\x00\x01\x02"), TextSegment(b"!")]).ids()
+    labels = modality_labels(doc)
+    want = [0, 0, 0] + [1] * 9 + [0] + [2] * 14 + [0, 0]  # BOS h i | BOI hdr px px EOI | a | BOA ... EOA | ! EOS
+    assert labels.tolist() == want
+    assert doc[3] == BOI and doc[11] == EOI and doc[13] == BOA and doc[26] == EOA
+    # a window that starts inside the image block: everything up to its EOI is image
+    assert modality_labels(doc[7:])[:6].tolist() == [1, 1, 1, 1, 1, 0]
+    # a block cut by the end of the stream runs to the end
+    assert modality_labels(doc[:15]).tolist() == want[:15]
+
+
+def test_bpb_by_modality_adds_up_to_bits_per_byte(tmp_path):
+    out = tmp_path / "mix"
+    build_mix("clocks:10,completion:10", out, seed=0, val_fraction=0.3, task_opts=small("clocks", "completion"))
+    torch.manual_seed(0)
+    model = build_model("transformer", {"dim": 32, "n_layers": 2, "n_heads": 4})
+    total = bits_per_byte(model, eval_batches(out, "val", 4, 100))
+    split = bpb_by_modality(model, modality_batches(out, "val", 4, 100))
+    assert split["bytes"] == total["bytes"]
+    assert split["nll_bits"] == pytest.approx(total["nll_bits"], rel=1e-5)
+    per = split["modalities"]
+    assert per["audio"]["bytes"] == 0 and per["image"]["bytes"] > per["text"]["bytes"] > 0
+    assert sum(m["nll_bits"] for m in per.values()) == pytest.approx(split["nll_bits"])
+    # the labels read from the whole stream agree with the image bytes the dataset counted
+    meta = ShardDataset(out).meta["splits"]["val"]["bytes"]
+    assert per["image"]["bytes"] == meta["image"] and per["text"]["bytes"] == meta["text"]
+
+
+# ----------------------------------------------------------------------------- task evaluation
+
+
+def test_evaluate_task_end_to_end(tmp_path):
+    out = tmp_path / "shapes"
+    build_task("shapes", out, n=40, seed=0, **SMALL["shapes"])
+    torch.manual_seed(0)
+    model = build_model("transformer", {"dim": 32, "n_layers": 2, "n_heads": 4})
+    res = evaluate_task(model, out, n=3)
+    assert res["n"] <= 6 and set(res["metrics"]) <= {"count", "point"} and res["metrics"]
+    for kind, m in res["metrics"].items():
+        assert 1 <= m["n"] <= 3
+        assert 0 <= (m["accuracy"] if kind == "count" else m["precision"]) <= 1
+    with pytest.raises(OmnibyteError, match="no held-out examples of task 'clocks'"):
+        evaluate_task(model, out, task="clocks")
+
+
+def test_score_examples_perfect_and_wrong_answers(tmp_path):
+    out = tmp_path / "mix"
+    build_mix("clocks:20,shapes:30", out, seed=0, val_fraction=0.5, task_opts=small("clocks", "shapes"))
+    records = read_heldout(out)
+    perfect = [ExampleResult(r, [], prediction=r["answer"]) for r in records]
+    scores = score_examples(perfect)
+    assert scores["clock"]["exact"] == 1 and scores["count"]["accuracy"] == 1
+    assert scores["point"]["precision"] == 1 and scores["point"]["recall"] == 1
+    wrong = [ExampleResult(r, [], prediction="") for r in records]
+    scores = score_examples(wrong)
+    assert scores["clock"]["within"] == 0 and scores["clock"]["parsed"] == 0
+    assert scores["point"]["recall"] == 0 and scores["count"]["accuracy"] == 0
