@@ -30,7 +30,8 @@ def add_parser(sub) -> None:
     block.add_argument("--audio-seconds", type=float, metavar="S", help="generate S seconds of 8 kHz audio")
     p.add_argument("--channels", type=int, choices=(1, 3),
                    help="channels of the generated image (default: the model's choice)")
-    p.add_argument("--max-bytes", type=int, default=256, help="text bytes to generate (default 256)")
+    p.add_argument("--max-bytes", type=int, default=256,
+                   help="text bytes (ids: tokens for a BPE model) to generate (default 256)")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely ids (0 = off)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (1 = off)")
@@ -45,9 +46,10 @@ def run(args) -> int:
 
     import torch
 
+    from omnibyte.data.bpe import find_tokenizer
     from omnibyte.errors import OmnibyteError
-    from omnibyte.format import EOS, N_BYTES
-    from omnibyte.generate import SamplingConfig, generate
+    from omnibyte.format import BOS, EOS, N_BYTES
+    from omnibyte.generate import Constraint, SamplingConfig, generate
     from omnibyte.generate.multimodal import ModalityConstraint, build_prompt, open_block, save_outputs
     from omnibyte.media import parse_size
     from omnibyte.models.base import OmniModel
@@ -58,14 +60,21 @@ def run(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = OmniModel.from_pretrained(args.model, map_location=device)
     size = parse_size(args.prompt_image_size) if args.prompt_image_size else None
-    parts = [*map(Path, args.image), *map(Path, args.audio), args.prompt]
-    prompt = build_prompt(parts, image_size=size)
+    tokenizer = find_tokenizer(args.model)
+    if tokenizer is not None:  # the BPE baseline reads and writes tokens of text
+        if block or args.image or args.audio:
+            raise OmnibyteError("this model reads BPE tokens of text: no --image/--audio/--image-size")
+        prompt = [BOS, *tokenizer.encode(args.prompt)]
+    else:
+        prompt = build_prompt([*map(Path, args.image), *map(Path, args.audio), args.prompt], image_size=size)
 
     if args.image_size is not None:
         w, h = parse_size(args.image_size)
         ids, constraint, max_new = open_block(prompt, image=(w, h, args.channels))
     elif args.audio_seconds is not None:
         ids, constraint, max_new = open_block(prompt, audio_seconds=args.audio_seconds)
+    elif tokenizer is not None:
+        ids, constraint, max_new = prompt, Constraint(), args.max_bytes  # any token but PAD/BOS
     else:
         ids, constraint, max_new = prompt, ModalityConstraint.from_prompt(prompt, allow_open=()), args.max_bytes
     cfg = SamplingConfig(max_new=max_new, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -76,9 +85,14 @@ def run(args) -> int:
     out.write(args.prompt)
     out.flush()
 
+    def as_bytes(toks) -> bytes:
+        if tokenizer is not None:
+            return tokenizer.decode(toks)
+        return bytes(t for t in toks if t < N_BYTES)
+
     def show(row: int, tok: int) -> None:
-        if tok < N_BYTES and constraint.mode == "text":
-            out.write(decoder.decode(bytes([tok])))
+        if tokenizer is not None or getattr(constraint, "mode", "text") == "text":
+            out.write(decoder.decode(as_bytes([tok])))
             out.flush()
 
     new = generate(model, [ids], cfg, [constraint], on_token=show)[0]
@@ -88,7 +102,7 @@ def run(args) -> int:
         for f in report["files"]:
             print(f"wrote {f}", file=sys.stderr)
     elif args.out:
-        raw = bytes(t for t in new if t < N_BYTES)
+        raw = as_bytes(new)
         with open(args.out, "wb") as f:
             f.write(raw)
         ended = " (ended at EOS)" if new and new[-1] == EOS else ""

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from omnibyte.data import DEFAULT_DATA_DIR, BatchLoader, ShardDataset, eval_batches
+from omnibyte.data.bpe import TOKENIZER_FILE, dataset_tokenizer
 from omnibyte.errors import OmnibyteError
 from omnibyte.eval.bpb import bits_per_byte
 from omnibyte.models.base import replace_dir
@@ -70,11 +71,13 @@ def pick_device(setting: str, d: Dist) -> torch.device:
     return torch.device(setting)
 
 
-def lr_at(step: int, cfg) -> float:
-    """Linear warm-up to cfg.lr, then cosine decay to cfg.lr · min_lr_ratio at cfg.steps."""
+def lr_at(step: int, cfg, total: int | None = None) -> float:
+    """Linear warm-up to cfg.lr, then cosine decay to cfg.lr · min_lr_ratio at `total` steps
+    (cfg.steps, or fewer when a FLOPs budget ends the run earlier)."""
+    total = cfg.steps if total is None else total
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
 
@@ -117,6 +120,8 @@ class Trainer:
         self.model = build_model(cfg.arch, cfg.model).to(self.device)
         self.dataset = open_dataset(cfg.data.path)
         self.extras: dict[str, str] = self.prepare_data()
+        self.tokenizer = dataset_tokenizer(self.dataset)  # BPE baseline: scored per byte of text
+        self.bytes_per_id = self.tokenizer.bytes_per_id if self.tokenizer is not None else None
         self.loader = BatchLoader(self.dataset, "train", tc.batch_size, tc.seq_len, tc.seed,
                                   self.dist.rank, self.dist.world_size, aux=tuple(self.extras.values()))
         self.has_val = self.dataset.n_ids("val") > 1 if "val" in self.dataset.splits else False
@@ -192,7 +197,8 @@ class Trainer:
             max_batches = tc.eval_batches or None
         batches = eval_batches(self.dataset, "val", tc.batch_size, tc.seq_len, max_batches,
                                aux=tuple(self.extras.values()))
-        return bits_per_byte(self.model, batches, self.extras, autocast=self.autocast)
+        return bits_per_byte(self.model, batches, self.extras, autocast=self.autocast,
+                             bytes_per_id=self.bytes_per_id)
 
     # --- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -201,6 +207,8 @@ class Trainer:
         final = self.run_dir / "checkpoint"
         tmp = self.run_dir / "checkpoint.tmp"
         self.model.save_pretrained(tmp)  # writes tmp atomically itself
+        if self.tokenizer is not None:  # a BPE model dir carries its tokenizer
+            self.tokenizer.save(tmp / TOKENIZER_FILE)
         torch.save({"step": self.step, "optimizer": self.optimizer.state_dict()}, tmp / "trainer.pt")
         replace_dir(tmp, final)
 
@@ -261,7 +269,7 @@ class Trainer:
         try:
             while self.step < self.total_steps:
                 step = self.step
-                lr = lr_at(step, tc)
+                lr = lr_at(step, tc, self.total_steps)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
                 loss = self.micro_steps(step)

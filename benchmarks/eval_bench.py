@@ -1,0 +1,59 @@
+"""Models at equal training FLOPs on the default corpus: `omnibyte bench --preset small`.
+
+    .venv/bin/python benchmarks/eval_bench.py            # full: ≈20 min on a 2-core CPU; writes results_eval.md
+    .venv/bin/python benchmarks/eval_bench.py --quick    # the quick preset on 60 kB of KJV (seconds), writes nothing
+
+Full: the byte transformer, the BPE transformer (4,096-id tokenizer learned on the train split),
+MEGABYTE and BLT with static, space and entropy patching, each trained at 2e12 and 6e12 FLOPs on
+the King James Bible (data/kjv, built if missing) and scored on its whole val split in bits per
+byte. Runs land in runs/bench-small (reused by eval_noise.py); the table and
+bpb_vs_flops.png are copied next to results_eval.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from eval_common import OUT, REPO, header, quick_corpus, table_lines, write_section  # noqa: E402
+
+from omnibyte.eval.bench import MODELS, Bench  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny models on a tiny corpus, writes nothing")
+    ap.add_argument("--out", help="bench folder (default runs/bench-small, or benchmarks/out/eval_bench-quick)")
+    ap.add_argument("--models", default=",".join(MODELS))
+    args = ap.parse_args()
+    OUT.mkdir(exist_ok=True)
+    if args.quick:
+        data, preset = quick_corpus(OUT), "quick"
+        out = Path(args.out or OUT / "eval_bench-quick")
+        shutil.rmtree(out, ignore_errors=True)
+    else:
+        data, preset = REPO / "data" / "kjv", "small"
+        out = Path(args.out or REPO / "runs" / "bench-small")
+    t0 = time.perf_counter()
+    bench = Bench(out, data=str(data), preset=preset, models=tuple(args.models.split(",")),
+                  log=lambda s: print(s, flush=True))
+    bench.run()
+    minutes = (time.perf_counter() - t0) / 60
+    print((out / "results.md").read_text())
+    print(f"done in {minutes:.1f} min; plot: {out / 'bpb_vs_flops.png'}")
+    if args.quick:
+        return 0
+    png = Path(__file__).resolve().parent / "eval_bench.png"
+    shutil.copy(out / "bpb_vs_flops.png", png)
+    write_section("eval_bench", [*header("Bits per byte at equal training FLOPs (omnibyte bench --preset small)"),
+                                 f"- wall time of the whole sweep: {minutes:.1f} min", "",
+                                 *table_lines(out / "results.md"), "", f"![bpb against FLOPs]({png.name})"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

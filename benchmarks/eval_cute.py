@@ -1,0 +1,72 @@
+"""Character-level tasks (CUTE-style): byte models against the BPE baseline, trained on the same
+task mix at equal FLOPs, scored by greedy exact match on questions about held-out words.
+
+    .venv/bin/python benchmarks/eval_cute.py            # full: ≈20 min on a 2-core CPU; writes results_eval.md
+    .venv/bin/python benchmarks/eval_cute.py --quick    # 700 questions, tiny models (seconds), writes nothing
+
+Full: 20,000 training questions on 90% of the words of /usr/share/dict/american-english
+(apt-get install wamerican), 700 held-out questions (100 per task) on the other 10%; every model
+of `omnibyte bench` with the small preset at 6e12 training FLOPs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from eval_common import OUT, REPO, header, table_lines, write_section  # noqa: E402
+
+from omnibyte.data import is_dataset  # noqa: E402
+from omnibyte.data.tasks.cute import DEFAULT_WORDS, load_words, write_cute  # noqa: E402
+from omnibyte.eval.bench import MODELS, Bench  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a small task set and tiny models, writes nothing")
+    ap.add_argument("--words", default=DEFAULT_WORDS)
+    ap.add_argument("--budgets", default="6e12")
+    ap.add_argument("--models", default=",".join(MODELS))
+    args = ap.parse_args()
+    OUT.mkdir(exist_ok=True)
+    if args.quick:
+        data, out, preset = OUT / "cute-quick", OUT / "eval_cute-quick", "quick"
+        n_train, n_heldout, budgets = 700, 70, (6e8,)
+        shutil.rmtree(out, ignore_errors=True)
+    else:
+        data, out, preset = REPO / "data" / "cute", REPO / "runs" / "bench-cute", "small"
+        n_train, n_heldout, budgets = 20000, 700, tuple(float(b) for b in args.budgets.split(","))
+    if not is_dataset(data) or args.quick:
+        meta = write_cute(data, load_words(args.words), n_train=n_train, n_heldout=n_heldout, seed=0)
+        print(f"task suite: {meta['cute']}")
+    t0 = time.perf_counter()
+    bench = Bench(out, data=str(data), preset=preset, budgets=budgets, models=tuple(args.models.split(",")),
+                  task="cute", log=lambda s: print(s, flush=True))
+    summary = bench.run()
+    minutes = (time.perf_counter() - t0) / 60
+    per_task = per_task_table(summary["results"])
+    print((out / "results.md").read_text())
+    print("\n".join(per_task))
+    print(f"done in {minutes:.1f} min")
+    if not args.quick:
+        write_section("eval_cute", [*header("Character-level tasks: greedy exact match on held-out words"),
+                                    f"- wall time: {minutes:.1f} min", "", *table_lines(out / "results.md"), "",
+                                    "Accuracy per task:", "", *per_task])
+    return 0
+
+
+def per_task_table(results: list[dict]) -> list[str]:
+    tasks = sorted({t for r in results for t in r.get("task_per_task", {})})
+    lines = ["| model | budget | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
+    for r in results:
+        cells = [f"{r['task_per_task'].get(t, float('nan')):.0%}" for t in tasks]
+        lines.append(f"| {r['model']} | {r['budget']:.0e} | " + " | ".join(cells) + " |")
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())

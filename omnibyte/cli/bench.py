@@ -1,0 +1,97 @@
+"""omnibyte bench [sweep] [--preset small|quick] [--data DIR] [--budgets 1e13,3e13] [--models ...]
+                          [--val TEXT] [--task cute] [--noise] [--out DIR]
+   omnibyte bench bpe --data DIR --vocab 4096 --out DIR
+   omnibyte bench cute --out DIR [--words FILE]"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = """sweep (the default): train each model at each training-FLOPs budget on one dataset, then write
+results.md (params, training FLOPs, inference FLOPs/byte, steps, wall time, validation bits per
+byte), results.json and bpb_vs_flops.png into --out. Finished runs in --out are reused.
+
+bpe: learn a byte-level BPE tokenizer on the train split of a prepared dataset and write its token
+version (same documents and splits) for the BPE baseline: omnibyte train --data OUT --model.vocab_size V.
+
+cute: generate the character-level task suite (spell, backwards, insert, delete, substitute,
+contains, swap) from a word list as a dataset plus held-out questions on other words, scored with
+`omnibyte eval MODEL --task cute --data OUT` or `omnibyte bench --data OUT --task cute`."""
+
+
+def add_parser(sub) -> None:
+    from omnibyte.eval.bench import MODELS
+
+    p = sub.add_parser("bench", help="compare models at equal training FLOPs; make BPE and task data",
+                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", nargs="?", choices=["sweep", "bpe", "cute"], default="sweep")
+    p.add_argument("--data", help="prepared dataset (default data/kjv, built on first use)")
+    p.add_argument("--out", help="output folder (sweep default: runs/bench-PRESET)")
+    sweep = p.add_argument_group("sweep")
+    sweep.add_argument("--preset", default="small", help="small (≈20 min on a 2-core CPU) or quick (seconds)")
+    sweep.add_argument("--budgets", help="training FLOPs per run, comma-separated (default: the preset's)")
+    sweep.add_argument("--models", default=",".join(MODELS), help="comma-separated, from: " + ", ".join(MODELS))
+    sweep.add_argument("--val", help="score on this text file or folder instead of the dataset's val split")
+    sweep.add_argument("--task", choices=["cute"], help="also score held-out task accuracy (--data: a task suite)")
+    sweep.add_argument("--noise", action="store_true", help="also score perturbed validation text")
+    sweep.add_argument("--noise-rate", type=float, default=0.1)
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--threads", type=int, help="torch CPU threads for training (default: the preset's; "
+                       "1 is fastest for tiny models or on a busy machine)")
+    bpe = p.add_argument_group("bpe (and the sweep's BPE model)")
+    bpe.add_argument("--vocab", type=int, help="BPE vocabulary size (default 4096; the sweep: the preset's)")
+    cute = p.add_argument_group("cute")
+    cute.add_argument("--words", help="word list, one word a line (default /usr/share/dict/american-english)")
+    cute.add_argument("--n-train", type=int, default=20000, help="training questions")
+    cute.add_argument("--n-heldout", type=int, default=700, help="held-out questions (on held-out words)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from omnibyte.errors import OmnibyteError
+
+    if args.action == "bpe":
+        return make_bpe(args)
+    if args.action == "cute":
+        return make_cute(args)
+    if args.words:
+        raise OmnibyteError("--words belongs to `omnibyte bench cute`")
+    from omnibyte.eval.bench import Bench, parse_budgets, parse_models
+
+    bench = Bench(args.out or f"runs/bench-{args.preset}", data=args.data or "data/kjv", preset=args.preset,
+                  budgets=parse_budgets(args.budgets) if args.budgets else None, models=parse_models(args.models),
+                  val=args.val, task=args.task, noise=args.noise, noise_rate=args.noise_rate, bpe_vocab=args.vocab,
+                  seed=args.seed, threads=args.threads, log=lambda s: print(s, flush=True))
+    bench.run()
+    print((bench.out / "results.md").read_text())
+    print(f"wrote {bench.out / 'results.md'}, {bench.out / 'results.json'} and {bench.out / 'bpb_vs_flops.png'}")
+    return 0
+
+
+def make_bpe(args) -> int:
+    from omnibyte.data.bpe import prepare_bpe
+    from omnibyte.errors import OmnibyteError
+
+    if not args.data or not args.out:
+        raise OmnibyteError("bench bpe needs --data DIR (a prepared byte dataset) and --out DIR")
+    meta = prepare_bpe(args.data, args.out, args.vocab or 4096)
+    tok = meta["tokenizer"]
+    parts = [f"{name} {s['n_ids']:,} tokens / {sum(s['bytes'].values()):,} bytes" for name, s in meta["splits"].items()]
+    print(f"BPE tokenizer of {tok['vocab_size']} ids → {args.out}: {'; '.join(parts)}.\n"
+          f"Train the baseline with: omnibyte train --data {args.out} --model.vocab_size {tok['vocab_size']}")
+    return 0
+
+
+def make_cute(args) -> int:
+    from omnibyte.data.tasks.cute import DEFAULT_WORDS, load_words, write_cute
+    from omnibyte.errors import OmnibyteError
+
+    if not args.out:
+        raise OmnibyteError("bench cute needs --out DIR")
+    words = load_words(args.words or DEFAULT_WORDS)
+    meta = write_cute(args.out, words, n_train=args.n_train, n_heldout=args.n_heldout, seed=args.seed)
+    c = meta["cute"]
+    print(f"CUTE tasks → {args.out}: {c['train_examples']:,} training questions on {c['train_words']:,} words, "
+          f"{c['heldout_examples']:,} held-out questions on {c['heldout_words']:,} other words "
+          f"({', '.join(c['tasks'])}).")
+    return 0

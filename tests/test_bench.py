@@ -1,0 +1,93 @@
+"""`omnibyte bench`: the quick preset end to end, reuse of finished runs, options, the table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import write_text_dataset
+
+from omnibyte.cli import main
+from omnibyte.data.tasks.cute import write_cute
+from omnibyte.errors import OmnibyteError
+from omnibyte.eval.bench import ARCH, MODELS, arch_available, markdown_table, parse_budgets, parse_models
+
+WORDS = ["cat", "banana", "dog", "house", "zebra", "apple", "quiz", "river", "stone", "melon", "tiger", "plum"]
+
+
+def test_parse_options():
+    assert parse_budgets("1e13, 3e13") == (1e13, 3e13)
+    assert parse_models("bpe,transformer") == ("bpe", "transformer")
+    with pytest.raises(OmnibyteError, match="--budgets"):
+        parse_budgets("1e13,lots")
+    with pytest.raises(OmnibyteError, match="--budgets"):
+        parse_budgets("-1")
+    with pytest.raises(OmnibyteError, match="unknown bench model"):
+        parse_models("transformer,gpt5")
+
+
+def test_quick_sweep_end_to_end_and_reuse(tmp_path, capsys):
+    data = write_text_dataset(tmp_path, n_docs=30, lines=8)
+    out = tmp_path / "bench"
+    rc = main(["bench", "--preset", "quick", "--data", str(data), "--out", str(out), "--budgets", "3e8,6e8"])
+    assert rc == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "results.json").read_text())
+    available = [m for m in MODELS if arch_available(ARCH[m])]
+    assert sorted({r["model"] for r in summary["results"]}) == sorted(available)
+    assert len(summary["results"]) == 2 * len(available) and not [s for s in summary["skipped"] if "failed" in s]
+    for r in summary["results"]:
+        assert r["train_flops"] <= r["budget"] and r["steps"] >= 1 and r["params"] > 0
+        assert 0 < r["val_bpb"] < 12 and r["infer_flops_per_byte"] > 0
+    by = {(r["model"], r["budget"]): r for r in summary["results"]}
+    # twice the budget: about twice the steps (the BPE model's are per token)
+    assert by[("transformer", 6e8)]["steps"] in (2 * by[("transformer", 3e8)]["steps"],
+                                                 2 * by[("transformer", 3e8)]["steps"] + 1)
+    # the BPE model is scored on the same validation bytes as the byte model
+    assert by[("bpe", 3e8)]["val_bytes"] == by[("transformer", 3e8)]["val_bytes"]
+    table = (out / "results.md").read_text()
+    assert "| model | params | train FLOPs | inference FLOPs/byte | steps | wall time | val bpb |" in table
+    assert table.count("| transformer |") == 2 and "bytes per token" in table and table in printed
+    png = (out / "bpb_vs_flops.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+    # a second run reuses every finished run (same records, nothing retrained)
+    before = {r["run"]: r["wall_s"] for r in summary["results"]}
+    stamp = (out / "runs" / "transformer-3e08" / "checkpoint" / "model.safetensors").stat().st_mtime_ns
+    assert main(["bench", "--preset", "quick", "--data", str(data), "--out", str(out), "--budgets", "3e8,6e8",
+                 "--models", "transformer"]) == 0
+    again = json.loads((out / "results.json").read_text())["results"]
+    assert {r["run"]: r["wall_s"] for r in again} == {k: v for k, v in before.items() if "/transformer-" in k}
+    assert (out / "runs" / "transformer-3e08" / "checkpoint" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_sweep_on_tasks_with_any_text_val_and_noise(tmp_path, capsys):
+    write_cute(tmp_path / "cute", WORDS * 3, n_train=300, n_heldout=14, heldout_fraction=0.25, seed=0)
+    val = tmp_path / "val.txt"
+    val.write_text("Spell: river\nAnswer: r i v e r\n" * 5)
+    out = tmp_path / "bench"
+    rc = main(["bench", "--preset", "quick", "--data", str(tmp_path / "cute"), "--out", str(out),
+               "--models", "transformer,bpe", "--task", "cute", "--val", str(val), "--noise"])
+    assert rc == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert [r["model"] for r in results] == ["transformer", "bpe"]
+    for r in results:
+        assert r["val_bytes"] == len(val.read_bytes())
+        assert r["task_n"] == 14 and 0 <= r["task_accuracy"] <= 1
+        assert set(r["noise"]) == {"random_case", "drop", "repeat", "uppercase", "swap"}
+    table = (out / "results.md").read_text()
+    assert "task accuracy" in table and "uppercase ×" in table
+    # not a task suite: refused before anything is trained
+    data = write_text_dataset(tmp_path, n_docs=6, lines=2)
+    assert main(["bench", "--preset", "quick", "--data", str(data), "--out", str(tmp_path / "b2"),
+                 "--task", "cute"]) == 2
+    assert "questions" in capsys.readouterr().err and not (tmp_path / "b2" / "runs").exists()
+
+
+def test_markdown_table_notes_skips():
+    summary = {"data": "d", "val": None, "results": [
+        {"model": "transformer", "budget": 1e9, "params": 12345, "train_flops": 9.9e8, "infer_flops_per_byte": 2.5e5,
+         "steps": 10, "wall_s": 3.2, "val_bpb": 2.5}], "skipped": ["blt-space: skipped (no module)"]}
+    table = markdown_table(summary)
+    assert "| transformer | 12.3k | 9.90e+08 | 250k | 10 | 3 s | 2.5000 |" in table
+    assert "- blt-space: skipped (no module)" in table
