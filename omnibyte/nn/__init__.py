@@ -10,6 +10,7 @@ from omnibyte.nn.layers import (
     mlp_hidden,
 )
 from omnibyte.nn.loss import lm_loss, nll_sums
+from omnibyte.nn.window_attention import window_attention
 
 __all__ = ["KVCache", "Attention", "Block", "RMSNorm", "SwiGLU", "TransformerStack", "apply_rope",
-           "causal_mask", "mlp_hidden", "lm_loss", "nll_sums"]
+           "causal_mask", "mlp_hidden", "lm_loss", "nll_sums", "window_attention"]

@@ -15,6 +15,7 @@ from einops import rearrange
 from torch import nn
 
 from omnibyte.nn.cache import KVCache
+from omnibyte.nn.window_attention import window_attention
 
 
 class RMSNorm(nn.Module):
@@ -71,14 +72,16 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
         self.rope_theta, self.use_rope = rope_theta, use_rope
 
-    def forward(self, x, pos, mask=None, cache: KVCache | None = None):
+    def forward(self, x, pos, mask=None, cache: KVCache | None = None, window: int = 0):
         q, k, v = rearrange(self.wqkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_heads)
         q, k = self.q_norm(q), self.k_norm(k)
         if self.use_rope:
             q, k = apply_rope(q, pos, self.rope_theta), apply_rope(k, pos, self.rope_theta)
         if cache is not None:
             k, v = cache.update(k, v)
-        if mask is None:
+        if mask is None and window > 0:
+            y = window_attention(q, k, v, window)  # training path with a sliding window: O(T·window)
+        elif mask is None:
             # Training path, or one query attending to its whole cache.
             causal = cache is None and q.shape[2] > 1
             y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
@@ -113,8 +116,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(dim)
         self.mlp = SwiGLU(dim, mlp_hidden(dim, mlp_ratio))
 
-    def forward(self, x, pos, mask=None, cache=None):
-        x = x + self.attn(self.attn_norm(x), pos, mask, cache)
+    def forward(self, x, pos, mask=None, cache=None, window: int = 0):
+        x = x + self.attn(self.attn_norm(x), pos, mask, cache, window)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -150,10 +153,11 @@ class TransformerStack(nn.Module):
         offset = caches[0].length if caches else 0
         if pos is None:
             pos = torch.arange(offset, offset + t, device=x.device)
-        if mask is None and (self.window > 0 or (caches and t > 1)):
+        window = self.window if mask is None and not caches else 0  # banded kernel, no dense mask
+        if mask is None and not window and (self.window > 0 or (caches and t > 1)):
             mask = causal_mask(t, offset + t, x.device, offset=offset, window=self.window)
         for i, layer in enumerate(self.layers):
-            x = layer(x, pos, mask, caches[i] if caches else None)
+            x = layer(x, pos, mask, caches[i] if caches else None, window)
         return self.norm(x)
 
     def new_caches(self, batch_size: int, max_len: int, device, dtype) -> list[KVCache]:

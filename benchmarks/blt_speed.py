@@ -1,0 +1,180 @@
+"""BLT speed on this CPU, against the byte transformer and against itself without a cache.
+
+1. Training throughput (bytes/s of forward + backward + AdamW, median step after a warm-up):
+   the byte transformer (width 256, 4 layers) vs BLT with the same latent width and depth over
+   patches of ~4.5 bytes, at two local widths. Patches are variable-length, as entropy patching
+   makes them: precomputed per-byte scores (here random) thresholded so the mean patch is 4.5
+   bytes — exactly the training path, where the trainer passes precomputed entropies. Steps of
+   the models are interleaved so they share whatever else the machine is doing.
+2. Generation (greedy, batch 1, 2,000 new bytes after a short prompt): `omnibyte.generate`
+   (KV caches in encoder, latent and decoder; patches decided online) vs re-running the full
+   forward for every byte. Both pick the same bytes (checked). Static patches of 4, and entropy
+   patching with a small (random) windowed entropy model that then also runs cached.
+
+    .venv/bin/python benchmarks/blt_speed.py            # ≈ 6 minutes on a 2-core CPU
+    .venv/bin/python benchmarks/blt_speed.py --quick    # seconds, prints only
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from blt_common import header, median, timed, write_section  # noqa: E402
+
+from omnibyte.format import BOS, EOS, N_BYTES  # noqa: E402
+from omnibyte.generate import SamplingConfig, generate  # noqa: E402
+from omnibyte.models import build_model  # noqa: E402
+from omnibyte.models.blt import BLT, BLTConfig, LatentConfig, LocalConfig  # noqa: E402
+from omnibyte.patching import PatcherConfig, mean_patch_len, patch_starts  # noqa: E402
+
+FULL = dict(batch_size=4, seq_len=2048, dim_global=256, n_layers=4, n_heads=4, local_dims=(64, 128),
+            local_heads=2, enc_layers=1, dec_layers=2, window=128, bytes_per_patch=4.5, steps=5,
+            gen_bytes=2000, entropy_model=dict(dim=64, n_layers=2, n_heads=4, window=64))
+QUICK = dict(FULL, batch_size=2, seq_len=256, dim_global=64, n_layers=2, local_dims=(32,), window=64, steps=2,
+             gen_bytes=40, entropy_model=dict(dim=32, n_layers=1, n_heads=2, window=32))
+PROMPT = [BOS, *b"In the beginning God created the heaven and the earth."]
+
+
+def blt(p: dict, dim_local: int, patcher: PatcherConfig, entropy_model=None) -> BLT:
+    cfg = BLTConfig(dim_local=dim_local, dim_global=p["dim_global"],
+                    encoder=LocalConfig(p["enc_layers"], p["local_heads"], p["window"]),
+                    latent=LatentConfig(p["n_layers"], p["n_heads"]),
+                    decoder=LocalConfig(p["dec_layers"], p["local_heads"], p["window"]),
+                    patcher=patcher, bytes_per_patch=p["bytes_per_patch"])
+    return BLT(cfg, entropy_model=entropy_model)
+
+
+def entropy_model(p: dict):
+    torch.manual_seed(1)
+    return build_model("transformer", p["entropy_model"]).eval()
+
+
+# --------------------------------------------------------------------------- training
+
+
+def training(p: dict) -> list[str]:
+    b, t = p["batch_size"], p["seq_len"]
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, N_BYTES, (b, t + 1), generator=g)
+    # per-byte scores thresholded at 1 - 1/bpp: a patch starts with probability 1/bpp
+    scores = torch.rand(b, t, generator=g)
+    patcher = PatcherConfig("entropy", threshold=1 - 1 / p["bytes_per_patch"])
+    starts = patch_starts(ids[:, :-1], patcher, scores)
+
+    torch.manual_seed(0)
+    runs = {"byte transformer": (build_model("transformer", dict(dim=p["dim_global"], n_layers=p["n_layers"],
+                                                                 n_heads=p["n_heads"])), {})}
+    for dl in p["local_dims"]:
+        runs[f"BLT, dim_local {dl}"] = (blt(p, dl, patcher, entropy_model(p)), {"entropies": scores})
+    opts = {name: torch.optim.AdamW([q for q in m.parameters() if q.requires_grad], lr=1e-4)
+            for name, (m, _) in runs.items()}
+
+    def step(name):
+        model, extra = runs[name]
+        loss = model(ids[:, :-1], ids[:, 1:], **extra).loss
+        loss.backward()
+        opts[name].step()
+        opts[name].zero_grad(set_to_none=True)
+
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for i in range(p["steps"] + 1):  # interleaved; step 0 is warm-up
+        for name in runs:
+            dt, _ = timed(lambda name=name: step(name))
+            if i > 0:
+                times[name].append(dt)
+            print(f"  step {i} {name}: {dt:.2f}s", flush=True)
+
+    base = b * t / median(times["byte transformer"])
+    lines = [f"Training throughput, batch {b} × {t} random bytes, forward + backward + AdamW, median of "
+             f"{p['steps']} interleaved steps after one warm-up. BLT patches: mean "
+             f"{mean_patch_len(starts):.2f} bytes (variable length, precomputed scores as in entropy-patched "
+             f"training); latent {p['dim_global']} × {p['n_layers']} layers = the byte transformer's width and "
+             f"depth; encoder {p['enc_layers']} / decoder {p['dec_layers']} layers, window {p['window']}.", "",
+             "| model | params (trainable) | train FLOPs/byte | bytes/s | vs byte transformer |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for name, (model, _) in runs.items():
+        bps = b * t / median(times[name])
+        n = sum(q.numel() for q in model.parameters() if q.requires_grad)
+        fl = model.flops_per_byte(t)["train"]
+        lines.append(f"| {name} | {n / 1e6:.2f}M | {fl / 1e6:.1f}M | {bps:,.0f} | {bps / base:.2f}× |")
+    return lines
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def full_rerun(model, prompt: list[int], n: int) -> list[int]:
+    """Greedy decoding the slow way: the whole sequence through `forward` for every new byte."""
+    allowed = torch.zeros(model.cfg.vocab_size, dtype=torch.bool)
+    allowed[:N_BYTES] = True
+    allowed[EOS] = True
+    seq, out = list(prompt), []
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(torch.tensor([seq])).logits[0, -1].masked_fill(~allowed, float("-inf"))
+            out.append(int(logits.argmax()))
+            seq.append(out[-1])
+    return out
+
+
+def generation(p: dict) -> list[str]:
+    n = p["gen_bytes"]
+    dl = p["local_dims"][-1]
+    lines = [f"Greedy generation of {n} bytes after a {len(PROMPT)}-id prompt, batch 1, BLT with dim_local {dl} "
+             f"(same sizes as above): cached `omnibyte.generate` vs the full forward re-run per byte.", "",
+             "| patching | cached bytes/s | full re-run bytes/s | speed-up | same bytes |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    em = entropy_model(p)
+    calib = torch.tensor([PROMPT[1:] * 8])
+    from omnibyte.patching.calibrate import calibrate_threshold
+
+    thr = calibrate_threshold(em, calib, p["bytes_per_patch"])
+    for label, patcher, ent in (("static, 4 bytes", PatcherConfig("static", patch_size=4), None),
+                                (f"entropy (calibrated to {p['bytes_per_patch']} on the prompt)",
+                                 PatcherConfig("entropy", threshold=thr), em)):
+        torch.manual_seed(0)
+        model = blt(p, dl, patcher, ent).eval()
+        cfg = SamplingConfig(max_new=n, temperature=0, stop_at_eos=False)
+        t_cached, cached = timed(lambda model=model, cfg=cfg: generate(model, [PROMPT], cfg)[0])
+        print(f"  {label}: cached {t_cached:.1f}s", flush=True)
+        t_full, full = timed(lambda model=model: full_rerun(model, PROMPT, n))
+        print(f"  {label}: full re-run {t_full:.1f}s", flush=True)
+        same = next((i for i, (a, b) in enumerate(zip(cached, full)) if a != b), n)
+        lines.append(f"| {label} | {n / t_cached:,.0f} | {n / t_full:,.1f} | {t_full / t_cached:.1f}× | "
+                     f"{same} / {n} |")
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, seconds; print only")
+    ap.add_argument("--skip", choices=["training", "generation"], help="leave one part out")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    ap.add_argument("--steps", type=int, help="timed training steps (default 5; quick 2)")
+    ap.add_argument("--window", type=int, help="local attention window in bytes (default 128; quick 64)")
+    args = ap.parse_args()
+    p = dict(QUICK if args.quick else FULL)
+    for key in ("steps", "window"):
+        if getattr(args, key):
+            p[key] = getattr(args, key)
+    torch.set_num_threads(args.threads)
+    lines = header("BLT speed" + (" (quick)" if args.quick else ""))
+    if args.skip != "training":
+        print("training throughput ...", flush=True)
+        lines += training(p) + [""]
+    if args.skip != "generation":
+        print("generation ...", flush=True)
+        lines += generation(p)
+    print("\n".join(lines))
+    if not args.quick:
+        write_section("blt-speed", lines)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
