@@ -34,7 +34,7 @@ demo: setup
 	$(BIN)/omnibyte generate runs/demo --prompt "And God said" --max-bytes 300 --seed 0
 
 test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest
 
 lint: setup
 	$(BIN)/ruff check .

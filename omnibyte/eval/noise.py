@@ -116,24 +116,13 @@ def noise_eval(model_path: str | Path, data: str | Path | None = None, split: st
     """Clean and perturbed validation bpb of a saved model (byte or BPE) → {"clean": {...},
     "noisy": {kind: {"bpb", "bytes", "ratio"}}, ...}. `data` as for `omnibyte eval` (default:
     the run's dataset, val split; a text file or folder is scored whole)."""
-    import torch
-
-    from omnibyte.data.bpe import find_tokenizer
-    from omnibyte.eval.runner import open_eval_data, run_settings, score_dataset
-    from omnibyte.models.base import OmniModel
+    from omnibyte.eval.runner import load_for_eval, open_eval_data, score_dataset
 
     kinds = list(kinds or PERTURBATIONS)
     for kind in kinds:
         if kind not in PERTURBATIONS:
             raise OmnibyteError(f"unknown perturbation {kind!r} (known: {', '.join(PERTURBATIONS)})")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = OmniModel.from_pretrained(model_path, map_location=device)
-    tokenizer = find_tokenizer(model_path)
-    run = run_settings(model_path)
-    data = data or run.get("data", {}).get("path")
-    if not data:
-        raise OmnibyteError("no dataset: pass --data (a prepared dataset, or a text file or folder)")
-    seq_len = seq_len or run.get("train", {}).get("seq_len", 1024)
+    model, tokenizer, data, seq_len = load_for_eval(model_path, data, seq_len, device)
     if tokenizer is not None and Path(data).is_dir() and (Path(data) / "meta.json").is_file():
         from omnibyte.data.bpe import is_token_dataset
 

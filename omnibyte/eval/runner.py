@@ -24,6 +24,19 @@ def run_settings(model_path: str | Path) -> dict:
     return {}
 
 
+def load_for_eval(model_path: str | Path, data: str | Path | None, seq_len: int | None, device: str | None):
+    """(model, tokenizer or None, data path, seq_len): the saved model, and the run's dataset and
+    window length unless given."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = OmniModel.from_pretrained(model_path, map_location=device)
+    tokenizer = find_tokenizer(model_path)
+    run = run_settings(model_path)
+    data = data or run.get("data", {}).get("path")
+    if not data:
+        raise OmnibyteError("no dataset: pass --data (a prepared dataset, or a text file or folder)")
+    return model, tokenizer, data, seq_len or run.get("train", {}).get("seq_len", 1024)
+
+
 def open_eval_data(data: str | Path, split: str | None, scratch: str | Path) -> tuple[ShardDataset, str]:
     """(dataset, split) to score: a prepared dataset (default split val), or never-prepared text
     prepared into `scratch` with every document in one split, scored whole."""
@@ -66,14 +79,7 @@ def score_dataset(model, dataset: ShardDataset, split: str, seq_len: int, batch_
 def evaluate_model(model_path: str | Path, data: str | None = None, split: str | None = None,
                    seq_len: int | None = None, batch_size: int = 8, max_batches: int | None = None,
                    device: str | None = None, by_modality: bool = False, strided: bool = False) -> dict:
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = OmniModel.from_pretrained(model_path, map_location=device)
-    tokenizer = find_tokenizer(model_path)
-    run = run_settings(model_path)
-    data = data or run.get("data", {}).get("path")
-    if not data:
-        raise OmnibyteError("no dataset: pass --data (a prepared dataset, or a text file or folder)")
-    seq_len = seq_len or run.get("train", {}).get("seq_len", 1024)
+    model, tokenizer, data, seq_len = load_for_eval(model_path, data, seq_len, device)
     with tempfile.TemporaryDirectory(prefix="omnibyte-eval-") as tmp:
         dataset, split = open_eval_data(data, split, tmp)
         result = score_dataset(model, dataset, split, seq_len, batch_size, max_batches, tokenizer, tmp,
