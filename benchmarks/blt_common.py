@@ -1,72 +1,16 @@
-"""Shared bits of the BLT benchmarks: machine description, timing, the results file."""
+"""The BLT benchmarks' results file (everything else comes from common.py)."""
 
 from __future__ import annotations
 
-import datetime
-import os
-import platform
-import re
-import shlex
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, command_line, header, machine, median, timed  # noqa: E402,F401
+from common import write_section as _write  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results_blt.md"
 
 
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{platform.platform()}; {cpu}; {os.cpu_count()} cores; {torch.get_num_threads()} torch threads; "
-            f"Python {platform.python_version()}; torch {torch.__version__}")
-
-
-def command_line() -> str:
-    script = Path(sys.argv[0]).resolve()
-    try:
-        script = script.relative_to(REPO)
-    except ValueError:
-        pass
-    return shlex.join([".venv/bin/python", str(script), *sys.argv[1:]])
-
-
-def header(title: str) -> list[str]:
-    return [f"## {title}", "", f"- command: `{command_line()}`",
-            f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-            f"- machine: {machine()}", ""]
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    """(seconds, result) of fn()."""
-    t = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t, out
-
-
-def median(xs: list[float]) -> float:
-    return statistics.median(xs)
-
-
 def write_section(key: str, lines: list[str], results: Path = RESULTS) -> None:
-    """Put `lines` into the results file between markers for `key`, replacing an older copy."""
-    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
-    block = "\n".join([start, *lines, end])
-    text = results.read_text() if results.exists() else "# BLT benchmarks\n"
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block
-    tmp = results.with_suffix(".md.tmp")
-    tmp.write_text(text.rstrip("\n") + "\n")
-    os.replace(tmp, results)
-    print(f"wrote the '{key}' section of {results}")
+    _write(results, key, lines, "BLT benchmarks")

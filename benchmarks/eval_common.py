@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import os
-import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from core_common import REPO, header  # noqa: E402,F401
+from common import REPO, header  # noqa: E402,F401
+from common import write_section as _write  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results_eval.md"
 OUT = Path(__file__).resolve().parent / "out"
@@ -39,13 +38,4 @@ def table_lines(results_md: Path) -> list[str]:
 
 
 def write_section(key: str, lines: list[str]) -> None:
-    """Put `lines` into results_eval.md between markers for `key`, replacing an older copy."""
-    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
-    block = "\n".join([start, *lines, end])
-    text = RESULTS.read_text() if RESULTS.exists() else "# Evaluation benchmarks\n"
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block
-    tmp = RESULTS.with_suffix(".md.tmp")
-    tmp.write_text(text.rstrip("\n") + "\n")
-    os.replace(tmp, RESULTS)
-    print(f"wrote the '{key}' section of {RESULTS}")
+    _write(RESULTS, key, lines, "Evaluation benchmarks")

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from core_common import command_line, machine  # noqa: E402
+from common import command_line, machine, write_section  # noqa: E402
 
 from omnibyte.data import write_dataset  # noqa: E402
 from omnibyte.data.tasks import build_mix, parse_mix, text_documents  # noqa: E402
@@ -189,15 +189,7 @@ def report(preset: dict, quick: bool, notes: list[str], mixes: dict, runs: dict,
 
 def write_results(key: str, lines: list[str]) -> None:
     """Replace the `key` section of results_multimodal.md (quick and full keep separate sections)."""
-    import re
-
-    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
-    block = "\n".join([start, *lines, end])
-    text = RESULTS.read_text() if RESULTS.exists() else "# Multimodal benchmarks\n"
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block
-    RESULTS.write_text(text.rstrip("\n") + "\n")
-    print(f"wrote the '{key}' section of {RESULTS}")
+    write_section(RESULTS, key, lines, "Multimodal benchmarks")
 
 
 def main() -> int:
