@@ -128,6 +128,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, help="training steps (default 300; quick 8)")
     ap.add_argument("--out", default=str(HERE / "out"), help="folder for the markdown table and raw JSON")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds allowed per worker")
+    ap.add_argument("--threads", type=int, help="torch threads of each side (default 2)")
     args = ap.parse_args()
     if not PEER_PYTHON.exists():
         sys.exit("error: no peer environment; create it with\n  python3 -m venv benchmarks/.venv-peers\n"
@@ -135,6 +136,8 @@ def main() -> None:
     job = dict(QUICK if args.quick else FULL)
     if args.steps:
         job["steps"] = args.steps
+    if args.threads:
+        job["threads"] = args.threads
     data = ensure_data(args.data)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
