@@ -7,6 +7,7 @@ Attention always goes through `F.scaled_dot_product_attention` with an explicit 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -25,9 +26,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return xf.type_as(x) * self.weight
+        # one fused op: RMSNorm runs several times per layer, and per byte when decoding
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
 
 
 def apply_rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
@@ -35,14 +35,18 @@ def apply_rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor
 
     x: (B, H, T, D); pos: (T,) or (B, T) absolute positions.
     """
-    d = x.shape[-1]
-    inv_freq = theta ** (-torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d)
-    ang = pos.to(torch.float32)[..., None] * inv_freq  # (T, D/2) or (B, T, D/2)
+    ang = pos.to(torch.float32)[..., None] * _inv_freq(x.shape[-1], theta, x.device)  # (T, D/2) or (B, T, D/2)
     if ang.dim() == 3:
         ang = ang[:, None]  # (B, 1, T, D/2): broadcast over heads
     cos, sin = ang.cos(), ang.sin()
     x1, x2 = x.float().chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+@functools.lru_cache(maxsize=64)
+def _inv_freq(d: int, theta: float, device: torch.device) -> torch.Tensor:
+    """θ^(-2i/d) for i < d/2, made once per head size (decoding calls RoPE per byte per layer)."""
+    return theta ** (-torch.arange(0, d, 2, device=device, dtype=torch.float32) / d)
 
 
 def causal_mask(t_q: int, t_k: int, device, offset: int = 0, window: int = 0) -> torch.Tensor:
