@@ -171,8 +171,9 @@ def main() -> int:
         print("generation ...", flush=True)
         lines += generation(p)
     print("\n".join(lines))
-    if not args.quick:
-        write_section("blt-speed", lines)
+    if not args.quick:  # a part run alone gets its own section, so --skip never erases the other part
+        only = {"training": "-generation", "generation": "-training"}.get(args.skip, "")
+        write_section("blt-speed" + only, lines)
     return 0
 
 

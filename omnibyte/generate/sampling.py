@@ -62,7 +62,7 @@ def choose(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator | Non
     return int(torch.multinomial(probs.cpu(), 1, generator=gen))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(
     model,
     prompts: Sequence[Sequence[int]],
