@@ -21,7 +21,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from omnibyte import media
 from omnibyte.data.loader import (
@@ -36,6 +35,7 @@ from omnibyte.data.loader import (
 from omnibyte.errors import OmnibyteError
 from omnibyte.format import BOS, EOS, VOCAB_SIZE, AudioSegment, Document, ImageSegment, Segment, TextSegment
 from omnibyte.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES
+from omnibyte.progress import progress as tqdm
 
 DOC_BYTES = 16384
 SHARD_IDS = 64 * 2**20  # 128 MiB shard files

@@ -81,7 +81,7 @@ def score_examples(model, examples: Sequence[Example], tokenizer: BpeTokenizer |
     cfg = SamplingConfig(max_new=longest + 4, temperature=0.0)  # " answer\n" then EOS, in bytes or tokens
     right: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     samples = []
-    from tqdm.auto import tqdm
+    from omnibyte.progress import progress as tqdm
 
     for start in tqdm(range(0, len(examples), batch_size), desc="tasks", disable=not progress, leave=False):
         batch = examples[start : start + batch_size]

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from omnibyte.errors import OmnibyteError
 from omnibyte.models.base import WEIGHTS, OmniModel, resolve_model_dir
+from omnibyte.progress import progress as tqdm
 
 CALIBRATION_FILE = "patching.json"
 DEFAULT_CHUNK = 2048  # new positions per forward when streaming a long split with full attention

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from omnibyte.errors import OmnibyteError
 from omnibyte.eval.bpb import bits_per_byte
 from omnibyte.models.base import replace_dir
 from omnibyte.models.registry import build_model
+from omnibyte.progress import progress
 from omnibyte.train.config import RunConfig, read_run_config
 
 
@@ -259,10 +259,8 @@ class Trainer:
         step (a checkpoint is saved), as an interruption would; `--resume` continues it."""
         tc = self.cfg.train
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        from tqdm import tqdm
-
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=self.quiet or not self.dist.main,
-                   unit="step", dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
+        bar = progress(total=self.total_steps, initial=self.step, disable=self.quiet or not self.dist.main,
+                       unit="step")
         self.model.train()
         last = {"step": self.step}
         t_log, bytes_since = time.perf_counter(), 0

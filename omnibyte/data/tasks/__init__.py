@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from omnibyte.config import from_dict, parse_value, to_dict
 from omnibyte.data.tasks.common import (
@@ -32,6 +31,7 @@ from omnibyte.data.tasks.common import (
 )
 from omnibyte.errors import OmnibyteError
 from omnibyte.format import Document
+from omnibyte.progress import progress as tqdm
 
 
 @dataclass(frozen=True)
