@@ -8,7 +8,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -115,15 +114,10 @@ def test_resume_gives_the_same_losses(data, tmp_path):
 # ----------------------------------------------------------------------------- DDP
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_gradients_equal_one_process(data, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), str(TESTS / "ddp_worker.py"), str(tmp_path), str(data)]
+    # --standalone: torchrun picks a free local port itself (no race between choosing and binding one)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(TESTS / "ddp_worker.py"), str(tmp_path), str(data)]
     proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"grads-{r}.pt", weights_only=True) for r in (0, 1)]

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import shutil
@@ -35,7 +36,7 @@ class ModelOutput:
     loss: torch.Tensor | None = None
 
 
-class OmniModel(nn.Module):
+class OmniModel(nn.Module, metaclass=abc.ABCMeta):
     arch: ClassVar[str]
     config_cls: ClassVar[type]
 
@@ -43,18 +44,22 @@ class OmniModel(nn.Module):
         super().__init__()
         self.cfg = cfg
 
-    # --- interface each model implements -------------------------------------------------
+    # --- interface each model implements (see the module docstring) ----------------------
+    @abc.abstractmethod
     def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None, **extras) -> ModelOutput:
-        raise NotImplementedError
+        """logits[:, t] predicts the id after ids[:, t] from ids[:, :t+1]; loss when targets given."""
 
+    @abc.abstractmethod
     def init_state(self, batch_size: int, max_len: int) -> Any:
-        raise NotImplementedError
+        """Empty decoding state (KV caches) for `batch_size` rows of up to `max_len` ids."""
 
+    @abc.abstractmethod
     def step(self, state: Any, ids: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Feed (B, T) new ids to every row; return their (B, T, V) logits."""
 
+    @abc.abstractmethod
     def flops_per_byte(self, seq_len: int) -> dict[str, float]:
-        raise NotImplementedError
+        """{"train": …, "infer": …} FLOPs per byte at this sequence length."""
 
     # --- shared -------------------------------------------------------------------------------
     @property
