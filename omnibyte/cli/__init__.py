@@ -10,7 +10,7 @@ import sys
 
 from omnibyte.errors import OmnibyteError
 
-COMMANDS = ["prepare", "train", "eval", "generate", "patch", "bench", "report", "serve"]
+COMMANDS = ["prepare", "train", "eval", "generate", "patch", "bench", "report"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,13 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"omnibyte.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"omnibyte.cli.{name}":
-                continue  # command not built in this version
-            raise
-        module.add_parser(sub)
+        importlib.import_module(f"omnibyte.cli.{name}").add_parser(sub)
     return parser
 
 
