@@ -118,8 +118,7 @@ class Trainer:
 
         torch.manual_seed(tc.seed)
         self.model = build_model(cfg.arch, cfg.model).to(self.device)
-        self.dataset = open_dataset(cfg.data.path)
-        self.extras: dict[str, str] = self.prepare_data()
+        self.dataset, self.extras = self.rank0_first(self.open_data)
         self.tokenizer = dataset_tokenizer(self.dataset)  # BPE baseline: scored per byte of text
         self.bytes_per_id = self.tokenizer.bytes_per_id if self.tokenizer is not None else None
         self.loader = BatchLoader(self.dataset, "train", tc.batch_size, tc.seq_len, tc.seed,
@@ -151,20 +150,21 @@ class Trainer:
         self._tb = None
 
     # --- pieces -----------------------------------------------------------------------------
-    def prepare_data(self) -> dict[str, str]:
-        """Let the model add what it needs to the dataset once (BLT: precomputed entropies).
-        Rank 0 writes; the other ranks wait, then reopen the dataset and find it cached."""
-        prepare = getattr(self.model, "prepare_data", None)
-        if prepare is None:
-            return {}
+    def rank0_first(self, fn):
+        """Run fn on rank 0, then (after a barrier) on the other ranks, which find on disk what
+        rank 0 wrote instead of writing it again concurrently."""
         if self.dist.world_size == 1:
-            return prepare(self.dataset)
-        extras = prepare(self.dataset) if self.dist.main else None
+            return fn()
+        out = fn() if self.dist.main else None
         dist.barrier()
-        if not self.dist.main:
-            self.dataset = ShardDataset(self.cfg.data.path)
-            extras = prepare(self.dataset)
-        return extras
+        return out if self.dist.main else fn()
+
+    def open_data(self) -> tuple[ShardDataset, dict[str, str]]:
+        """The dataset (the default corpus is built on first use) and what the model adds to it
+        once, e.g. BLT's precomputed entropies: {forward kwarg: aux array name}."""
+        dataset = open_dataset(self.cfg.data.path)
+        prepare = getattr(self.model, "prepare_data", None)
+        return dataset, (prepare(dataset) if prepare else {})
 
     def autocast(self):
         if self.amp_dtype is None:
