@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -125,6 +127,14 @@ def score(run_dir: Path, preset: dict, eval_set: Path, text_set: Path | None) ->
             "eval_s": time.perf_counter() - t0}
 
 
+def train_and_score(preset: dict, mix_path: Path, run_dir: Path, steps: int, threads: int, work: Path) -> tuple:
+    """One mix end to end (a worker of --parallel runs it in its own process)."""
+    torch.set_num_threads(threads)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run = train_run(preset, mix_path, run_dir, steps, threads)
+    return run, score(run_dir, preset, work / "eval", work / "text-eval")
+
+
 def mix_bytes(meta: dict) -> dict:
     b = meta["splits"]["train"]["bytes"]
     total = sum(b.values())
@@ -192,13 +202,46 @@ def write_results(key: str, lines: list[str]) -> None:
     write_section(RESULTS, key, lines, "Multimodal benchmarks")
 
 
+def rescore(args) -> int:
+    """Reload a finished --out folder's runs, score them again, rewrite results.json and the report."""
+    work = args.out
+    if work is None or not (work / "results.json").is_file():
+        sys.exit("error: --score-only needs --out FOLDER holding a finished run (its results.json)")
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    saved = json.loads((work / "results.json").read_text())
+    preset, runs, notes = saved["preset"], saved["runs"], saved["notes"]
+    mixes, scores = {}, {}
+    for name in runs:
+        meta = json.loads((work / name.replace(" ", "-") / "meta.json").read_text())
+        spec = f"{preset['text']},{preset['tasks']}" if name == "with text" else preset["tasks"]
+        mixes[name] = {"spec": saved.get("specs", {}).get(name, spec), "share": mix_bytes(meta)}
+        print(f"scoring {name} ...", flush=True)
+        scores[name] = score(work / f"run-{name.replace(' ', '-')}", preset, work / "eval", work / "text-eval")
+    total = saved.get("total_s", 0.0) + time.perf_counter() - t0
+    notes = [*notes, f"scored again with `--score-only` on {time.strftime('%Y-%m-%d %H:%M %Z')}"]
+    lines = report(preset, False, notes, mixes, runs, scores, total)
+    (work / "results.json").write_text(json.dumps(json_safe({**saved, "scores": scores, "notes": notes}),
+                                                  indent=2, default=str) + "\n")
+    print("\n".join(lines))
+    write_results("full", lines)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (~2 min)")
     ap.add_argument("--minutes", type=float, help=f"training minutes per run (full: {FULL['minutes']:.0f})")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--parallel", action="store_true",
+                    help="train and score the two mixes at once, one process each with --threads threads "
+                         "(on 2 cores: --parallel --threads 1)")
     ap.add_argument("--out", type=Path, help="keep data, runs and results.json here (default: a temporary folder)")
+    ap.add_argument("--score-only", action="store_true",
+                    help="score the finished runs in --out again (after a metric changed) and rewrite the report")
     args = ap.parse_args()
+    if args.score_only:
+        return rescore(args)
     preset = dict(QUICK if args.quick else FULL)
     if args.minutes:
         preset["minutes"] = args.minutes
@@ -235,16 +278,23 @@ def main() -> int:
             steps, rate = calibrate_steps(preset, mixes["with text"]["path"], work, args.threads)
             print(f"{rate:,.0f} bytes/s → {steps} steps per run ({preset['minutes']:.0f} min)", flush=True)
         runs, scores = {}, {}
-        for name, mix in mixes.items():
-            print(f"training {name} ...", flush=True)
-            run_dir = work / f"run-{name.replace(' ', '-')}"
-            shutil.rmtree(run_dir, ignore_errors=True)
-            runs[name] = train_run(preset, mix["path"], run_dir, steps, args.threads)
-            print(f"scoring {name} ...", flush=True)
-            scores[name] = score(run_dir, preset, work / "eval", work / "text-eval")
+        jobs = {name: (preset, mix["path"], work / f"run-{name.replace(' ', '-')}", steps, args.threads, work)
+                for name, mix in mixes.items()}
+        if args.parallel:
+            notes.append(f"the two runs trained side by side, one process each with {args.threads} thread(s)")
+            print("training and scoring both mixes side by side ...", flush=True)
+            with ProcessPoolExecutor(max_workers=len(jobs), mp_context=mp.get_context("spawn")) as pool:
+                futures = {name: pool.submit(train_and_score, *job) for name, job in jobs.items()}
+                for name, fut in futures.items():
+                    runs[name], scores[name] = fut.result()
+        else:
+            for name, job in jobs.items():
+                print(f"training and scoring {name} ...", flush=True)
+                runs[name], scores[name] = train_and_score(*job)
         lines = report(preset, args.quick, notes, mixes, runs, scores, time.perf_counter() - t_start)
         (work / "results.json").write_text(json.dumps(json_safe(
-            {"preset": preset, "runs": runs, "scores": scores, "notes": notes}), indent=2, default=str) + "\n")
+            {"preset": preset, "runs": runs, "scores": scores, "notes": notes, "total_s": time.perf_counter() - t_start,
+             "specs": {k: v["spec"] for k, v in mixes.items()}}), indent=2, default=str) + "\n")
         print("\n".join(lines))
         write_results("quick" if args.quick else "full", lines)
     finally:

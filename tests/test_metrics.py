@@ -48,7 +48,9 @@ def test_clock_scores():
     assert s["exact"] == 0.25  # only 03:10
     assert s["within"] == 0.5  # 12:01 is 2 minutes from 11:59; 06:34 is 4 away
     assert s["parsed"] == 0.75 and s["n"] == 4
-    assert s["chance_within"] == pytest.approx(7 / 720)
+    assert s["hour"] == 0.5  # 03 and 06 right; 12:01 is the wrong hour for 11:59, banana none
+    assert clock_scores(["12:40", "00:05"], ["0:59", "12:00"])["hour"] == 1.0  # 12 and 0 are one hour hand
+    assert s["chance_within"] == pytest.approx(7 / 720) and s["chance_hour"] == pytest.approx(1 / 12)
     assert clock_scores(refs, preds, tolerance=4)["within"] == 0.75
     with pytest.raises(ValueError, match="references"):
         clock_scores(refs, preds[:2])

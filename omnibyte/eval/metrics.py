@@ -64,10 +64,11 @@ def clock_distance(a: int, b: int) -> int:
 
 
 def clock_scores(references: Sequence[str], predictions: Sequence[str], tolerance: int = 3) -> dict:
-    """exact (same minute), within (±tolerance minutes, wrapping round 12), parsed; plus the
-    chance of a uniform guess for both."""
+    """exact (same minute), within (±tolerance minutes, wrapping round 12), hour (the hour hand
+    read right: same hour on the 12-hour dial, whatever the minutes), parsed; plus the chance of
+    a uniform guess for each."""
     _check(references, predictions)
-    exact, within, parsed = [], [], []
+    exact, within, hour, parsed = [], [], [], []
     for r, p in zip(references, predictions):
         ref, pred = parse_time(r), parse_time(p)
         if ref is None:
@@ -76,9 +77,10 @@ def clock_scores(references: Sequence[str], predictions: Sequence[str], toleranc
         d = clock_distance(ref, pred) if pred is not None else MINUTES_PER_DIAL
         exact.append(d == 0)
         within.append(d <= tolerance)
-    return {"exact": _mean(exact), "within": _mean(within), "parsed": _mean(parsed), "tolerance": tolerance,
-            "chance_exact": 1 / MINUTES_PER_DIAL, "chance_within": (2 * tolerance + 1) / MINUTES_PER_DIAL,
-            "n": len(exact)}
+        hour.append(pred is not None and pred // 60 == ref // 60)
+    return {"exact": _mean(exact), "within": _mean(within), "hour": _mean(hour), "parsed": _mean(parsed),
+            "tolerance": tolerance, "chance_exact": 1 / MINUTES_PER_DIAL,
+            "chance_within": (2 * tolerance + 1) / MINUTES_PER_DIAL, "chance_hour": 1 / 12, "n": len(exact)}
 
 
 # ----------------------------------------------------------------------------- counting
