@@ -97,11 +97,14 @@ def test_hash_ngram_ids_match_python_reference(n, buckets):
     assert h[0, 4 + 5] == h[0, 4] and h[0, 4] != h[0, 5]
 
 
-@pytest.mark.parametrize("t,w", [(37, 8), (64, 16), (5, 8), (17, 16)])
-def test_window_attention_matches_dense_mask(t, w):
+@pytest.mark.parametrize("t,w,block", [(37, 8, None), (64, 16, None), (5, 8, None), (17, 16, None),
+                                       (37, 8, 3), (64, 16, 4), (50, 12, 5), (9, 8, 2), (300, 256, None)])
+def test_window_attention_matches_dense_mask(t, w, block):
+    """Exact for any block size, including blocks that do not divide the window or the sequence
+    and windows split into several blocks (300, 256: the default makes two blocks of 128)."""
     q, k, v = (torch.randn(2, 3, t, 8) for _ in range(3))
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(t, t, "cpu", window=w))
-    torch.testing.assert_close(window_attention(q, k, v, w), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(window_attention(q, k, v, w, block), ref, atol=1e-5, rtol=1e-5)
 
 
 # --------------------------------------------------------------------------- the model
