@@ -1,13 +1,15 @@
 """Which MEGABYTE design choice matters for bits per byte? Trains `configs/megabyte-tiny.toml`
-(300 steps, whole-val-split bpb) as the paper has it and with one change at a time, in one run:
+(300 steps, whole-val-split bpb) with one change at a time, in one run:
 
-- paper: each byte gets global_dim/P dims of the global input; one matrix w^GL maps every
-  slot of the global output to the local width (omnibyte's MEGABYTE);
-- full-out: one projection from the whole global output to all P local slots;
-- wide-in: each byte embedded at local_dim, the P embeddings of a patch projected to global_dim
-  (the layout MEGABYTE-pytorch uses).
+- the paper's layout: each byte gets global_dim/P dims of the global input, slot 0 of each
+  patch's local model reads a learned pad, no token shift;
+- omnibyte's three departures (`MegabyteConfig.patch_proj`, `carry_byte`, `token_shift`), each
+  added to the paper's layout alone and each taken out of omnibyte's default alone;
+- two more choices on top of the default: w^GL (global slot → local width) initialised at
+  std 0.02 like the other matrices instead of 0.002, and one full projection from the whole
+  global output to all P local slots instead of w^GL per slot.
 
-    .venv/bin/python benchmarks/megabyte_variants.py            # ≈ 5 minutes on 2 cores
+    .venv/bin/python benchmarks/megabyte_variants.py            # ≈ 15 minutes on 2 cores
     .venv/bin/python benchmarks/megabyte_variants.py --quick    # 20 steps, prints only
 """
 
@@ -33,13 +35,14 @@ from omnibyte.train.trainer import Trainer  # noqa: E402
 
 @register
 class FullOut(Megabyte):
+    """One projection from the whole global output to all P local slots (instead of w^GL per slot)."""
     arch = "megabyte-full-out"
     config_cls = MegabyteConfig
 
     def __init__(self, cfg):
         super().__init__(cfg)
         self.global_to_local = nn.Linear(cfg.global_dim, cfg.patch_size * cfg.local_dim, bias=False)
-        nn.init.normal_(self.global_to_local.weight, std=0.02)
+        nn.init.normal_(self.global_to_local.weight, std=0.002)
 
     def run_global(self, x, caches=None):
         g = self.global_model(x, caches=caches)  # (B, m, global_dim)
@@ -47,37 +50,47 @@ class FullOut(Megabyte):
 
 
 @register
-class WideIn(Megabyte):
-    arch = "megabyte-wide-in"
+class SlotInit002(Megabyte):
+    """w^GL initialised like every other matrix (std 0.02) instead of 10× smaller."""
+    arch = "megabyte-g2l-0.02"
     config_cls = MegabyteConfig
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.global_embed = nn.Embedding(cfg.vocab_size, cfg.local_dim)
-        self.patch_proj = nn.Linear(cfg.patch_size * cfg.local_dim, cfg.global_dim, bias=False)
-        nn.init.normal_(self.global_embed.weight, std=0.02)
-        nn.init.normal_(self.patch_proj.weight, std=0.02)
-
-    def patch_embed(self, ids):
-        e = self.global_embed(ids)  # (B, m·P, local_dim)
-        return self.patch_proj(rearrange(e, "b (m p) d -> b m (p d)", p=self.cfg.patch_size))
+        nn.init.normal_(self.global_to_local.weight, std=0.02)
 
 
-VARIANTS = {"paper": "megabyte", "full-out": "megabyte-full-out", "wide-in": "megabyte-wide-in"}
+PAPER = {"arch": "megabyte", "patch_proj": False, "carry_byte": False, "token_shift": False}
+DEFAULT = {"arch": "megabyte", "patch_proj": True, "carry_byte": True, "token_shift": True}
+VARIANTS = {  # name → [model] overrides of configs/megabyte-tiny.toml
+    "paper layout (all three off)": PAPER,
+    "paper + patch_proj": {**PAPER, "patch_proj": True},
+    "paper + carry_byte": {**PAPER, "carry_byte": True},
+    "paper + token_shift": {**PAPER, "token_shift": True},
+    "omnibyte default (all three on)": DEFAULT,
+    "default − patch_proj": {**DEFAULT, "patch_proj": False},
+    "default − carry_byte": {**DEFAULT, "carry_byte": False},
+    "default − token_shift": {**DEFAULT, "token_shift": False},
+    "default, w^GL init std 0.02": {**DEFAULT, "arch": "megabyte-g2l-0.02"},
+    "default, full global→local projection": {**DEFAULT, "arch": "megabyte-full-out"},
+}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", nargs="+", choices=list(VARIANTS), help="run these only (prints, writes nothing)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     steps = 20 if args.quick else 300
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, arch in VARIANTS.items():
+        for name, model in VARIANTS.items():
+            if args.only and name not in args.only:
+                continue
             cfg = load_run_config(REPO / "configs" / "megabyte-tiny.toml", {
-                "model": {"arch": arch}, "data": {"path": str(REPO / "data" / "kjv")},
+                "model": dict(model), "data": {"path": str(REPO / "data" / "kjv")},
                 "train": {"steps": steps, "eval_every": 0, "save_every": 0, "eval_batches": 0}})
             trainer = Trainer(cfg, Path(tmp) / name, quiet=True)
             result = trainer.fit()
@@ -88,7 +101,7 @@ def main() -> int:
               "KJV validation split.", "", "| variant | params | val bpb |", "| --- | ---: | ---: |"]
     lines += [f"| {n} | {p:,} | {b:.4f} |" for n, p, b in rows]
     print("\n".join(lines))
-    if not args.quick:
+    if not args.quick and not args.only:
         write_section(HERE / "results_megabyte.md", "megabyte-variants", lines, "MEGABYTE")
     return 0
 

@@ -227,7 +227,7 @@ def build_omnibyte(job: dict):
 
     fields = ("patch_size", "global_dim", "global_layers", "global_heads", "local_dim", "local_layers",
               "local_heads")
-    model = Megabyte(MegabyteConfig(**{k: job[k] for k in fields}))
+    model = Megabyte(MegabyteConfig(**{k: job[k] for k in fields}, **job.get("omnibyte_extra", {})))
 
     def gen(prompt, n):
         cfg = SamplingConfig(max_new=n, temperature=0, stop_at_eos=False)

@@ -21,6 +21,11 @@ def tiny(patch_size=4, seed=0, **kw) -> Megabyte:
     return Megabyte(MegabyteConfig(**cfg)).eval()
 
 
+PAPER = {"patch_proj": False, "carry_byte": False, "token_shift": False}  # the paper's layout
+LAYOUTS = pytest.mark.parametrize("layout", [{}, PAPER, {"token_shift": False}, {"carry_byte": False}],
+                                  ids=["default", "paper", "no-shift", "no-carry"])
+
+
 def rand_ids(b, t, seed=1):
     return torch.randint(0, N_BYTES, (b, t), generator=torch.Generator().manual_seed(seed))
 
@@ -50,9 +55,10 @@ def test_registry_and_config_errors():
         build_model("megabyte", {"patch_sz": 4})
 
 
+@LAYOUTS
 @pytest.mark.parametrize("P,T", [(4, 11), (3, 10), (1, 6), (5, 12)])
-def test_causal(P, T):
-    m = tiny(P)
+def test_causal(P, T, layout):
+    m = tiny(P, **layout)
     ids = rand_ids(1, T)
     base = m(ids).logits
     for t in range(T):
@@ -106,9 +112,10 @@ def test_zero_input_bytes_differ_from_padding():
     assert not torch.allclose(m(zero).logits[:, 5:], m(pad).logits[:, 5:])
 
 
+@LAYOUTS
 @pytest.mark.parametrize("P,T", [(4, 14), (3, 11), (1, 6), (8, 20)])
-def test_incremental_matches_forward(P, T):
-    m = tiny(P)
+def test_incremental_matches_forward(P, T, layout):
+    m = tiny(P, **layout)
     ids = rand_ids(2, T)
     with torch.no_grad():
         full = m(ids).logits
@@ -161,6 +168,26 @@ def test_save_load_roundtrip(tmp_path):
     assert isinstance(loaded, Megabyte) and loaded.cfg == m.cfg
     ids = rand_ids(2, 10)
     torch.testing.assert_close(loaded(ids).logits, m(ids).logits, rtol=0, atol=0)
+
+
+def test_checkpoint_saved_before_the_layout_flags_loads_as_the_paper_layout(tmp_path):
+    """A config.json written before patch_proj / carry_byte / token_shift existed describes a
+    paper-layout model: it loads as one (not with today's defaults) and gives the same logits."""
+    import json
+
+    m = tiny(4, **PAPER)
+    m.save_pretrained(tmp_path / "old")
+    cfg_file = tmp_path / "old" / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    for key in PAPER:
+        del cfg["model"][key]
+    cfg_file.write_text(json.dumps(cfg))
+    loaded = OmniModel.from_pretrained(tmp_path / "old")
+    assert loaded.cfg == m.cfg
+    ids = rand_ids(2, 10)
+    torch.testing.assert_close(loaded(ids).logits, m(ids).logits, rtol=0, atol=0)
+    # a config written by hand today gets today's defaults
+    assert build_model("megabyte", {"patch_size": 4, "global_dim": 32}).cfg.carry_byte
 
 
 def test_overfits_one_batch():

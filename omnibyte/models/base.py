@@ -91,11 +91,11 @@ class OmniModel(nn.Module, metaclass=abc.ABCMeta):
     @staticmethod
     def from_pretrained(path: str | Path, map_location: str | torch.device = "cpu") -> OmniModel:
         """Load any omnibyte model from a model dir or a run dir (uses its checkpoint/)."""
-        from omnibyte.models.registry import build_model
+        from omnibyte.models.registry import build_model, saved_config
 
         path = resolve_model_dir(path)
         cfg = read_config(path)
-        model = build_model(cfg["arch"], cfg.get("model", {}))
+        model = build_model(cfg["arch"], saved_config(cfg["arch"], cfg.get("model", {})))
         try:
             state = load_file(str(path / WEIGHTS), device=str(map_location))
         except (SafetensorError, OSError) as e:

@@ -2,16 +2,17 @@
 Transformers"): fixed patches of P bytes, a large global transformer over patches and a small
 local transformer inside each patch.
 
-    bytes ──global embed (global_dim/P each)──► concat P per patch ──► shift one patch (learned pad)
-          ──► global transformer over patches (causal, RoPE over patch index)
+    bytes ──global embed (local_dim each)──► concat P per patch ──► project to global_dim
+          ──► shift one patch (learned pad) ──► global transformer over patches (causal, RoPE)
           ──► split each patch vector into P slots ──► project slot to local_dim   ─┐
-    bytes ──local embed──► shift one byte inside each patch (learned pad) ──────── + ┘
+    bytes ──local embed──► shift one byte (learned pad before byte 0) ───────────── + ┘
           ──► local transformer inside each patch (batched: (B·n_patches, P, local_dim))
           ──► head ──► next-byte logits
 
 The global input for patch k holds bytes of patches < k only, and the local input at slot p of
-patch k holds bytes kP … kP+p-1 only, so position i sees exactly the bytes before it: the model
-predicts x_i from x_<i (the paper's factorisation).
+patch k holds byte kP+p-1 (for slot 0, the previous patch's last byte) plus the global output
+for patch k, and attends to slots < p of its patch, so position i sees only bytes before it: the
+model predicts x_i from x_<i (the paper's factorisation).
 
 Mapping to the omnibyte interface (logits[:, t] predicts ids[:, t+1] from ids[:, :t+1]): run
 MEGABYTE on the sequence z = ids ++ [one more position] and keep its positions 1..T. Position
@@ -24,13 +25,24 @@ data like any other.
 Departures from the paper: RoPE in both stacks instead of learned absolute position
 embeddings (byte order inside a patch is the order of the concatenated slots), pre-norm SwiGLU
 blocks with optional QK-norm from `omnibyte.nn`, and no cross-patch attention or convolutional
-patch encoder (the paper's optional extensions).
+patch encoder (the paper's optional extensions). Three more, each a config flag that is on by
+default because it lowered bits per byte at equal steps on the default corpus (measured in
+benchmarks/megabyte_variants.py; all three off is the paper's layout):
+
+- `patch_proj`: bytes are embedded at local_dim and a patch's P embeddings projected to
+  global_dim (as MEGABYTE-pytorch does), instead of global_dim/P dims per byte, concatenated;
+- `carry_byte`: slot 0 of a patch reads the last byte of the previous patch instead of a learned
+  pad, so the first byte of a patch is not predicted from the global model alone (with the pad,
+  slot 0 was the worst-predicted slot by about a bit);
+- `token_shift`: every sublayer of both stacks also sees half the channels of the previous
+  position (RWKV's token shift, also in MEGABYTE-pytorch).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +70,11 @@ class MegabyteConfig:
     mlp_ratio: float = 8 / 3
     qk_norm: bool = True
     rope_theta: float = 10000.0
+    # Three departures from the paper, each on by default because each lowers bits per byte at
+    # equal steps (benchmarks/megabyte_variants.py); all three off = the paper's layout.
+    patch_proj: bool = True  # bytes embedded at local_dim, a patch's P embeddings projected to global_dim
+    carry_byte: bool = True  # slot 0 of a patch reads the previous patch's last byte, not a learned pad
+    token_shift: bool = True  # each sublayer also sees the previous position (patch / byte), as in RWKV
     z_loss: float = 0.0
 
     def __post_init__(self):
@@ -102,31 +119,41 @@ class MegabyteState:
 class Megabyte(OmniModel):
     arch = "megabyte"
     config_cls = MegabyteConfig
+    # checkpoints saved before these flags existed were trained with the paper's layout
+    saved_defaults: ClassVar[dict] = {"patch_proj": False, "carry_byte": False, "token_shift": False}
 
     def __init__(self, cfg: MegabyteConfig):
         super().__init__(cfg)
         P = cfg.patch_size
-        # patch embedder: each byte gets global_dim/P dims; P of them side by side make a patch
-        self.global_embed = nn.Embedding(cfg.vocab_size, cfg.global_dim // P)
+        # patch embedder: P byte embeddings side by side make a patch vector, projected to
+        # global_dim (patch_proj) or, in the paper, each byte gets global_dim/P dims of it
+        self.global_embed = nn.Embedding(cfg.vocab_size, cfg.local_dim if cfg.patch_proj else cfg.global_dim // P)
+        self.patch_proj = nn.Linear(P * cfg.local_dim, cfg.global_dim, bias=False) if cfg.patch_proj else None
         self.global_pad = nn.Parameter(torch.empty(cfg.global_dim))  # stands for "patch -1"
         self.global_model = TransformerStack(cfg.global_dim, cfg.global_layers, cfg.global_heads,
-                                             cfg.mlp_ratio, cfg.qk_norm, cfg.rope_theta)
+                                             cfg.mlp_ratio, cfg.qk_norm, cfg.rope_theta,
+                                             token_shift=cfg.token_shift)
         # the paper's w^GL: one matrix maps every slot of a global output to the local width
         self.global_to_local = nn.Linear(cfg.global_dim // P, cfg.local_dim, bias=False)
         self.local_embed = nn.Embedding(cfg.vocab_size, cfg.local_dim)
         self.local_pad = nn.Parameter(torch.empty(cfg.local_dim))  # stands for "byte -1" of a patch
         self.local_model = TransformerStack(cfg.local_dim, cfg.local_layers, cfg.local_heads,
-                                            cfg.mlp_ratio, cfg.qk_norm, cfg.rope_theta)
+                                            cfg.mlp_ratio, cfg.qk_norm, cfg.rope_theta,
+                                            token_shift=cfg.token_shift)
         self.head = nn.Linear(cfg.local_dim, cfg.vocab_size, bias=False)
-        for p in (self.global_embed.weight, self.global_pad, self.global_to_local.weight,
-                  self.local_embed.weight, self.local_pad, self.head.weight):
+        for p in (self.global_embed.weight, self.global_pad, self.local_embed.weight, self.local_pad,
+                  self.head.weight, *([self.patch_proj.weight] if cfg.patch_proj else [])):
             nn.init.normal_(p, std=0.02)
+        # The global model's share of a local input starts ~10× below the byte embedding's, so the
+        # local model first learns from the bytes it sees (0.02 here cost 0.2 bits/byte after 300
+        # steps in benchmarks/megabyte_variants.py).
+        nn.init.normal_(self.global_to_local.weight, std=0.002)
 
     # --- the two stages ---------------------------------------------------------------------
     def patch_embed(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, m·P) ids → (B, m, global_dim) patch vectors."""
-        e = self.global_embed(ids)  # (B, m·P, global_dim/P)
-        return rearrange(e, "b (m p) d -> b m (p d)", p=self.cfg.patch_size)
+        e = rearrange(self.global_embed(ids), "b (m p) d -> b m (p d)", p=self.cfg.patch_size)
+        return self.patch_proj(e) if self.patch_proj is not None else e
 
     def run_global(self, x: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
         """(B, m, global_dim) global inputs → (B, m, P, local_dim): each patch's output split into
@@ -147,8 +174,13 @@ class Megabyte(OmniModel):
         g = self.run_global(g_in)  # (B, n, P, local_dim)
 
         # local: slot p of a patch sees bytes 0..p-1 of it (shift by one byte, learned pad in front)
-        loc = rearrange(self.local_embed(z), "b (n p) d -> b n p d", p=P)
-        l_in = torch.cat([self.local_pad.expand(B, n, 1, -1), loc[:, :, :-1]], dim=2) + g
+        if self.cfg.carry_byte:  # byte j's local input is byte j-1, across patch boundaries too
+            e = self.local_embed(z)
+            l_in = rearrange(torch.cat([self.local_pad.expand(B, 1, -1), e[:, :-1]], 1), "b (n p) d -> b n p d", p=P)
+        else:
+            loc = rearrange(self.local_embed(z), "b (n p) d -> b n p d", p=P)
+            l_in = torch.cat([self.local_pad.expand(B, n, 1, -1), loc[:, :, :-1]], dim=2)
+        l_in = l_in + g
         h = self.local_model(rearrange(l_in, "b n p d -> (b n) p d"))  # (B·n, P, local_dim)
 
         h = rearrange(h, "(b n) p d -> b (n p) d", b=B)[:, 1:T + 1]  # positions 1..T ↔ targets ids[1..T]
@@ -191,7 +223,9 @@ class Megabyte(OmniModel):
         # local input of position j: previous byte (pad at slot 0) + slot j % P of its patch's g
         j = torch.arange(n + 1, n + T + 1, device=ids.device)
         slot, patch = j % P, j // P - a
-        prev = torch.where((slot == 0)[:, None], self.local_pad, self.local_embed(ids))  # (B, T, local_dim)
+        prev = self.local_embed(ids)  # (B, T, local_dim)
+        if not self.cfg.carry_byte:
+            prev = torch.where((slot == 0)[:, None], self.local_pad, prev)
         x = prev + g[:, patch, slot]
 
         t1 = min(T, (a + 1) * P - 1 - n)  # positions left in patch a
@@ -216,14 +250,15 @@ class Megabyte(OmniModel):
 
         global: `transformer_flops` of the global stack over ceil(seq_len/P) patches (attention
         included, no head), divided by P because one patch carries P bytes;
-        projection: 2 · (global_dim/P) · local_dim per byte (w^GL);
+        projections: 2 · (global_dim/P) · local_dim per byte (w^GL), plus 2 · local_dim · global_dim
+        per byte with `patch_proj` (P·local_dim → global_dim once per patch of P bytes);
         local: `transformer_flops` of the local stack over a P-byte sequence, with the head.
         Embedding lookups are free. Training = 3 × forward.
         """
         cfg, P = self.cfg, self.cfg.patch_size
         glob = transformer_flops(cfg.stage("global"), math.ceil(seq_len / P), with_head=False)
         loc = transformer_flops(cfg.stage("local"), P, with_head=True)
-        proj = 2 * (cfg.global_dim // P) * cfg.local_dim
+        proj = 2 * (cfg.global_dim // P) * cfg.local_dim + (2 * cfg.local_dim * cfg.global_dim if cfg.patch_proj else 0)
         return {k: glob[k] / P + loc[k] + (3.0 if k == "train" else 1.0) * proj for k in ("train", "infer")}
 
     def strided_nll_sums(self, ids: torch.Tensor, half: str = "first") -> tuple[float, int]:

@@ -35,6 +35,16 @@ def get_model_class(arch: str):
     return _ARCHS[arch]
 
 
+def saved_config(arch: str, data: dict) -> dict:
+    """A model config read back from disk (config.json, run.json): keys added to the config after
+    it was saved take the values the saving version used (the class's `saved_defaults`), not
+    today's defaults, so older checkpoints load as the model they were trained as."""
+    if not isinstance(data, dict):
+        return data
+    legacy = getattr(get_model_class(arch), "saved_defaults", {})
+    return {**{k: v for k, v in legacy.items() if k not in data}, **data}
+
+
 def build_config(arch: str, data: dict):
     return from_dict(get_model_class(arch).config_cls, data, prefix="model")
 

@@ -27,6 +27,7 @@ class TransformerConfig:
     qk_norm: bool = True
     rope_theta: float = 10000.0
     window: int = 0  # sliding attention window in ids; 0 = full causal attention
+    token_shift: bool = False  # each sublayer also sees the previous position (RWKV's token shift)
     z_loss: float = 0.0
 
     def __post_init__(self):
@@ -54,7 +55,7 @@ class Transformer(OmniModel):
         super().__init__(cfg)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.stack = TransformerStack(cfg.dim, cfg.n_layers, cfg.n_heads, cfg.mlp_ratio, cfg.qk_norm,
-                                      cfg.rope_theta, cfg.window)
+                                      cfg.rope_theta, cfg.window, cfg.token_shift)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         nn.init.normal_(self.embed.weight, std=0.02)
         nn.init.normal_(self.head.weight, std=0.02)

@@ -12,6 +12,7 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
+        self.shifted: dict[str, torch.Tensor] = {}  # token shift: last position's shifted half, per sublayer
 
     @property
     def max_len(self) -> int:
@@ -30,3 +31,4 @@ class KVCache:
 
     def reset(self):
         self.length = 0
+        self.shifted = {}

@@ -109,20 +109,42 @@ def mlp_hidden(dim: int, ratio: float, multiple_of: int = 32) -> int:
     return multiple_of * math.ceil(int(dim * ratio) / multiple_of)
 
 
+def token_shift(x: torch.Tensor, cache: KVCache | None = None, key: str = "") -> torch.Tensor:
+    """Replace the second half of each position's channels by the previous position's (zeros
+    before the first), as in RWKV and MEGABYTE-pytorch: a one-step look-back that every
+    sublayer gets for free, which small byte models learn much faster with.
+
+    With a cache, the previous position of the first new one is the last position of the
+    previous call, kept in `cache.shifted[key]`; a reset cache starts from zeros again."""
+    keep, shift = x.chunk(2, dim=-1)
+    prev = cache.shifted.get(key) if cache is not None else None
+    if prev is None:
+        prev = torch.zeros_like(shift[:, :1])
+    if cache is not None:
+        cache.shifted[key] = shift[:, -1:]
+    return torch.cat([keep, torch.cat([prev, shift[:, :-1]], dim=1)], dim=-1)
+
+
 class Block(nn.Module):
-    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)); with `shift`, each sublayer
+    reads `token_shift(x)` instead of x (the residual stream itself is not shifted)."""
 
     def __init__(self, dim: int, n_heads: int, mlp_ratio: float = 8 / 3, qk_norm: bool = True,
-                 rope_theta: float = 10000.0):
+                 rope_theta: float = 10000.0, shift: bool = False):
         super().__init__()
+        if shift and dim % 2:
+            raise ValueError(f"token shift splits the width in halves: dim {dim} must be even")
+        self.shift = shift
         self.attn_norm = RMSNorm(dim)
         self.attn = Attention(dim, n_heads, qk_norm=qk_norm, rope_theta=rope_theta)
         self.mlp_norm = RMSNorm(dim)
         self.mlp = SwiGLU(dim, mlp_hidden(dim, mlp_ratio))
 
     def forward(self, x, pos, mask=None, cache=None, window: int = 0):
-        x = x + self.attn(self.attn_norm(x), pos, mask, cache, window)
-        return x + self.mlp(self.mlp_norm(x))
+        h = token_shift(x, cache, "attn") if self.shift else x
+        x = x + self.attn(self.attn_norm(h), pos, mask, cache, window)
+        h = token_shift(x, cache, "mlp") if self.shift else x
+        return x + self.mlp(self.mlp_norm(h))
 
 
 class TransformerStack(nn.Module):
@@ -130,14 +152,17 @@ class TransformerStack(nn.Module):
     byte transformer, the MEGABYTE global/local models and BLT's three stacks all share it.
 
     `window` > 0 gives sliding-window causal attention (entropy model, BLT local encoder).
+    `token_shift` mixes the previous position into each sublayer's input (see `token_shift`);
+    it crosses document boundaries, so stacks that mask attention by document leave it off.
     """
 
     def __init__(self, dim: int, n_layers: int, n_heads: int, mlp_ratio: float = 8 / 3,
-                 qk_norm: bool = True, rope_theta: float = 10000.0, window: int = 0):
+                 qk_norm: bool = True, rope_theta: float = 10000.0, window: int = 0,
+                 token_shift: bool = False):
         super().__init__()
         self.dim, self.n_heads, self.window = dim, n_heads, window
         self.layers = nn.ModuleList(
-            Block(dim, n_heads, mlp_ratio, qk_norm, rope_theta) for _ in range(n_layers)
+            Block(dim, n_heads, mlp_ratio, qk_norm, rope_theta, token_shift) for _ in range(n_layers)
         )
         self.norm = RMSNorm(dim)
         self.reset_parameters()
