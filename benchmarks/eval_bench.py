@@ -50,7 +50,8 @@ def main() -> int:
     png = Path(__file__).resolve().parent / "eval_bench.png"
     shutil.copy(out / "bpb_vs_flops.png", png)
     write_section("eval_bench", [*header("Bits per byte at equal training FLOPs (omnibyte bench --preset small)"),
-                                 f"- wall time of the whole sweep: {minutes:.1f} min", "",
+                                 f"- wall time of this invocation: {minutes:.1f} min (runs already finished in "
+                                 f"{out.name} are reused, not retrained; each run's own time is in the table)", "",
                                  *table_lines(out / "results.md"), "", f"![bpb against FLOPs]({png.name})"])
     return 0
 
