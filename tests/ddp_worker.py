@@ -29,6 +29,7 @@ def main(out: Path, data: Path) -> None:
     grads = {name: p.grad.detach().clone() for name, p in trainer.model.named_parameters()}
     torch.save({"grads": grads, "loss": loss, "world_size": trainer.dist.world_size},
                out / f"grads-{trainer.dist.rank}.pt")
+    dist.barrier()  # both ranks done before either tears down the group (rank 0 aborted at exit without it)
     dist.destroy_process_group()
 
 

@@ -370,6 +370,7 @@ def train(config: str | None, overrides: list[str], out: str | None, resume: str
               flush=True)
     result = trainer.fit()
     if dist.is_initialized():
+        dist.barrier()  # no rank tears the group down while another still talks to it
         dist.destroy_process_group()
     return result
 
