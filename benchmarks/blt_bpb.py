@@ -4,7 +4,7 @@ space and entropy patching.
 A thin shell over `omnibyte bench` (the one sweep every model comparison uses): each model is
 trained by the omnibyte trainer for ⌊budget / (its own `flops_per_byte` × bytes per step)⌋ steps,
 then scored on the same validation split. The entropy model of BLT-entropy is trained first and
-its threshold calibrated to the static patch size (its cost is reported apart, as in the paper).
+its threshold calibrated to space patching's mean patch length (its cost is reported apart, as in the paper).
 Finished runs in --out are reused, so an interrupted sweep resumes.
 
     .venv/bin/python benchmarks/blt_bpb.py            # preset small: ≈ 20 minutes on a 2-core CPU

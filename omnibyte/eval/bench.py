@@ -10,7 +10,9 @@ Models of the sweep:
     blt-static    BLT, fixed patches
     blt-space     BLT, a patch after space-like bytes
     blt-entropy   BLT, entropy patching: a small entropy model is trained first (its cost is
-                  reported apart) and its threshold calibrated to the static patch size
+                  reported apart) and its threshold calibrated to space patching's mean patch
+                  length, so the two dynamic patchings cost the same FLOPs per byte and differ
+                  only in where the boundaries fall
 
 For a budget B each run takes steps = ⌊B / (training FLOPs per id · ids per step)⌋ with the
 model's own `flops_per_byte` formula (per token for the BPE model), and the cosine schedule is
@@ -45,7 +47,7 @@ class BenchPreset:
     warmup_steps: int
     eval_batches: int  # validation batches scored per model (0 = the whole split)
     bpe_vocab: int
-    patch_size: int  # MEGABYTE and BLT-static patch size; BLT-entropy's calibration target
+    patch_size: int  # MEGABYTE and BLT-static patch size
     transformer: dict  # model fields of the byte and BPE transformers
     megabyte: dict
     blt: dict
@@ -237,7 +239,8 @@ class Bench:
 
     def entropy_model(self) -> tuple[Path, float, float]:
         """Train the entropy model once (a windowed byte transformer) and calibrate its threshold so
-        that mean patch length ≈ the static patch size. Returns (run dir, threshold, achieved)."""
+        that mean patch length ≈ space patching's on the same data (calibrated again, not retrained,
+        when an older run was calibrated to another target). Returns (run dir, threshold, achieved)."""
         from omnibyte.models.base import OmniModel
         from omnibyte.patching.calibrate import calibrate
         from omnibyte.patching.entropy import write_calibration
@@ -248,18 +251,18 @@ class Bench:
         p = self.preset
         run_dir = self.out / "runs" / "entropy-model"
         done = run_dir / "bench.json"
-        if done.is_file():
-            info = json.loads(done.read_text())
-        else:
+        target = self.space_bytes_per_patch()
+        info = json.loads(done.read_text()) if done.is_file() else None
+        if info is None:
             self.log(f"training the entropy model ({p.entropy_steps} steps) ...")
             raw = {"model": {"arch": "transformer", **p.entropy}, "data": {"path": self.data},
                    "train": self.train_settings(p.entropy_steps, p.seq_len)}
             info = self.train(raw, run_dir)
+        if info.get("target_bytes_per_patch") != target:
             model = OmniModel.from_pretrained(run_dir)
-            cal = calibrate(model, self.byte_dataset(), float(p.patch_size), sample_bytes=p.calibration_bytes,
-                            split="train")
+            cal = calibrate(model, self.byte_dataset(), target, sample_bytes=p.calibration_bytes, split="train")
             write_calibration(run_dir, "global", cal.to_entry(source="omnibyte bench"))
-            info.update(threshold=cal.threshold, bytes_per_patch=cal.bytes_per_patch,
+            info.update(threshold=cal.threshold, bytes_per_patch=cal.bytes_per_patch, target_bytes_per_patch=target,
                         infer_flops_per_byte=model.flops_per_byte(p.seq_len)["infer"])
             done.write_text(json.dumps(info, indent=2) + "\n")
         self.extra["entropy"] = {"run": str(run_dir), "threshold": info["threshold"],
