@@ -59,6 +59,15 @@ def test_quick_sweep_end_to_end_and_reuse(tmp_path, capsys):
     again = json.loads((out / "results.json").read_text())["results"]
     assert {r["run"]: r["wall_s"] for r in again} == {k: v for k, v in before.items() if "/transformer-" in k}
     assert (out / "runs" / "transformer-3e08" / "checkpoint" / "model.safetensors").stat().st_mtime_ns == stamp
+    # and a reused BLT run still gets its patching notes: entropy calibrated to space's mean length
+    assert "BLT entropy patching" in table
+    assert main(["bench", "--preset", "quick", "--data", str(data), "--out", str(out), "--budgets", "3e8",
+                 "--models", "blt-space,blt-entropy"]) == 0
+    notes = (out / "results.md").read_text()
+    assert "BLT space patching" in notes and "BLT entropy patching" in notes
+    info = json.loads((out / "runs" / "entropy-model" / "bench.json").read_text())
+    space = json.loads((out / "results.json").read_text())["space_bytes_per_patch"]
+    assert info["target_bytes_per_patch"] == space and abs(info["bytes_per_patch"] - space) / space < 0.25
 
 
 def test_sweep_on_tasks_with_any_text_val_and_noise(tmp_path, capsys):

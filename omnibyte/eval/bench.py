@@ -420,6 +420,12 @@ class Bench:
                 continue
             results.append(rec)
             self.log(f"  {rec['steps']} steps in {rec['wall_s']:.0f} s → val {rec['val_bpb']:.4f} bits/byte")
+        # the patch facts the report notes, also when every run was reused (cheap: cached on disk)
+        names = {r["model"] for r in results}
+        if "blt-space" in names:
+            self.space_bytes_per_patch()
+        if "blt-entropy" in names:
+            self.entropy_model()
         summary = {"data": self.data, "val": str(self.val) if self.val else None,
                    "preset": dataclasses.asdict(self.preset), "budgets": list(self.budgets), "results": results,
                    "skipped": skipped, **self.extra}
