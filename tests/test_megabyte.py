@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -186,8 +187,12 @@ def test_checkpoint_saved_before_the_layout_flags_loads_as_the_paper_layout(tmp_
     assert loaded.cfg == m.cfg
     ids = rand_ids(2, 10)
     torch.testing.assert_close(loaded(ids).logits, m(ids).logits, rtol=0, atol=0)
-    # a config written by hand today gets today's defaults
+    # a config written today, by hand or as TOML, gets today's defaults
     assert build_model("megabyte", {"patch_size": 4, "global_dim": 32}).cfg.carry_byte
+    from omnibyte.train.config import load_run_config
+
+    toml = load_run_config(Path(__file__).resolve().parent.parent / "configs" / "megabyte-tiny.toml").model
+    assert toml.patch_proj and toml.carry_byte and toml.token_shift
 
 
 def test_overfits_one_batch():

@@ -100,12 +100,6 @@ def resolve(raw: dict) -> RunConfig:
 
 def load_run_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
     raw = load_toml(path) if path else {}
-    model = raw.get("model") if isinstance(raw, dict) else None
-    if isinstance(model, dict) and isinstance(model.get("arch"), str):
-        from omnibyte.models.registry import saved_config
-
-        raw["model"] = {"arch": model["arch"], **saved_config(model["arch"], {k: v for k, v in model.items()
-                                                                               if k != "arch"})}
     if overrides:
         raw = merge(raw, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
     return resolve(raw)
