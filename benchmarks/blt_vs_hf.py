@@ -30,8 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-PEER_PYTHON = HERE / ".venv-peers" / "bin" / "python"
+from common import HERE, PEER_PYTHON, require_peer_env  # stdlib only, so the peer worker imports it too
 
 FULL = dict(batch_size=4, seq_len=2048, patch_size=4, dim_local=128, dim_global=256, local_heads=2,
             global_heads=4, enc_layers=1, dec_layers=2, global_layers=4, windows=[512, 128], cross_attn_k=2,
@@ -143,9 +142,7 @@ def main() -> int:
     if args.worker:
         print(json.dumps(worker(args.worker, json.loads(args.job))))
         return 0
-    if not PEER_PYTHON.exists():
-        sys.exit("error: no peer environment; create it with\n  python3 -m venv benchmarks/.venv-peers\n"
-                 "  benchmarks/.venv-peers/bin/pip install torch==2.13.0 transformers==5.23.0")
+    require_peer_env("transformers==5.23.0")
     job = dict(QUICK if args.quick else FULL)
     if args.steps:
         job["steps"] = args.steps

@@ -17,6 +17,16 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
+PEER_PYTHON = HERE / ".venv-peers" / "bin" / "python"  # the peer implementations' own environment
+
+
+def require_peer_env(packages: str) -> Path:
+    """The peer environment's python, or exit naming the commands that create it (torch pinned
+    in the same pip command as the peer `packages`)."""
+    if not PEER_PYTHON.exists():
+        sys.exit("error: no peer environment; create it with\n  python3 -m venv benchmarks/.venv-peers\n"
+                 f"  benchmarks/.venv-peers/bin/pip install torch==2.13.0 {packages}")
+    return PEER_PYTHON
 
 
 def cpu_name() -> str:

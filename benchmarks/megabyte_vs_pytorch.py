@@ -43,9 +43,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import HERE, PEER_PYTHON, require_peer_env  # stdlib only, so the peer worker imports it too
 
-HERE = Path(__file__).resolve().parent
-PEER_PYTHON = HERE / ".venv-peers" / "bin" / "python"
 PAD, N_BYTES = 256, 256  # omnibyte's PAD id and byte count (the peer worker cannot import omnibyte)
 
 FULL = dict(patch_size=8, global_dim=256, global_layers=4, global_heads=4, local_dim=128, local_layers=2,
@@ -130,9 +129,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=3600, help="seconds allowed per worker")
     ap.add_argument("--threads", type=int, help="torch threads of each side (default 2)")
     args = ap.parse_args()
-    if not PEER_PYTHON.exists():
-        sys.exit("error: no peer environment; create it with\n  python3 -m venv benchmarks/.venv-peers\n"
-                 "  benchmarks/.venv-peers/bin/pip install torch==2.13.0 MEGABYTE-pytorch==0.3.6")
+    require_peer_env("MEGABYTE-pytorch==0.3.6")
     job = dict(QUICK if args.quick else FULL)
     if args.steps:
         job["steps"] = args.steps
