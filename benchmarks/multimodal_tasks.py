@@ -9,14 +9,17 @@ text shares the training mix (at equal training FLOPs)?
 Steps:
 1. Two training mixes built with `build_mix` from the same seed: *with text* (KJV + tasks) and
    *without text* (the same task examples alone; `build_mix` makes a task's examples independent
-   of the rest of the mix). The demo's mix (kjv:0.3,clocks:2000,shapes:2000,fashion:5000,speech:1000)
-   with smaller media so whole documents fit a CPU-sized window: clocks and shapes 24×24 RGB,
-   speech one digit or phrase at 4 kHz.
+   of the rest of the mix). The demo's mix with more Fashion-MNIST classification
+   (kjv:0.3,clocks:2000,shapes:2000,fashion:8000 with 30 % drawing,speech:1000) and smaller media
+   so whole documents fit a CPU-sized window: clocks and shapes 24×24 RGB, speech one digit or
+   phrase at 4 kHz.
 2. A separate evaluation set: new task examples (seed + 1, Fashion-MNIST's *test* images), 90 %
    held out, so neither model has seen any of it.
 3. One BLT (configs/multimodal-tiny.toml's shape, wider) trained on each mix with the same
    model, batch and number of steps — so the same FLOPs. The full run first times a few steps
-   and sets the step count so that each run takes `--minutes`.
+   and sets the step count so that each run takes `--minutes`. Recipe for a task mix: windows
+   hold whole documents (`train.align_docs`), and image/audio targets weigh 0.1 in the loss
+   (`train.media_loss_weight`; `--media-loss-weight 1` gives the plain objective).
 4. Both models scored on the evaluation set: bits per byte of its image and audio bytes, of KJV
    chapters neither mix holds (text), and every task metric next to its chance level.
 """
@@ -50,14 +53,16 @@ from omnibyte.train.trainer import Trainer  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results_multimodal.md"
 BLT = {"arch": "blt", "cross_attn_k": 2, "patcher": {"kind": "static", "patch_size": 4}}
 FULL = {
-    "text": "kjv:0.3", "tasks": "clocks:2000,shapes:2000,fashion:5000,speech:1000",
+    "text": "kjv:0.3", "tasks": "clocks:2000,shapes:2000,fashion:8000,speech:1000",
     "eval_tasks": "clocks:300,shapes:300,fashion:300,speech:150",
-    "task_opts": {"clocks": {"size": 24}, "shapes": {"size": 24, "max_shapes": 4},
+    "task_opts": {"clocks": {"size": 24}, "shapes": {"size": 24, "max_shapes": 4}, "fashion": {"draw": 0.3},
                   "speech": {"sample_rate": 4000, "max_digits": 1}},
     "model": {**BLT, "dim_local": 64, "dim_global": 192, "hash_buckets": 4096,
               "encoder": {"n_layers": 1, "n_heads": 2, "window": 128}, "latent": {"n_layers": 4, "n_heads": 6},
               "decoder": {"n_layers": 2, "n_heads": 2, "window": 128}},
-    "train": {"batch_size": 8, "seq_len": 2048, "lr": 2e-3},
+    # whole documents per window (an example's image and answer are never cut apart), and pixels /
+    # samples at a tenth of a text id's weight in the loss, so the answers get the gradient
+    "train": {"batch_size": 8, "seq_len": 2048, "lr": 2e-3, "align_docs": True, "media_loss_weight": 0.1},
     "minutes": 45.0, "eval_n": 100, "bpb_batches": 40, "text_docs": 60,
 }
 QUICK = {
@@ -68,7 +73,7 @@ QUICK = {
     "model": {**BLT, "dim_local": 32, "dim_global": 64, "hash_buckets": 1024,
               "encoder": {"n_layers": 1, "n_heads": 2, "window": 64}, "latent": {"n_layers": 2, "n_heads": 4},
               "decoder": {"n_layers": 1, "n_heads": 2, "window": 64}},
-    "train": {"batch_size": 2, "seq_len": 512, "lr": 3e-3},
+    "train": {"batch_size": 2, "seq_len": 512, "lr": 3e-3, "align_docs": True, "media_loss_weight": 0.1},
     "steps": 6, "eval_n": 2, "bpb_batches": 2, "text_docs": 4,
 }
 CHANCE_KEYS = ("chance", "majority", "copy_row", "wrong_name")
@@ -159,6 +164,9 @@ def report(preset: dict, quick: bool, notes: list[str], mixes: dict, runs: dict,
              f"- model: BLT, {runs['with text']['params']:,} parameters, static patches of 4; batch "
              f"{preset['train']['batch_size']} × {preset['train']['seq_len']} ids; "
              f"{runs['with text']['steps']} steps per run ({runs['with text']['flops']:.3g} training FLOPs each)",
+             f"- training recipe: whole documents per window (`align_docs` {preset['train'].get('align_docs', False)}),"
+             f" image/audio targets weighted {preset['train'].get('media_loss_weight', 1.0)} in the loss "
+             "(bits per byte below are unweighted)",
              f"- training mixes: with text `{mixes['with text']['spec']}`; without text "
              f"`{mixes['without text']['spec']}`; task options {json.dumps(preset['task_opts'])}",
              f"- evaluation: new examples `{preset['eval_tasks']}` (seed + 1, Fashion-MNIST test images), up to "
@@ -233,6 +241,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (~2 min)")
     ap.add_argument("--minutes", type=float, help=f"training minutes per run (full: {FULL['minutes']:.0f})")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--media-loss-weight", type=float,
+                    help="weight of image/audio targets in the loss (preset: 0.1; 1 = every id the same)")
     ap.add_argument("--parallel", action="store_true",
                     help="train and score the two mixes at once, one process each with --threads threads "
                          "(on 2 cores: --parallel --threads 1)")
@@ -245,6 +255,8 @@ def main() -> int:
     preset = dict(QUICK if args.quick else FULL)
     if args.minutes:
         preset["minutes"] = args.minutes
+    if args.media_loss_weight is not None:
+        preset["train"] = {**preset["train"], "media_loss_weight": args.media_loss_weight}
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     notes: list[str] = []

@@ -23,6 +23,7 @@ from omnibyte.data import (
     write_dataset,
 )
 from omnibyte.data import corpus as corpus_mod
+from omnibyte.data.loader import document_windows
 from omnibyte.data.prepare import split_text
 from omnibyte.errors import OmnibyteError
 from omnibyte.format import BOS, EOS, PAD, Document, ImageSegment, TextSegment, encode, split_documents
@@ -330,3 +331,53 @@ def test_cli_prepare(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err
     assert document_from_record({"text": "x"}, tmp_path).segments == [TextSegment(b"x")]
+
+
+@given(lengths=st.lists(st.integers(2, 30), min_size=1, max_size=12), seq_len=st.integers(2, 20),
+       lead=st.integers(0, 3))
+@settings(max_examples=150, deadline=None)
+def test_document_windows_hold_whole_documents(lengths, seq_len, lead):
+    # documents BOS x x ... of the given lengths, after `lead` ids that belong to no document
+    ids, doc_starts = [7] * lead, []
+    for n in lengths:
+        doc_starts.append(len(ids))
+        ids += [BOS] + [(len(ids) + i) % 256 for i in range(n - 1)]
+    ids = np.asarray(ids)
+    starts, lens = document_windows(ids, seq_len)
+    assert (lens >= 1).all() and (lens <= seq_len + 1).all()
+    bounds = set(doc_starts) | {0}
+    ends = sorted(bounds | {len(ids)})
+    targets = []
+    for s, n in zip(starts.tolist(), lens.tolist()):
+        doc = max(b for b in bounds if b <= s)
+        doc_end = min(b for b in ends if b > s)
+        if doc_end - doc <= seq_len + 1:  # whole documents, from the start of one to the end of one
+            assert s == doc and s + n in ends
+        else:  # a long document: windows of its own, each continuing the previous one
+            assert s + n <= doc_end
+        targets += range(s + 1, s + n)
+    # every id is a target at most once, and only the first id of a document can be skipped
+    assert len(targets) == len(set(targets))
+    assert set(range(len(ids))) - set(targets) <= bounds
+
+
+def test_document_windows_in_the_loader(tmp_path):
+    docs = [Document([TextSegment(bytes([65 + i % 26]) * (3 + 2 * i))]) for i in range(12)]
+    write_dataset(docs, tmp_path / "ds", sources=["t"], val_fraction=0)
+    ds = ShardDataset(tmp_path / "ds")
+    ds.write_aux("train", "pos", np.arange(ds.n_ids("train")) % 1000)
+    loader = BatchLoader(ds, "train", batch_size=4, seq_len=32, seed=3, aux=("pos",), align_docs=True)
+    stream = np.asarray(ds.stream("train"))
+    seen = 0
+    for step in range(6):
+        batch = loader.get_batch(step)
+        assert (batch["ids"][:, 0] == BOS).all()
+        for row, pos in zip(batch["ids"], batch["pos"]):
+            n = int((row != PAD).sum())
+            start = int(pos[0])
+            assert torch.equal(row[:n], torch.from_numpy(stream[start:start + n].astype(np.int64)))
+            assert (row[n:] == PAD).all() and (pos[n:] == 0).all()
+            seen += 1
+    assert loader.n_windows < len(stream) // 10  # whole documents packed, not one per window
+    assert torch.equal(loader.get_batch(2)["ids"], BatchLoader(ds, "train", 4, 32, seed=3, align_docs=True)
+                       .get_batch(2)["ids"])

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from ddp_worker import BATCH_SIZE, GRAD_ACCUM
@@ -327,3 +328,61 @@ def test_flops_budget_stops_at_computed_step(data, tmp_path, capsys):
     # a budget beyond train.steps does not extend the run
     big = load_run_config(None, tiny_overrides(data, steps=3, flops=1e3 * per_step))
     assert Trainer(big, tmp_path / "big", quiet=True).total_steps == 3
+
+
+def test_media_loss_weight_scales_only_image_and_audio_targets(tmp_path):
+    from omnibyte.data import write_dataset
+    from omnibyte.data.modality import MODALITY_AUX, TEXT, modality_labels
+    from omnibyte.format import PAD, AudioSegment, Document, ImageSegment, TextSegment
+    from omnibyte.nn import lm_loss
+
+    rng = torch.Generator().manual_seed(0)
+    docs = [Document([TextSegment(f"item {i}: ".encode()),
+                      ImageSegment(4, 3, 1, bytes(torch.randint(0, 256, (12,), generator=rng).tolist())),
+                      TextSegment(b" is a cat; says "),
+                      AudioSegment(8000, 10, 1, bytes(torch.randint(0, 256, (10,), generator=rng).tolist())),
+                      TextSegment(b" meow.")]) for i in range(30)]
+    data = tmp_path / "mm"
+    write_dataset(docs, data, sources=["generated"], val_fraction=0.1)
+
+    def loss_of(weight):
+        cfg = load_run_config(None, tiny_overrides(data, seq_len=64, media_loss_weight=weight))
+        trainer = Trainer(cfg, tmp_path / f"run-{weight}", quiet=True)
+        batch = trainer.loader.get_batch(0)
+        with torch.no_grad():
+            return trainer.forward_loss(batch).item(), trainer, batch
+
+    plain, trainer, batch = loss_of(1.0)
+    zero, trainer0, batch0 = loss_of(0.0)
+    half, _, _ = loss_of(0.5)
+    ids = batch["ids"]
+    assert torch.equal(batch0["ids"], ids) and MODALITY_AUX not in batch  # same seed: same batch
+    # the labels are the whole training stream's, cut like the ids
+    stream = np.asarray(trainer0.dataset.stream("train"))
+    assert np.array_equal(trainer0.dataset.aux("train", MODALITY_AUX), modality_labels(stream))
+    media = batch0[MODALITY_AUX][:, 1:] != TEXT
+    assert media.any() and (~media & (ids[:, 1:] != PAD)).any()
+    with torch.no_grad():
+        logits = trainer.model(ids[:, :-1]).logits
+    text_only = ids[:, 1:].clone()
+    text_only[media] = PAD
+    assert zero == pytest.approx(lm_loss(logits, text_only).item(), rel=1e-5)
+    assert plain == pytest.approx(lm_loss(logits, ids[:, 1:]).item(), rel=1e-5)
+    assert min(plain, zero) < half < max(plain, zero)
+
+
+def test_media_loss_weight_must_not_be_negative():
+    with pytest.raises(ValueError, match="media_loss_weight must be ≥ 0"):
+        TrainConfig(media_loss_weight=-0.5)
+
+
+def test_align_docs_gives_windows_that_start_at_documents(tmp_path):
+    data = write_text_dataset(tmp_path, n_docs=60, lines=1)  # one short line per document
+    cfg = load_run_config(None, tiny_overrides(data, seq_len=64, align_docs=True))
+    trainer = Trainer(cfg, tmp_path / "run", quiet=True)
+    from omnibyte.format import BOS
+
+    for step in range(3):
+        assert (trainer.loader.get_batch(step)["ids"][:, 0] == BOS).all()
+    trainer.fit()
+    assert (tmp_path / "run" / "checkpoint").is_dir()

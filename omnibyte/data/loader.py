@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from omnibyte.errors import OmnibyteError
-from omnibyte.format import PAD
+from omnibyte.format import BOS, PAD
 
 FORMAT_NAME = "omnibyte-shards"
 FORMAT_VERSION = 1
@@ -222,22 +222,57 @@ def _nonempty_stream(dataset: ShardDataset, split: str):
     return stream
 
 
-def _windows(arr, starts: Sequence[int], length: int, fill, dtype) -> np.ndarray:
-    """Rows arr[s : s+length] for each start, padded with `fill` past the end."""
+def _windows(arr, starts: Sequence[int], length: int, fill, dtype,
+             lengths: Sequence[int] | None = None) -> np.ndarray:
+    """Rows arr[s : s+n] for each start (n = `length`, or that row's entry of `lengths`), padded
+    with `fill` up to `length`."""
     out = np.full((len(starts), length), fill, dtype)
     for row, s in enumerate(starts):
-        chunk = arr[s : s + length]
+        chunk = arr[s : s + (length if lengths is None else lengths[row])]
         out[row, : len(chunk)] = chunk
     return out
 
 
-def _batch(stream, aux: dict, starts: Sequence[int], seq_len: int) -> dict[str, torch.Tensor]:
+def _batch(stream, aux: dict, starts: Sequence[int], seq_len: int,
+           lengths: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
     """The batch dict every consumer sees: ids (B, T+1) int64 plus aux (B, T+1) float32."""
-    ids = _windows(stream, starts, seq_len + 1, PAD, np.int64)
+    ids = _windows(stream, starts, seq_len + 1, PAD, np.int64, lengths)
     batch = {"ids": torch.from_numpy(ids)}
     for name, arr in aux.items():
-        batch[name] = torch.from_numpy(_windows(arr, starts, seq_len + 1, 0.0, np.float32))
+        batch[name] = torch.from_numpy(_windows(arr, starts, seq_len + 1, 0.0, np.float32, lengths))
     return batch
+
+
+def document_windows(stream, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, lengths) of windows of at most seq_len + 1 ids that start at a document's BOS and
+    hold whole documents, packed greedily in stream order (the rest of a window is PAD). A document
+    longer than a window is cut into windows of its own that overlap by one id, as stream windows
+    do, so every id after a window's first is still a target exactly once per epoch."""
+    ids = np.asarray(stream)
+    bounds = np.flatnonzero(ids == BOS)
+    if not len(bounds) or bounds[0] != 0:
+        bounds = np.concatenate([[0], bounds])  # ids before the first BOS count as a document
+    ends = np.append(bounds[1:], len(ids))
+    width = seq_len + 1
+    starts, lengths = [], []
+    open_start = None  # start of the window being filled
+    for a, b in zip(bounds.tolist(), ends.tolist()):
+        if open_start is not None and b - open_start <= width:
+            continue  # the document fits in the open window
+        if open_start is not None:
+            starts.append(open_start)
+            lengths.append(a - open_start)
+        if b - a <= width:
+            open_start = a
+            continue
+        for c in range(a, b - 1, seq_len):  # a long document: windows of its own
+            starts.append(c)
+            lengths.append(min(width, b - c))
+        open_start = None
+    if open_start is not None:
+        starts.append(open_start)
+        lengths.append(len(ids) - open_start)
+    return np.asarray(starts, np.int64), np.asarray(lengths, np.int64)
 
 
 class BatchLoader:
@@ -249,11 +284,15 @@ class BatchLoader:
     ``p = step * world_size * batch_size + i`` takes window ``perm(seed, p // n)[p % n]``, so
     epochs follow each other seamlessly, rank r takes the r-th contiguous slice of each global
     batch, and the union over ranks is the 1-process batch of size world_size * batch_size.
+
+    With ``align_docs`` the windows are `document_windows` instead: each starts at a document
+    and holds whole documents (PAD after them), so a task example's question and answer, or an
+    image and its caption, are never cut apart; the same shuffling applies.
     """
 
     def __init__(self, dataset: ShardDataset | str | Path, split: str = "train", batch_size: int = 8,
                  seq_len: int = 1024, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 aux: Sequence[str] = ()):
+                 aux: Sequence[str] = (), align_docs: bool = False):
         if batch_size < 1 or seq_len < 1:
             raise OmnibyteError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
         if not 0 <= rank < world_size:
@@ -263,7 +302,10 @@ class BatchLoader:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.stream = _nonempty_stream(self.dataset, split)
         self.aux = _aux_arrays(self.dataset, split, aux)
-        self.n_windows = max(1, (len(self.stream) - 1) // seq_len)
+        self.starts = self.lengths = None
+        if align_docs:
+            self.starts, self.lengths = document_windows(self.stream, seq_len)
+        self.n_windows = len(self.starts) if align_docs else max(1, (len(self.stream) - 1) // seq_len)
         self._perms: dict[int, np.ndarray] = {}
 
     def _perm(self, epoch: int) -> np.ndarray:
@@ -280,8 +322,11 @@ class BatchLoader:
     def get_batch(self, step: int) -> dict[str, torch.Tensor]:
         first = (step * self.world_size + self.rank) * self.batch_size
         positions = np.arange(first, first + self.batch_size)
-        windows = [self._perm(int(p // self.n_windows))[p % self.n_windows] for p in positions]
-        return _batch(self.stream, self.aux, [int(w) * self.seq_len for w in windows], self.seq_len)
+        windows = [int(self._perm(int(p // self.n_windows))[p % self.n_windows]) for p in positions]
+        if self.starts is not None:
+            return _batch(self.stream, self.aux, self.starts[windows].tolist(), self.seq_len,
+                          self.lengths[windows].tolist())
+        return _batch(self.stream, self.aux, [w * self.seq_len for w in windows], self.seq_len)
 
     def iter_from(self, step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """Batches for step, step+1, ... forever: resuming a run is `iter_from(saved_step)`."""

@@ -29,30 +29,20 @@ import torch
 import torch.nn.functional as F
 
 from omnibyte.data import ShardDataset, eval_batches
+from omnibyte.data.modality import MODALITIES, MODALITY_AUX, LabelledDataset, modality_labels
 from omnibyte.data.tasks.common import HELDOUT_FILE, read_heldout
 from omnibyte.data.tasks.shapes import Shape
 from omnibyte.errors import OmnibyteError
 from omnibyte.eval import metrics
 from omnibyte.format import (
-    AUDIO_HEADER_LEN,
-    BOA,
-    BOI,
-    EOA,
-    EOI,
     EOS,
-    IMAGE_HEADER_LEN,
     N_BYTES,
     PAD,
-    parse_audio_header,
-    parse_image_header,
 )
 from omnibyte.generate import SamplingConfig, generate
 from omnibyte.generate.multimodal import ModalityConstraint
 from omnibyte.models.base import OmniModel
 
-MODALITIES = ("text", "image", "audio")
-TEXT, IMAGE, AUDIO = 0, 1, 2
-MODALITY_AUX = "modality"  # batch key of the labels `modality_batches` adds
 TEXT_KINDS = ("clock", "count", "point", "classify", "transcribe")
 IMAGE_KINDS = ("draw", "complete")
 RECORD_KEYS = {"task", "kind", "start", "length", "answer_start"}
@@ -60,62 +50,12 @@ RECORD_KEYS = {"task", "kind", "start", "length", "answer_start"}
 # ----------------------------------------------------------------------------- per-modality bpb
 
 
-def modality_labels(ids: np.ndarray | Sequence[int]) -> np.ndarray:
-    """uint8 label per position: 0 text (and BOS/EOS), 1 inside an image block, 2 inside an audio block.
-
-    Meant for a whole split's stream. On a window cut from a stream, bytes before the window's
-    first marker are text unless a closing EOI/EOA comes first (the window began inside that
-    block); a window wholly inside a block cannot tell and is labelled text.
-    """
-    ids = np.asarray(ids)
-    labels = np.zeros(len(ids), np.uint8)
-    opens = np.flatnonzero((ids == BOI) | (ids == BOA))
-    for pos in opens:
-        image = ids[pos] == BOI
-        head = ids[pos + 1:pos + 1 + (IMAGE_HEADER_LEN if image else AUDIO_HEADER_LEN)].tolist()
-        end = len(ids)  # a block cut off by the end of the stream runs to the end
-        if len(head) == (IMAGE_HEADER_LEN if image else AUDIO_HEADER_LEN) and max(head) < N_BYTES:
-            try:
-                if image:
-                    w, h, c = parse_image_header(head)
-                    payload = w * h * c
-                else:
-                    payload = parse_audio_header(head)[1]
-                end = min(end, pos + 1 + len(head) + payload + 1)  # through the closing marker
-            except OmnibyteError:
-                end = pos + 1 + len(head)  # a broken header: label only what we saw
-        labels[pos:end] = IMAGE if image else AUDIO
-    closes = np.flatnonzero((ids == EOI) | (ids == EOA))
-    first_open = opens[0] if len(opens) else len(ids)
-    if len(closes) and closes[0] < first_open:
-        labels[:closes[0] + 1] = IMAGE if ids[closes[0]] == EOI else AUDIO
-    return labels
-
-
-class _Labelled(ShardDataset):
-    """A dataset that also serves modality labels as an aux array, computed in memory."""
-
-    def __init__(self, dataset: ShardDataset):
-        super().__init__(dataset.path)
-        self._labels: dict[str, np.ndarray] = {}
-
-    def has_aux(self, split: str, name: str) -> bool:
-        return name == MODALITY_AUX or super().has_aux(split, name)
-
-    def aux(self, split: str, name: str) -> np.ndarray:
-        if name != MODALITY_AUX:
-            return super().aux(split, name)
-        if split not in self._labels:
-            self._labels[split] = modality_labels(np.asarray(self.stream(split)))
-        return self._labels[split]
-
-
 def modality_batches(dataset: ShardDataset | str | Path, split: str = "val", batch_size: int = 8,
                      seq_len: int = 1024, max_batches: int | None = None,
                      aux: Sequence[str] = ()) -> Iterator[dict[str, torch.Tensor]]:
     """`eval_batches` plus ``"modality"``: each window's labels, read from the whole stream."""
     ds = dataset if isinstance(dataset, ShardDataset) else ShardDataset(dataset)
-    return eval_batches(_Labelled(ds), split, batch_size, seq_len, max_batches, aux=(*aux, MODALITY_AUX))
+    return eval_batches(LabelledDataset(ds), split, batch_size, seq_len, max_batches, aux=(*aux, MODALITY_AUX))
 
 
 @torch.no_grad()

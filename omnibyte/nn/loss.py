@@ -11,12 +11,19 @@ import torch.nn.functional as F
 from omnibyte.format import N_BYTES, PAD
 
 
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor, z_loss: float = 0.0) -> torch.Tensor:
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, z_loss: float = 0.0,
+            weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean next-id cross-entropy over non-PAD targets (+ optional z-loss on log Z, as in PaLM/
-    Chameleon, to keep logits from drifting)."""
+    Chameleon, to keep logits from drifting). With `weights` (same shape as targets), the mean is
+    weighted: sum(w · CE) / sum(w) over non-PAD targets."""
     logits = logits.float().reshape(-1, logits.shape[-1])
     targets = targets.reshape(-1)
-    loss = F.cross_entropy(logits, targets, ignore_index=PAD)
+    if weights is None:
+        loss = F.cross_entropy(logits, targets, ignore_index=PAD)
+    else:
+        w = weights.reshape(-1).to(logits.dtype) * (targets != PAD)
+        ce = F.cross_entropy(logits, targets, ignore_index=PAD, reduction="none")
+        loss = (ce * w).sum() / w.sum().clamp_min(1e-8)
     if z_loss > 0:
         keep = targets != PAD
         loss = loss + z_loss * torch.logsumexp(logits[keep], dim=-1).pow(2).mean()

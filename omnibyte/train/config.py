@@ -45,6 +45,12 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training forward
     flops: float = 0.0  # stop once this many training FLOPs are spent (0 = no budget)
     threads: int = 0  # torch CPU threads (0 = torch's default)
+    # weight of targets inside image/audio blocks in the loss (text ids weigh 1): below 1 a task
+    # mix spends its gradient on the text answers rather than on modelling every pixel/sample
+    media_loss_weight: float = 1.0
+    # windows start at a document and hold whole documents (PAD after them) instead of cutting the
+    # packed stream anywhere: a task example's question and answer always share a window
+    align_docs: bool = False
 
     def __post_init__(self):
         positive = ("steps", "batch_size", "seq_len", "grad_accum", "log_every")
@@ -62,6 +68,8 @@ class TrainConfig:
             raise ValueError(f"train.dtype must be auto, fp32 or bf16, got {self.dtype!r}")
         if self.flops < 0:
             raise ValueError(f"train.flops must be ≥ 0, got {self.flops}")
+        if self.media_loss_weight < 0:
+            raise ValueError(f"train.media_loss_weight must be ≥ 0, got {self.media_loss_weight}")
 
 
 @dataclass

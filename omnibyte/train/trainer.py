@@ -28,10 +28,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from omnibyte.data import DEFAULT_DATA_DIR, BatchLoader, ShardDataset, eval_batches
 from omnibyte.data.bpe import TOKENIZER_FILE, dataset_tokenizer
+from omnibyte.data.modality import MODALITY_AUX, TEXT, LabelledDataset
 from omnibyte.errors import OmnibyteError
 from omnibyte.eval.bpb import bits_per_byte
 from omnibyte.models.base import replace_dir
 from omnibyte.models.registry import build_model
+from omnibyte.nn import lm_loss
 from omnibyte.progress import progress
 from omnibyte.train.config import RunConfig, read_run_config
 
@@ -121,8 +123,15 @@ class Trainer:
         self.dataset, self.extras = self.rank0_first(self.open_data)
         self.tokenizer = dataset_tokenizer(self.dataset)  # BPE baseline: scored per byte of text
         self.bytes_per_id = self.tokenizer.bytes_per_id if self.tokenizer is not None else None
+        self.media_weight = tc.media_loss_weight
+        aux = tuple(self.extras.values())
+        if self.media_weight != 1.0 and self.tokenizer is not None:
+            raise OmnibyteError("train.media_loss_weight needs a byte dataset: BPE token ids carry no "
+                                "image/audio blocks to weight")
+        if self.media_weight != 1.0:  # modality labels of the training stream, computed once in memory
+            self.dataset, aux = LabelledDataset(self.dataset), (*aux, MODALITY_AUX)
         self.loader = BatchLoader(self.dataset, "train", tc.batch_size, tc.seq_len, tc.seed,
-                                  self.dist.rank, self.dist.world_size, aux=tuple(self.extras.values()))
+                                  self.dist.rank, self.dist.world_size, aux=aux, align_docs=tc.align_docs)
         self.has_val = self.dataset.n_ids("val") > 1 if "val" in self.dataset.splits else False
         self.optimizer = make_optimizer(self.model, tc, self.device)
         self.step = 0
@@ -175,7 +184,12 @@ class Trainer:
         ids = batch["ids"].to(self.device, non_blocking=True)
         kwargs = {k: batch[v][:, :-1].to(self.device) for k, v in self.extras.items()}
         with self.autocast():
-            return self.train_model(ids[:, :-1], ids[:, 1:], **kwargs).loss
+            if self.media_weight == 1.0:
+                return self.train_model(ids[:, :-1], ids[:, 1:], **kwargs).loss
+            logits = self.train_model(ids[:, :-1], **kwargs).logits
+        media = batch[MODALITY_AUX][:, 1:].to(self.device) != TEXT  # label of each target
+        weights = torch.where(media, self.media_weight, 1.0)
+        return lm_loss(logits, ids[:, 1:], getattr(self.model.cfg, "z_loss", 0.0), weights)
 
     def micro_steps(self, step: int) -> float:
         """Forward + backward over this step's micro-batches; returns the mean loss."""
