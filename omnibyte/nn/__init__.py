@@ -8,9 +8,10 @@ from omnibyte.nn.layers import (
     apply_rope,
     causal_mask,
     mlp_hidden,
+    rope_tables,
 )
 from omnibyte.nn.loss import lm_loss, nll_sums
 from omnibyte.nn.window_attention import window_attention
 
 __all__ = ["KVCache", "Attention", "Block", "RMSNorm", "SwiGLU", "TransformerStack", "apply_rope",
-           "causal_mask", "mlp_hidden", "lm_loss", "nll_sums", "window_attention"]
+           "causal_mask", "mlp_hidden", "rope_tables", "lm_loss", "nll_sums", "window_attention"]

@@ -80,17 +80,27 @@ class _Rope(torch.autograd.Function):
         return _swap_halves(grad * sin).addcmul_(grad, cos), None, None
 
 
-def apply_rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotate pairs (first half, second half) of the head dim by angle pos · θ^(-2i/d).
-
-    x: (B, H, T, D); pos: (T,) or (B, T) absolute positions.
-    """
-    ang = pos.to(torch.float32)[..., None] * _inv_freq(x.shape[-1], theta, x.device)  # (T, D/2) or (B, T, D/2)
+def rope_tables(pos: torch.Tensor, head_dim: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin_signed) for `apply_rope`, each (T, D) or (B, 1, T, D). A stack makes them once per
+    forward for all its layers (and for q and k): decoding pays for them once per step, not 2·layers."""
+    ang = pos.to(torch.float32)[..., None] * _inv_freq(head_dim, theta, device)  # (T, D/2) or (B, T, D/2)
     if ang.dim() == 3:
         ang = ang[:, None]  # (B, 1, T, D/2): broadcast over heads
     cos, sin = ang.cos(), ang.sin()
-    cos, sin = torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
-    return _Rope.apply(x.to(torch.promote_types(x.dtype, torch.float32)), cos, sin).type_as(x)
+    return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, pos: torch.Tensor | None, theta: float = 10000.0,
+               tables: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of the head dim by angle pos · θ^(-2i/d).
+
+    x: (B, H, T, D); pos: (T,) or (B, T) absolute positions, or `tables` from `rope_tables`.
+    """
+    cos, sin = tables if tables is not None else rope_tables(pos, x.shape[-1], theta, x.device)
+    x32 = x.to(torch.promote_types(x.dtype, torch.float32))
+    if not (torch.is_grad_enabled() and x.requires_grad):  # decoding: no autograd.Function overhead
+        return _swap_halves(x32).mul_(sin).addcmul_(x32, cos).type_as(x)
+    return _Rope.apply(x32, cos, sin).type_as(x)
 
 
 @functools.lru_cache(maxsize=64)
@@ -129,8 +139,9 @@ class Attention(nn.Module):
     def forward(self, x, pos, mask=None, cache: KVCache | None = None, window: int = 0):
         q, k, v = rearrange(self.wqkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_heads)
         q, k = self.q_norm(q), self.k_norm(k)
-        if self.use_rope:
-            q, k = apply_rope(q, pos, self.rope_theta), apply_rope(k, pos, self.rope_theta)
+        if self.use_rope:  # pos: positions, or the (cos, sin) tables a stack made once for all layers
+            tables = pos if isinstance(pos, tuple) else rope_tables(pos, self.head_dim, self.rope_theta, x.device)
+            q, k = apply_rope(q, None, tables=tables), apply_rope(k, None, tables=tables)
         if cache is not None:
             k, v = cache.update(k, v)
         if mask is None and window > 0:
@@ -212,7 +223,7 @@ class TransformerStack(nn.Module):
                  qk_norm: bool = True, rope_theta: float = 10000.0, window: int = 0,
                  token_shift: bool = False):
         super().__init__()
-        self.dim, self.n_heads, self.window = dim, n_heads, window
+        self.dim, self.n_heads, self.window, self.rope_theta = dim, n_heads, window, rope_theta
         self.layers = nn.ModuleList(
             Block(dim, n_heads, mlp_ratio, qk_norm, rope_theta, token_shift) for _ in range(n_layers)
         )
@@ -237,8 +248,9 @@ class TransformerStack(nn.Module):
         window = self.window if mask is None and not caches else 0  # banded kernel, no dense mask
         if mask is None and not window and (self.window > 0 or (caches and t > 1)):
             mask = causal_mask(t, offset + t, x.device, offset=offset, window=self.window)
+        rope = rope_tables(pos, self.dim // self.n_heads, self.rope_theta, x.device)
         for i, layer in enumerate(self.layers):
-            x = layer(x, pos, mask, caches[i] if caches else None, window)
+            x = layer(x, rope, mask, caches[i] if caches else None, window)
         return self.norm(x)
 
     def new_caches(self, batch_size: int, max_len: int, device, dtype) -> list[KVCache]:
