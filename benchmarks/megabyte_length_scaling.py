@@ -5,7 +5,7 @@ length and model, each measurement in a fresh process so its peak memory (`ru_ma
 process's peak resident set) is its own. Reported: median step time, bytes/s, peak RSS and the
 RSS growth over the moment before the first step (activations, gradients, AdamW state).
 
-Models of about the same size (≈ 3.4–3.7M parameters):
+Models of about the same size (3.98M and 3.35M parameters):
 - MEGABYTE: patches of 8, global 256 × 4 layers, local 128 × 2 layers (configs/megabyte-small.toml);
 - byte transformer: dim 256 × 4 layers (configs/demo.toml).
 Both use SDPA attention (the transformer's causal attention runs the fused CPU kernel, so its
@@ -14,7 +14,7 @@ patches).
 
 Writes a markdown table and a PNG (time and memory vs length, log-log) into benchmarks/out/ and
 copies the PNG to benchmarks/megabyte_scaling.png.
-Run (≈ 20–30 minutes in full on a 2-core CPU, mostly the transformer at 32K and 64K; --quick ≈ 1 min):
+Run (≈ 15 minutes in full on a 2-core CPU, mostly the transformer at 32K and 64K; --quick ≈ 1 min):
     .venv/bin/python benchmarks/megabyte_length_scaling.py [--quick]
 """
 
