@@ -3,6 +3,8 @@ task mix at equal FLOPs, scored by greedy exact match on questions about held-ou
 
     .venv/bin/python benchmarks/eval_cute.py            # full: ≈20 min on a 2-core CPU; writes results_eval.md
     .venv/bin/python benchmarks/eval_cute.py --quick    # 700 questions, tiny models (seconds), writes nothing
+    .venv/bin/python benchmarks/eval_cute.py --models bpe,blt-space --budgets 3e13 --section eval_cute_3e13
+                                                        # a larger budget for two models, in its own section
 
 Full: 20,000 training questions on 90% of the words of /usr/share/dict/american-english
 (apt-get install wamerican), 700 held-out questions (100 per task) on the other 10%; every model
@@ -31,6 +33,8 @@ def main() -> int:
     ap.add_argument("--words", default=DEFAULT_WORDS)
     ap.add_argument("--budgets", default="6e12")
     ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--section", default="eval_cute",
+                    help="results_eval.md section to write (another name keeps the default run's table)")
     args = ap.parse_args()
     OUT.mkdir(exist_ok=True)
     if args.quick:
@@ -53,7 +57,8 @@ def main() -> int:
     print("\n".join(per_task))
     print(f"done in {minutes:.1f} min")
     if not args.quick:
-        write_section("eval_cute", [*header("Character-level tasks: greedy exact match on held-out words"),
+        title = f"Character-level tasks: greedy exact match on held-out words ({args.budgets} training FLOPs)"
+        write_section(args.section, [*header(title),
                                     f"- wall time of this invocation: {minutes:.1f} min (finished runs in {out.name} "
                                     "are reused, not retrained; each run's own time is in the table)", "",
                                     *table_lines(out / "results.md"), "",
