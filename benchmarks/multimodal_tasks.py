@@ -241,6 +241,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (~2 min)")
     ap.add_argument("--minutes", type=float, help=f"training minutes per run (full: {FULL['minutes']:.0f})")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--question-last", action="store_true",
+                    help="task examples put the question after the image/clip, right before the answer")
+    ap.add_argument("--section", help="results_multimodal.md section to write (default: full, or quick)")
     ap.add_argument("--media-loss-weight", type=float,
                     help="weight of image/audio targets in the loss (preset: 0.1; 1 = every id the same)")
     ap.add_argument("--parallel", action="store_true",
@@ -257,6 +260,10 @@ def main() -> int:
         preset["minutes"] = args.minutes
     if args.media_loss_weight is not None:
         preset["train"] = {**preset["train"], "media_loss_weight": args.media_loss_weight}
+    if args.question_last:
+        preset["task_opts"] = {k: {**v, "question_last": True} for k, v in preset["task_opts"].items()}
+        for name in ("clocks", "shapes", "fashion", "speech"):
+            preset["task_opts"].setdefault(name, {"question_last": True})
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     notes: list[str] = []
@@ -308,7 +315,7 @@ def main() -> int:
             {"preset": preset, "runs": runs, "scores": scores, "notes": notes, "total_s": time.perf_counter() - t_start,
              "specs": {k: v["spec"] for k, v in mixes.items()}}), indent=2, default=str) + "\n")
         print("\n".join(lines))
-        write_results("quick" if args.quick else "full", lines)
+        write_results(args.section or ("quick" if args.quick else "full"), lines)
     finally:
         if args.out is None:
             shutil.rmtree(work, ignore_errors=True)

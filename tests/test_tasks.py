@@ -36,6 +36,7 @@ from omnibyte.eval.multimodal import (
     modality_labels,
     score_examples,
 )
+from omnibyte.eval.report import question_of
 from omnibyte.format import BOA, BOI, BOS, EOA, EOI, EOS, AudioSegment, Document, ImageSegment, TextSegment, decode
 from omnibyte.models.registry import build_model
 
@@ -109,6 +110,26 @@ def test_layout_answer_start(name, fake_fashion):
             boi = ids.index(BOI)
             assert ex.answer_start == boi + 6 + ex.meta["top_rows"] * row
             assert bytes(ids[ex.answer_start:-2]) == seg.pixels[ex.meta["top_rows"] * row:]
+
+
+@pytest.mark.parametrize("name", ["clocks", "shapes", "fashion"])
+def test_question_last_puts_the_question_between_media_and_answer(name, fake_fashion):
+    opts = {**task_opts(name, fake_fashion), "question_last": True}
+    if name == "fashion":
+        opts["draw"] = 0.0
+    plain = list(task_examples(name, 6, 3, **{**opts, "question_last": False}))
+    for ex, ref in zip(task_examples(name, 6, 3, **opts), plain):
+        ids, ref_ids = ex.document().ids(), ref.document().ids()
+        segs, ref_segs = decode(ids).segments, decode(ref_ids).segments
+        assert isinstance(segs[0], ImageSegment) and segs[0] == ref_segs[1]  # same image, now first
+        question = ref_segs[0].data
+        # BOS, image, "question\nAnswer: " | answer "\n" EOS; same length, same answer position
+        assert len(ids) == len(ref_ids) and ex.answer_start == ref.answer_start
+        assert bytes(ids[ex.answer_start - len(question) - len(ANSWER_PREFIX):ex.answer_start]) == (
+            question + ANSWER_PREFIX.encode())
+        assert bytes(ids[ex.answer_start:-1]).decode() == ex.meta["answer"] + "\n"
+        r = ExampleResult(record={"answer_start": ex.answer_start, **ex.meta}, ids=list(ids))
+        assert question_of(r) == question.decode().strip()
 
 
 def test_clock_answers_and_shape_geometry():

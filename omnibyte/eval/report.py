@@ -26,6 +26,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from omnibyte.data import ShardDataset
+from omnibyte.data.tasks.common import ANSWER_PREFIX
 from omnibyte.data.tasks.shapes import Shape
 from omnibyte.errors import OmnibyteError
 from omnibyte.eval import metrics
@@ -134,10 +135,16 @@ def first_audio(ids: list[int]) -> AudioSegment | None:
 
 
 def question_of(r: ExampleResult) -> str:
-    """The text before the media block (the question or the drawing prompt)."""
+    """The text before the media block (the question or the drawing prompt); for a task made
+    with `question_last`, the text between the media block and the answer."""
     ids = r.ids[1:]
     cut = next((i for i, t in enumerate(ids) if t >= N_BYTES), len(ids))
-    return bytes(ids[:cut]).decode("utf-8", errors="replace").strip()
+    before = bytes(ids[:cut]).decode("utf-8", errors="replace").strip()
+    if before:
+        return before
+    closes = [i for i, t in enumerate(r.ids[:r.record["answer_start"]]) if t >= N_BYTES]
+    after = r.ids[closes[-1] + 1:r.record["answer_start"]] if closes else []
+    return bytes(after).decode("utf-8", errors="replace").removesuffix(ANSWER_PREFIX).strip()
 
 
 # ----------------------------------------------------------------------------- pictures

@@ -35,6 +35,7 @@ class ClocksConfig:
     numerals: float = 0.4  # share of faces with numbers (all twelve or just 12/3/6/9)
     second_hand: float = 0.25  # share of faces with a thin second hand as a distractor
     supersample: int = 4  # drawn this many times larger, then downsampled (antialiasing)
+    question_last: bool = False  # the question after the media block, right before the answer
 
     def __post_init__(self):
         if not 8 <= self.size <= 1024:
@@ -147,7 +148,7 @@ def make_example(index: int, seed: int, cfg: ClocksConfig) -> Example:
     img = render_clock(hour, minute, rng, cfg)
     seg = image_segment_from_pil(img, mode=cfg.mode)
     question = QUESTIONS[int(rng.integers(len(QUESTIONS)))]
-    return qa_example(question, seg, format_time(hour, minute), "clock", hour=hour, minute=minute)
+    return qa_example(question, seg, format_time(hour, minute), "clock", cfg.question_last, hour=hour, minute=minute)
 
 
 def examples(n: int, seed: int, cfg: ClocksConfig):

@@ -58,11 +58,14 @@ def example_rng(task: str, seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([zlib.crc32(task.encode()), seed, index])
 
 
-def qa_example(question: str, media: Segment, answer: str, kind: str, **meta) -> Example:
-    """``question\\n [media] Answer: answer\\n`` — a text answer about an image or a clip."""
+def qa_example(question: str, media: Segment, answer: str, kind: str, question_last: bool = False,
+               **meta) -> Example:
+    """``question\\n [media] Answer: answer\\n`` — a text answer about an image or a clip; with
+    `question_last`, ``[media] question\\n Answer: answer\\n`` (the question right before the answer)."""
     q = TextSegment.from_str(question + "\n")
     prefix = ANSWER_PREFIX.encode()
-    segs = [q, media, TextSegment(prefix + answer.encode() + b"\n")]
+    segs = [media, q] if question_last else [q, media]
+    segs.append(TextSegment(prefix + answer.encode() + b"\n"))
     start = 1 + len(q.data) + len(media.ids()) + len(prefix)
     return Example(segs, start, {"kind": kind, "answer": answer, **meta})
 

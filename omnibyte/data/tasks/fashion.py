@@ -37,6 +37,7 @@ class FashionConfig:
     root: str = DEFAULT_ROOT  # folder with the idx files
     split: str = "train"  # train (60,000 images) | test (10,000)
     draw: float = 0.5  # share of name → image examples (the rest are image → name)
+    question_last: bool = False  # the question after the media block, right before the answer
 
     def __post_init__(self):
         if self.split not in FILES:
@@ -120,4 +121,4 @@ def make_example(index: int, seed: int, cfg: FashionConfig, pixels: np.ndarray, 
         return media_example(f"Draw {article(name)}.", seg, "draw", answer=name, label=label,
                              counterfactual=f"Draw {article(other)}.\n")
     question = QUESTIONS[int(rng.integers(len(QUESTIONS)))]
-    return qa_example(question, seg, name, "classify", label=label)
+    return qa_example(question, seg, name, "classify", cfg.question_last, label=label)

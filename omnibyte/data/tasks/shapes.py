@@ -39,6 +39,7 @@ class ShapesConfig:
     min_radius: float = 0.08  # shape radius as a share of the canvas side
     max_radius: float = 0.14
     supersample: int = 4  # drawn this many times larger, then downsampled (antialiasing)
+    question_last: bool = False  # the question after the media block, right before the answer
 
     def __post_init__(self):
         if not 16 <= self.size <= 1024:
@@ -161,10 +162,12 @@ def make_example(index: int, seed: int, cfg: ShapesConfig) -> Example:
         alt = f"{pick.colour} {plural(pick.kind, len(targets))}"
         question = f"Point to the {alt}."
         answer = point_answer(targets, cfg.size, cfg.size, alt)
-        return qa_example(question, seg, answer, "point", targets=[s.to_dict() for s in targets], **geometry)
+        return qa_example(question, seg, answer, "point", cfg.question_last,
+                          targets=[s.to_dict() for s in targets], **geometry)
     kind = KINDS[int(rng.integers(len(KINDS)))]
     count = sum(s.kind == kind for s in shapes)
-    return qa_example(f"How many {kind}s are there?", seg, str(count), "count", shape=kind, count=count, **geometry)
+    return qa_example(f"How many {kind}s are there?", seg, str(count), "count", cfg.question_last,
+                      shape=kind, count=count, **geometry)
 
 
 def examples(n: int, seed: int, cfg: ShapesConfig):

@@ -54,6 +54,7 @@ class SpeechConfig:
     max_speed: int = 240
     sample_rate: int = 8000  # Hz of the audio segment
     workers: int = 4  # espeak-ng processes at once
+    question_last: bool = False  # the question after the media block, right before the answer
 
     def __post_init__(self):
         unknown = set(self.languages) - set(DIGITS)
@@ -120,8 +121,8 @@ def make_example(u: Utterance, rng: np.random.Generator, cfg: SpeechConfig) -> E
     x, rate = synthesize(u)
     seg = audio_segment_from_array(x, rate, target_rate=cfg.sample_rate)
     question = QUESTIONS[int(rng.integers(len(QUESTIONS)))]
-    return qa_example(question, seg, u.text, "transcribe", language=u.language, voice=u.voice, speed=u.speed,
-                      pitch=u.pitch)
+    return qa_example(question, seg, u.text, "transcribe", cfg.question_last, language=u.language, voice=u.voice,
+                      speed=u.speed, pitch=u.pitch)
 
 
 def examples(n: int, seed: int, cfg: SpeechConfig):
