@@ -63,6 +63,10 @@ def _swap_halves(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x2, x1], dim=-1)
 
 
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return _swap_halves(x).mul_(sin).addcmul_(x, cos)
+
+
 class _Rope(torch.autograd.Function):
     """y = x·cos + swap(x)·sin_signed, where swap exchanges the two halves of the head dim and
     sin_signed = (−sin, sin). swap is its own transpose, so the backward is
@@ -72,7 +76,7 @@ class _Rope(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, cos, sin):
         ctx.save_for_backward(cos, sin)
-        return _swap_halves(x).mul_(sin).addcmul_(x, cos)
+        return _rotate(x, cos, sin)
 
     @staticmethod
     def backward(ctx, grad):
@@ -99,7 +103,7 @@ def apply_rope(x: torch.Tensor, pos: torch.Tensor | None, theta: float = 10000.0
     cos, sin = tables if tables is not None else rope_tables(pos, x.shape[-1], theta, x.device)
     x32 = x.to(torch.promote_types(x.dtype, torch.float32))
     if not (torch.is_grad_enabled() and x.requires_grad):  # decoding: no autograd.Function overhead
-        return _swap_halves(x32).mul_(sin).addcmul_(x32, cos).type_as(x)
+        return _rotate(x32, cos, sin).type_as(x)
     return _Rope.apply(x32, cos, sin).type_as(x)
 
 

@@ -125,10 +125,10 @@ class Trainer:
         self.bytes_per_id = self.tokenizer.bytes_per_id if self.tokenizer is not None else None
         self.media_weight = tc.media_loss_weight
         aux = tuple(self.extras.values())
-        if self.media_weight != 1.0 and self.tokenizer is not None:
-            raise OmnibyteError("train.media_loss_weight needs a byte dataset: BPE token ids carry no "
-                                "image/audio blocks to weight")
         if self.media_weight != 1.0:  # modality labels of the training stream, computed once in memory
+            if self.tokenizer is not None:
+                raise OmnibyteError("train.media_loss_weight needs a byte dataset: BPE token ids carry no "
+                                    "image/audio blocks to weight")
             self.dataset, aux = LabelledDataset(self.dataset), (*aux, MODALITY_AUX)
         self.loader = BatchLoader(self.dataset, "train", tc.batch_size, tc.seq_len, tc.seed,
                                   self.dist.rank, self.dist.world_size, aux=aux, align_docs=tc.align_docs)
