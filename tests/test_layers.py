@@ -39,8 +39,11 @@ def test_rmsnorm_cpu_backward_matches_autograd():
     torch.testing.assert_close(out, ref.detach())
     torch.testing.assert_close(gx, ref_x.grad)
     torch.testing.assert_close(norm.weight.grad, ref_w.grad)
-    with torch.no_grad():  # inference takes the fused op: same values
+    with torch.no_grad():  # inference skips the autograd.Function: same values
         torch.testing.assert_close(norm(x), out)
+        half = norm(x.bfloat16())
+        assert half.dtype == torch.bfloat16
+        torch.testing.assert_close(half, F.rms_norm(x.bfloat16().float(), (16,), norm.weight, norm.eps).bfloat16())
 
 
 def test_rmsnorm_cpu_gradcheck_float64():
@@ -88,3 +91,20 @@ def test_swiglu_matches_one_matmul_then_chunk():
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(gx, gx_ref)
     torch.testing.assert_close(g13, mlp.w13.weight.grad)
+
+
+@pytest.mark.parametrize("qk_norm", [True, False])
+def test_attention_inference_path_matches_training_path(qk_norm):
+    """Without autograd on CPU, q and k are normed and rotated as one tensor: same values."""
+    from omnibyte.nn import Attention
+
+    torch.manual_seed(3)
+    attn = Attention(32, 4, qk_norm=qk_norm)
+    if qk_norm:
+        with torch.no_grad():
+            attn.q_norm.weight.copy_(torch.rand(8) + 0.5)
+            attn.k_norm.weight.copy_(torch.rand(8) + 0.5)
+    x, pos = torch.randn(2, 9, 32), torch.arange(3, 12)
+    trained = attn(x, pos)
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x, pos), trained.detach())

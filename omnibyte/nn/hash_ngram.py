@@ -5,15 +5,17 @@ small local encoder sees a wide byte context from its very first layer.
 hash_n(t) = (Σ_{j<n} (ids[t-j] + 1) · base^j  mod 2³¹-1)  mod buckets
 
 Positions before the start of the sequence count as PAD, so the first n-1 positions hash the
-n-grams "PAD…PAD ids[0..t]". The sum is computed with n shifted copies of the id tensor in
-int64 (every term stays below 2⁴¹), never with a loop over positions.
+n-grams "PAD…PAD ids[0..t]". The sum is computed over a sliding view of the ids in int64
+(every term stays below 2⁴⁸), never with a loop over positions.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from omnibyte.format import PAD
@@ -29,19 +31,29 @@ def hash_ngram_ids(ids: torch.Tensor, n: int, buckets: int, base: int = DEFAULT_
 
 def rolling_hashes(ids: torch.Tensor, sizes, base: int = DEFAULT_BASE) -> dict[int, torch.Tensor]:
     """{n: (B, T) hash mod 2³¹-1} for every n in `sizes`, sharing the work: the hash of the n-gram
-    is that of the (n-1)-gram plus one more term, so max(sizes) shifted copies serve them all."""
+    is that of the (n-1)-gram plus one more term, so one cumulative sum over the max(sizes) terms
+    serves them all. Each term is below 2⁴⁸ and a sum of up to 64 of them stays inside int64, so
+    taking the modulus once at the end gives the same value as taking it after every term."""
+    return dict(zip(sizes, rolling_hash_stack(ids, sizes, base).unbind(-1)))
+
+
+def rolling_hash_stack(ids: torch.Tensor, sizes, base: int = DEFAULT_BASE) -> torch.Tensor:
+    """(..., T) ids → (..., T, len(sizes)) hashes mod 2³¹-1, in the order of `sizes`: a handful of
+    tensor ops in all (decoding embeds a few positions per byte, where op count is the cost)."""
+    width = max(sizes)
+    if width > 64:
+        raise ValueError(f"n-grams up to 64 bytes are supported, got {width}")
     ids = ids.long()
-    t = ids.shape[-1]
-    h = torch.zeros_like(ids)
-    out = {}
-    for j in range(max(sizes)):  # over the n-gram's offsets, not over positions
-        shifted = torch.full_like(ids, PAD)
-        if j < t:
-            shifted[..., j:] = ids[..., : t - j]
-        h = (h + (shifted + 1) * pow(base, j, MODULUS)) % MODULUS
-        if j + 1 in sizes:
-            out[j + 1] = h
-    return out
+    padded = F.pad(ids, (width - 1, 0), value=PAD)
+    window = padded.unfold(-1, width, 1).flip(-1)  # (..., T, width): [..., t, j] = ids[t - j]
+    terms = (window + 1) * _powers(base, width, ids.device)
+    sums = terms.cumsum(-1)  # [..., j] = sum of the first j + 1 terms
+    return sums[..., [n - 1 for n in sizes]] % MODULUS
+
+
+@functools.lru_cache(maxsize=16)
+def _powers(base: int, width: int, device: torch.device) -> torch.Tensor:
+    return torch.tensor([pow(base, j, MODULUS) for j in range(width)], dtype=torch.long, device=device)
 
 
 class HashNgramEmbedding(nn.Module):
@@ -65,7 +77,9 @@ class HashNgramEmbedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         x = self.bytes(ids)  # (B, T, dim)
-        hashes = rolling_hashes(ids, self.ngram_sizes, self.base)
-        for n, table in zip(self.ngram_sizes, self.ngrams):
-            x = x + table(hashes[n] % self.buckets)
+        if not self.ngram_sizes:
+            return x * self.scale
+        buckets = (rolling_hash_stack(ids, self.ngram_sizes, self.base) % self.buckets).unbind(-1)
+        for bucket, table in zip(buckets, self.ngrams):
+            x = x + table(bucket)
         return x * self.scale

@@ -19,6 +19,13 @@ from omnibyte.nn.cache import KVCache
 from omnibyte.nn.window_attention import window_attention
 
 
+def _rms_normalize(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x / rms(x), 1 / rms(x)) in fp32 or wider: the CPU forward, with and without autograd."""
+    x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16/fp16 → fp32; fp64 stays
+    rstd = torch.rsqrt(x32.square().mean(-1, keepdim=True).add_(eps))
+    return x32 * rstd, rstd
+
+
 class _RMSNormCPU(torch.autograd.Function):
     """RMSNorm with a hand-written backward, for CPU: `F.rms_norm` is a composite there, and
     autograd through its pieces made RMSNorm about 1.7× slower forward + backward (it runs twice
@@ -26,9 +33,7 @@ class _RMSNormCPU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, eps):
-        x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16/fp16 → fp32; fp64 stays
-        rstd = torch.rsqrt(x32.square().mean(-1, keepdim=True).add_(eps))
-        xhat = x32 * rstd
+        xhat, rstd = _rms_normalize(x, eps)
         ctx.save_for_backward(xhat, rstd, weight)
         return (xhat * weight.to(xhat.dtype)).to(x.dtype)
 
@@ -52,9 +57,14 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # weight inside the op (a separate multiply cost 2% of a MEGABYTE training step); computed in
-        # fp32 under autocast; on CPU with our own backward, elsewhere the fused `F.rms_norm`
-        if x.device.type == "cpu" and torch.is_grad_enabled():
-            return _RMSNormCPU.apply(x, self.weight, self.eps)
+        # fp32 under autocast. On CPU written out, with our own backward: `F.rms_norm` is a composite
+        # there that copies its input, and when decoding (~30 norms per byte for a BLT, on one
+        # position each) the written-out form takes half the time. Elsewhere the fused op.
+        if x.device.type == "cpu":
+            if torch.is_grad_enabled():
+                return _RMSNormCPU.apply(x, self.weight, self.eps)
+            return _rms_normalize(x, self.eps)[0].mul_(self.weight.to(torch.promote_types(x.dtype, torch.float32))
+                                                         ).to(x.dtype)
         return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).type_as(x)
 
 
@@ -141,13 +151,21 @@ class Attention(nn.Module):
         self.rope_theta, self.use_rope = rope_theta, use_rope
 
     def forward(self, x, pos, mask=None, cache: KVCache | None = None, window: int = 0):
-        q, k, v = rearrange(self.wqkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_heads)
-        q, k = self.q_norm(q), self.k_norm(k)
+        qkv = rearrange(self.wqkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_heads)
+        tables = None
         if self.use_rope:  # pos: positions, or the (cos, sin) tables a stack made once for all layers
             tables = pos if isinstance(pos, tuple) else rope_tables(pos, self.head_dim, self.rope_theta, x.device)
-            q, k = apply_rope(q, None, tables=tables), apply_rope(k, None, tables=tables)
+        if x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled():
+            q, k = self._qk_inference(qkv[:2], tables).unbind(0)
+        else:
+            q, k = self.q_norm(qkv[0]), self.k_norm(qkv[1])
+            if tables is not None:
+                q, k = apply_rope(q, None, tables=tables), apply_rope(k, None, tables=tables)
+        v = qkv[2]
         if cache is not None:
             k, v = cache.update(k, v)
+            if window > 0:  # one new query (a stack passes a window with a cache only then): its window
+                k, v, window = k[:, :, -window:], v[:, :, -window:], 0  # is the last `window` keys
         if mask is None and window > 0:
             y = window_attention(q, k, v, window)  # training path with a sliding window: O(T·window)
         elif mask is None:
@@ -157,6 +175,18 @@ class Attention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.wo(rearrange(y, "b h t d -> b t (h d)"))
+
+
+    def _qk_inference(self, qk: torch.Tensor, tables) -> torch.Tensor:
+        """QK-norm and RoPE of q and k as one (2, B, H, T, D) tensor: the same values as one at a
+        time, in half the ops (fp32 on CPU without autograd, i.e. decoding, where ops per byte are
+        the cost)."""
+        if isinstance(self.q_norm, RMSNorm):
+            w = torch.stack((self.q_norm.weight, self.k_norm.weight))[:, None, None, None]
+            qk = _rms_normalize(qk, self.q_norm.eps)[0].mul_(w)
+        if tables is not None:
+            qk = _rotate(qk, *tables)
+        return qk
 
 
 class SwiGLU(nn.Module):
@@ -249,7 +279,10 @@ class TransformerStack(nn.Module):
         offset = caches[0].length if caches else 0
         if pos is None:
             pos = torch.arange(offset, offset + t, device=x.device)
-        window = self.window if mask is None and not caches else 0  # banded kernel, no dense mask
+        # a sliding window without a dense mask: the banded kernel when training, the last `window`
+        # cached keys when decoding one position (the cache keeps them all; a mask over them all
+        # cost a mask build per step and attention over the whole past)
+        window = self.window if mask is None and (not caches or t == 1) else 0
         if mask is None and not window and (self.window > 0 or (caches and t > 1)):
             mask = causal_mask(t, offset + t, x.device, offset=offset, window=self.window)
         rope = rope_tables(pos, self.dim // self.n_heads, self.rope_theta, x.device)
