@@ -30,6 +30,7 @@ import argparse
 import json
 import multiprocessing as mp
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -111,9 +112,13 @@ def train_run(preset: dict, data: Path, run_dir: Path, steps: int, threads: int)
 
 
 def calibrate_steps(preset: dict, data: Path, scratch: Path, threads: int) -> tuple[int, float]:
-    """Steps that fill `minutes` per run, from the bytes/s of a short timed run."""
-    probe = train_run(preset, data, scratch / "probe", 6, threads)
-    rate = probe["bytes"] / probe["wall_s"]
+    """Steps that fill `minutes` per run, from the bytes/s of a short run's steps: the median of
+    its per-step rates after the first two (the run's wall time also holds start-up, evaluation
+    and saving, and made the runs stop at about 70% of the minutes asked for)."""
+    probe = train_run(preset, data, scratch / "probe", 8, threads)
+    logged = [json.loads(line) for line in (scratch / "probe" / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["bytes_per_s"] for r in logged if "bytes_per_s" in r and r["step"] > 2]
+    rate = statistics.median(rates) if rates else probe["bytes"] / probe["wall_s"]
     bytes_per_step = preset["train"]["batch_size"] * preset["train"]["seq_len"]
     return max(10, int(preset["minutes"] * 60 * rate / bytes_per_step)), rate
 
