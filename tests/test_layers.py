@@ -108,3 +108,18 @@ def test_attention_inference_path_matches_training_path(qk_norm):
     trained = attn(x, pos)
     with torch.no_grad():
         torch.testing.assert_close(attn(x, pos), trained.detach())
+
+
+def test_arange_rope_tables_equal_fresh_tables_and_survive_inference_mode():
+    from omnibyte.nn.layers import arange_rope_tables, rope_tables
+
+    for start, length in [(0, 1), (5, 1), (7, 10), (0, 33), (100, 3)]:
+        kept = arange_rope_tables(start, length, 8, 1e4, "cpu")
+        fresh = rope_tables(torch.arange(start, start + length), 8, 1e4, "cpu")
+        for a, b in zip(kept, fresh):
+            assert torch.equal(a, b)
+    with torch.inference_mode():  # a decoding step makes the table for a new span first ...
+        arange_rope_tables(0, 300, 4, 1e4, "cpu")
+    x = torch.randn(1, 1, 300, 4, requires_grad=True)  # ... and training then saves it for backward
+    apply_rope(x, None, tables=arange_rope_tables(0, 300, 4, 1e4, "cpu")).sum().backward()
+    assert x.grad is not None

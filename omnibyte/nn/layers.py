@@ -19,9 +19,14 @@ from omnibyte.nn.cache import KVCache
 from omnibyte.nn.window_attention import window_attention
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """x in fp32 or wider (bf16/fp16 → fp32; fp64 stays); no op at all for fp32 (decoding pays per op)."""
+    return x if x.dtype == torch.float32 else x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _rms_normalize(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(x / rms(x), 1 / rms(x)) in fp32 or wider: the CPU forward, with and without autograd."""
-    x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16/fp16 → fp32; fp64 stays
+    x32 = _wide(x)
     rstd = torch.rsqrt(x32.square().mean(-1, keepdim=True).add_(eps))
     return x32 * rstd, rstd
 
@@ -63,8 +68,8 @@ class RMSNorm(nn.Module):
         if x.device.type == "cpu":
             if torch.is_grad_enabled():
                 return _RMSNormCPU.apply(x, self.weight, self.eps)
-            return _rms_normalize(x, self.eps)[0].mul_(self.weight.to(torch.promote_types(x.dtype, torch.float32))
-                                                         ).to(x.dtype)
+            y = _rms_normalize(x, self.eps)[0].mul_(_wide(self.weight))
+            return y if y.dtype == x.dtype else y.to(x.dtype)
         return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).type_as(x)
 
 
@@ -104,6 +109,31 @@ def rope_tables(pos: torch.Tensor, head_dim: int, theta: float, device) -> tuple
     return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
 
 
+def arange_rope_tables(start: int, length: int, head_dim: int, theta: float,
+                       device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rope_tables` of the positions start..start+length-1, sliced from tables made once per
+    power-of-two span (the same values: every entry is computed on its own), so a decoding step
+    gets its tables in two slicing ops instead of nine."""
+    span = _next_pow2(start + length)
+    if span > _MAX_TABLE_SPAN:
+        return rope_tables(torch.arange(start, start + length, device=device), head_dim, theta, device)
+    cos, sin = _table_span(span, head_dim, theta, torch.device(device))
+    return cos[start:start + length], sin[start:start + length]
+
+
+_MAX_TABLE_SPAN = 1 << 16  # longer sequences make their tables each time (a kept table would be large)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+@functools.lru_cache(maxsize=32)
+def _table_span(n: int, head_dim: int, theta: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.inference_mode(False):  # made while decoding, used again when training (saved for backward)
+        return rope_tables(torch.arange(n, device=device), head_dim, theta, device)
+
+
 def apply_rope(x: torch.Tensor, pos: torch.Tensor | None, theta: float = 10000.0,
                tables: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Rotate pairs (first half, second half) of the head dim by angle pos · θ^(-2i/d).
@@ -111,7 +141,7 @@ def apply_rope(x: torch.Tensor, pos: torch.Tensor | None, theta: float = 10000.0
     x: (B, H, T, D); pos: (T,) or (B, T) absolute positions, or `tables` from `rope_tables`.
     """
     cos, sin = tables if tables is not None else rope_tables(pos, x.shape[-1], theta, x.device)
-    x32 = x.to(torch.promote_types(x.dtype, torch.float32))
+    x32 = _wide(x)
     if not (torch.is_grad_enabled() and x.requires_grad):  # decoding: no autograd.Function overhead
         return _rotate(x32, cos, sin).type_as(x)
     return _Rope.apply(x32, cos, sin).type_as(x)
@@ -277,15 +307,17 @@ class TransformerStack(nn.Module):
         cache). mask: bool, broadcastable to (B, H, T, T_keys); default causal (+ window)."""
         t = x.shape[1]
         offset = caches[0].length if caches else 0
-        if pos is None:
-            pos = torch.arange(offset, offset + t, device=x.device)
         # a sliding window without a dense mask: the banded kernel when training, the last `window`
         # cached keys when decoding one position (the cache keeps them all; a mask over them all
         # cost a mask build per step and attention over the whole past)
         window = self.window if mask is None and (not caches or t == 1) else 0
         if mask is None and not window and (self.window > 0 or (caches and t > 1)):
             mask = causal_mask(t, offset + t, x.device, offset=offset, window=self.window)
-        rope = rope_tables(pos, self.dim // self.n_heads, self.rope_theta, x.device)
+        head_dim = self.dim // self.n_heads
+        if pos is None:
+            rope = arange_rope_tables(offset, t, head_dim, self.rope_theta, x.device)
+        else:
+            rope = rope_tables(pos, head_dim, self.rope_theta, x.device)
         for i, layer in enumerate(self.layers):
             x = layer(x, rope, mask, caches[i] if caches else None, window)
         return self.norm(x)
