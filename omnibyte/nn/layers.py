@@ -115,7 +115,7 @@ def arange_rope_tables(start: int, length: int, head_dim: int, theta: float,
     power-of-two span (the same values: every entry is computed on its own), so a decoding step
     gets its tables in two slicing ops instead of nine."""
     span = _next_pow2(start + length)
-    if span > _MAX_TABLE_SPAN:
+    if span > _MAX_TABLE_SPAN or torch.compiler.is_compiling():  # compiled graphs make their own
         return rope_tables(torch.arange(start, start + length, device=device), head_dim, theta, device)
     cos, sin = _table_span(span, head_dim, theta, torch.device(device))
     return cos[start:start + length], sin[start:start + length]
