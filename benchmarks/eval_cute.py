@@ -5,6 +5,9 @@ task mix at equal FLOPs, scored by greedy exact match on questions about held-ou
     .venv/bin/python benchmarks/eval_cute.py --quick    # 700 questions, tiny models (seconds), writes nothing
     .venv/bin/python benchmarks/eval_cute.py --models bpe,blt-space --budgets 3e13 --section eval_cute_3e13
                                                         # a larger budget for two models, in its own section
+    .venv/bin/python benchmarks/eval_cute.py --n-train 100000 --models bpe --budgets 3e13 --section eval_cute_100k
+                                                        # more training questions (data/cute-100000,
+                                                        # runs/bench-cute-100000): fewer epochs per budget
 
 Full: 20,000 training questions on 90% of the words of /usr/share/dict/american-english
 (apt-get install wamerican), 700 held-out questions (100 per task) on the other 10%; every model
@@ -26,6 +29,8 @@ from omnibyte.data import is_dataset  # noqa: E402
 from omnibyte.data.tasks.cute import DEFAULT_WORDS, load_words, write_cute  # noqa: E402
 from omnibyte.eval.bench import MODELS, Bench  # noqa: E402
 
+N_TRAIN = 20000
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,6 +40,9 @@ def main() -> int:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--section", default="eval_cute",
                     help="results_eval.md section to write (another name keeps the default run's table)")
+    ap.add_argument("--n-train", type=int, default=N_TRAIN,
+                    help=f"training questions (default {N_TRAIN:,}; another count gets its own data and run folders)")
+    ap.add_argument("--threads", type=int, help="torch threads per training run (default: the preset's, 1)")
     args = ap.parse_args()
     OUT.mkdir(exist_ok=True)
     if args.quick:
@@ -42,14 +50,15 @@ def main() -> int:
         n_train, n_heldout, budgets = 700, 70, (6e8,)
         shutil.rmtree(out, ignore_errors=True)
     else:
-        data, out, preset = REPO / "data" / "cute", REPO / "runs" / "bench-cute", "small"
-        n_train, n_heldout, budgets = 20000, 700, tuple(float(b) for b in args.budgets.split(","))
+        suffix = "" if args.n_train == N_TRAIN else f"-{args.n_train}"
+        data, out, preset = REPO / "data" / f"cute{suffix}", REPO / "runs" / f"bench-cute{suffix}", "small"
+        n_train, n_heldout, budgets = args.n_train, 700, tuple(float(b) for b in args.budgets.split(","))
     if not is_dataset(data) or args.quick:
         meta = write_cute(data, load_words(args.words), n_train=n_train, n_heldout=n_heldout, seed=0)
         print(f"task suite: {meta['cute']}")
     t0 = time.perf_counter()
     bench = Bench(out, data=str(data), preset=preset, budgets=budgets, models=tuple(args.models.split(",")),
-                  task="cute", log=lambda s: print(s, flush=True))
+                  task="cute", threads=args.threads, log=lambda s: print(s, flush=True))
     summary = bench.run()
     minutes = (time.perf_counter() - t0) / 60
     per_task = per_task_table(summary["results"])
@@ -57,7 +66,8 @@ def main() -> int:
     print("\n".join(per_task))
     print(f"done in {minutes:.1f} min")
     if not args.quick:
-        title = f"Character-level tasks: greedy exact match on held-out words ({args.budgets} training FLOPs)"
+        title = (f"Character-level tasks: greedy exact match on held-out words ({args.budgets} training FLOPs, "
+                 f"{n_train:,} training questions)")
         write_section(args.section, [*header(title),
                                     f"- wall time of this invocation: {minutes:.1f} min (finished runs in {out.name} "
                                     "are reused, not retrained; each run's own time is in the table)", "",
