@@ -163,7 +163,7 @@ def sample_examples(words: list[str], n: int, seed: int, tasks: Iterable[str] | 
 # --------------------------------------------------------------------------- on disk
 
 
-def write_cute(out: str | Path, words: list[str], n_train: int = 20000, n_heldout: int = 700,
+def write_cute(out: str | Path, words: list[str], n_train: int = 100000, n_heldout: int = 700,
                heldout_fraction: float = 0.1, seed: int = 0, tasks: Iterable[str] | None = None,
                val_fraction: float = 0.02) -> dict:
     """Write the task suite at `out`: a prepared byte dataset of training documents (its val split
