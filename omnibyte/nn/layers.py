@@ -206,7 +206,6 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.wo(rearrange(y, "b h t d -> b t (h d)"))
 
-
     def _qk_inference(self, qk: torch.Tensor, tables) -> torch.Tensor:
         """QK-norm and RoPE of q and k as one (2, B, H, T, D) tensor: the same values as one at a
         time, in half the ops (fp32 on CPU without autograd, i.e. decoding, where ops per byte are
