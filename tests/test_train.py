@@ -135,6 +135,17 @@ def test_ddp_gradients_equal_one_process(data, tmp_path):
     assert (tmp_path / "run" / "run.json").is_file()
 
 
+def test_torchrun_with_one_process_runs_the_ddp_path(data, tmp_path):
+    # launched by torchrun, even alone: the process group is joined and the model wrapped in DDP
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m",
+           "omnibyte.cli", "train", "--data", str(data), "--out", str(tmp_path / "run"), *tiny_override_args()]
+    proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "DistributedDataParallel" in proc.stdout, proc.stdout[-2000:]
+    assert "1 process(es), gloo backend" in proc.stdout
+    assert (tmp_path / "run" / "checkpoint" / "config.json").is_file()
+
+
 # ----------------------------------------------------------------------------- bad inputs
 
 

@@ -46,7 +46,8 @@ def rolling_hash_stack(ids: torch.Tensor, sizes, base: int = DEFAULT_BASE) -> to
     ids = ids.long()
     padded = F.pad(ids, (width - 1, 0), value=PAD)
     window = padded.unfold(-1, width, 1).flip(-1)  # (..., T, width): [..., t, j] = ids[t - j]
-    terms = (window + 1) * _powers(base, width, ids.device)
+    powers = _powers.__wrapped__ if torch.compiler.is_compiling() else _powers  # graphs keep their own
+    terms = (window + 1) * powers(base, width, ids.device)
     sums = terms.cumsum(-1)  # [..., j] = sum of the first j + 1 terms
     return sums[..., [n - 1 for n in sizes]] % MODULUS
 

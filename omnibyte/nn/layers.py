@@ -102,7 +102,8 @@ class _Rope(torch.autograd.Function):
 def rope_tables(pos: torch.Tensor, head_dim: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(cos, sin_signed) for `apply_rope`, each (T, D) or (B, 1, T, D). A stack makes them once per
     forward for all its layers (and for q and k): decoding pays for them once per step, not 2·layers."""
-    ang = pos.to(torch.float32)[..., None] * _inv_freq(head_dim, theta, device)  # (T, D/2) or (B, T, D/2)
+    inv_freq = _inv_freq.__wrapped__ if torch.compiler.is_compiling() else _inv_freq  # graphs keep their own
+    ang = pos.to(torch.float32)[..., None] * inv_freq(head_dim, theta, device)  # (T, D/2) or (B, T, D/2)
     if ang.dim() == 3:
         ang = ang[:, None]  # (B, 1, T, D/2): broadcast over heads
     cos, sin = ang.cos(), ang.sin()

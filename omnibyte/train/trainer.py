@@ -50,14 +50,16 @@ class Dist:
 
 
 def init_distributed(device_setting: str) -> Dist:
-    """Join the torchrun process group when launched by torchrun (gloo on CPU, NCCL on CUDA)."""
+    """Join the torchrun process group when launched by torchrun (gloo on CPU, NCCL on CUDA) —
+    also with one process, so `torchrun --nproc-per-node 1` runs the DDP path end to end."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return Dist()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available() and not device_setting.startswith("cpu")
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if not dist.is_initialized():  # NCCL is told its device up front (no guessing at the first barrier)
+        dist.init_process_group(backend="nccl" if cuda else "gloo",
+                                device_id=torch.device("cuda", local) if cuda else None)
     if cuda:
         torch.cuda.set_device(local)
     return Dist(rank, world, local)
@@ -68,7 +70,7 @@ def pick_device(setting: str, d: Dist) -> torch.device:
         return torch.device(f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
     if setting.startswith("cuda") and not torch.cuda.is_available():
         raise OmnibyteError(f"train.device is {setting!r} but CUDA is not available")
-    if setting == "cuda" and d.world_size > 1:
+    if setting == "cuda" and dist.is_initialized():
         return torch.device(f"cuda:{d.local_rank}")
     return torch.device(setting)
 
@@ -150,7 +152,7 @@ class Trainer:
             (self.run_dir / "run.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
         self.train_model = self.model
-        if self.dist.world_size > 1:
+        if dist.is_initialized():
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DDP(self.model, device_ids=ids)
         if tc.compile:
@@ -382,6 +384,9 @@ def train(config: str | None, overrides: list[str], out: str | None, resume: str
         print(f"{cfg.arch}: {m.num_params():,} parameters, {trainer.flops_per_byte:.3g} training FLOPs/byte, "
               f"{trainer.bytes_per_step:,} bytes/step × {trainer.total_steps} steps → {trainer.run_dir}",
               flush=True)
+        if dist.is_initialized():
+            print(f"DistributedDataParallel: {trainer.dist.world_size} process(es), {dist.get_backend()} backend, "
+                  f"{trainer.device}", flush=True)
     result = trainer.fit()
     if dist.is_initialized():
         dist.barrier()  # no rank tears the group down while another still talks to it
