@@ -10,7 +10,16 @@ from helpers import write_text_dataset
 from omnibyte.cli import main
 from omnibyte.data.tasks.cute import write_cute
 from omnibyte.errors import OmnibyteError
-from omnibyte.eval.bench import ARCH, MODELS, arch_available, markdown_table, parse_budgets, parse_models
+from omnibyte.eval.bench import (
+    ARCH,
+    MODELS,
+    Bench,
+    arch_available,
+    get_preset,
+    markdown_table,
+    parse_budgets,
+    parse_models,
+)
 
 WORDS = ["cat", "banana", "dog", "house", "zebra", "apple", "quiz", "river", "stone", "melon", "tiger", "plum"]
 
@@ -68,6 +77,15 @@ def test_quick_sweep_end_to_end_and_reuse(tmp_path, capsys):
     info = json.loads((out / "runs" / "entropy-model" / "bench.json").read_text())
     space = json.loads((out / "results.json").read_text())["space_bytes_per_patch"]
     assert info["target_bytes_per_patch"] == space and abs(info["bytes_per_patch"] - space) / space < 0.25
+
+    # a changed preset does not reuse a stale run: the model is trained again as the preset says now
+    preset = get_preset("quick")
+    preset.transformer = {**preset.transformer, "n_layers": 2}
+    logs: list[str] = []
+    Bench(out, data=str(data), preset=preset, budgets=(3e8,), models=("transformer",), log=logs.append).run()
+    assert any("training it again" in line for line in logs), logs
+    saved = json.loads((out / "runs" / "transformer-3e08" / "run.json").read_text())
+    assert saved["model"]["n_layers"] == 2
 
 
 def test_sweep_on_tasks_with_any_text_val_and_noise(tmp_path, capsys):

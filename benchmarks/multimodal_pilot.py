@@ -1,0 +1,75 @@
+"""One task, one short run: how far the multimodal benchmark's BLT gets on a single task in a
+fixed number of steps, for trying a recipe (loss weight of media bytes, task options, model
+changes) in minutes before spending an hour on the full mix (multimodal_tasks.py).
+
+    .venv/bin/python benchmarks/multimodal_pilot.py fashion --steps 450 --media-loss-weight 0
+    .venv/bin/python benchmarks/multimodal_pilot.py fashion --steps 450 --media-loss-weight 0.1 \
+        --model '{"ngram_sizes": []}'
+
+Trains multimodal_tasks.py's BLT and batch (8 × 2048 ids, whole documents per window) on
+`--n-train` examples of the task (question after the media by default), on one CPU thread, then
+scores `--n-eval` new examples (seed 1; Fashion-MNIST's test images) and prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import multimodal_tasks as mm  # noqa: E402
+
+from omnibyte.data.tasks import build_mix  # noqa: E402
+from omnibyte.eval.multimodal import run_examples, score_examples  # noqa: E402
+from omnibyte.models.base import OmniModel  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("task", help="clocks, shapes, fashion or speech")
+    ap.add_argument("--steps", type=int, default=450, help="training steps (450 ≈ 11 min on one core)")
+    ap.add_argument("--media-loss-weight", type=float, default=0.1, help="weight of image/audio targets (default 0.1)")
+    ap.add_argument("--opts", default="{}", help='task options as JSON (default adds {"question_last": true}; '
+                    'fashion also {"draw": 0})')
+    ap.add_argument("--model", default="{}", help="overrides of the BLT's config as JSON")
+    ap.add_argument("--n-train", type=int, default=20000, help="training examples (default 20,000)")
+    ap.add_argument("--n-eval", type=int, default=300, help="scored examples (default 300)")
+    ap.add_argument("--out", type=Path, default=REPO / "runs" / "mm-pilot", help="folder for data and runs")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    opts = {"question_last": True, **({"draw": 0.0} if args.task == "fashion" else {}), **json.loads(args.opts)}
+    model_over = json.loads(args.model)
+    tag = f"{args.task}-{zlib.crc32(json.dumps(opts, sort_keys=True).encode()):08x}"
+    mix, ev = args.out / f"mix-{tag}-{args.n_train}", args.out / f"eval-{tag}-{args.n_eval}"
+    if not (mix / "meta.json").exists():
+        build_mix(f"{args.task}:{args.n_train}", mix, seed=0, val_fraction=0.02, task_opts={args.task: opts})
+    if not (ev / "meta.json").exists():
+        eval_opts = {**opts, "split": "test"} if args.task == "fashion" else opts
+        # as multimodal_tasks.py: 90% held out, scored from the val split
+        build_mix(f"{args.task}:{args.n_eval * 10 // 9 + 1}", ev, seed=1, val_fraction=0.9,
+                  task_opts={args.task: eval_opts})
+    preset = dict(mm.FULL)
+    preset["train"] = {**preset["train"], "media_loss_weight": args.media_loss_weight}
+    preset["model"] = {**preset["model"], **model_over}
+    name = f"run-{tag}-w{args.media_loss_weight:g}-s{args.steps}-{zlib.crc32(args.model.encode()):08x}"
+    t0 = time.time()
+    run = mm.train_run(preset, mix, args.out / name, args.steps, 1)
+    model = OmniModel.from_pretrained(args.out / name).eval()
+    scores = score_examples(run_examples(model, ev, n=args.n_eval))
+    result = {"task": args.task, "steps": args.steps, "media_loss_weight": args.media_loss_weight, "opts": opts,
+              "model": model_over, "minutes": round((time.time() - t0) / 60, 1), "flops": run["flops"],
+              "scores": mm.json_safe(scores)}
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
