@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from blt_common import header, median, timed, write_section  # noqa: E402
+from blt_common import full_rerun, header, median, timed, write_section  # noqa: E402
 
-from omnibyte.format import BOS, EOS, N_BYTES  # noqa: E402
+from omnibyte.format import BOS, N_BYTES  # noqa: E402
 from omnibyte.generate import SamplingConfig, generate  # noqa: E402
 from omnibyte.models import build_model  # noqa: E402
 from omnibyte.models.blt import BLT, BLTConfig, LatentConfig, LocalConfig  # noqa: E402
@@ -106,20 +106,6 @@ def training(p: dict) -> list[str]:
 
 
 # --------------------------------------------------------------------------- generation
-
-
-def full_rerun(model, prompt: list[int], n: int) -> list[int]:
-    """Greedy decoding the slow way: the whole sequence through `forward` for every new byte."""
-    allowed = torch.zeros(model.cfg.vocab_size, dtype=torch.bool)
-    allowed[:N_BYTES] = True
-    allowed[EOS] = True
-    seq, out = list(prompt), []
-    with torch.no_grad():
-        for _ in range(n):
-            logits = model(torch.tensor([seq])).logits[0, -1].masked_fill(~allowed, float("-inf"))
-            out.append(int(logits.argmax()))
-            seq.append(out[-1])
-    return out
 
 
 def generation(p: dict) -> list[str]:

@@ -31,9 +31,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from blt_common import full_rerun  # noqa: E402
 from common import REPO, header, median, write_section  # noqa: E402
 
-from omnibyte.format import BOS, EOS, N_BYTES  # noqa: E402
+from omnibyte.format import BOS, N_BYTES  # noqa: E402
 from omnibyte.generate import SamplingConfig, generate  # noqa: E402
 from omnibyte.models import build_model  # noqa: E402
 from omnibyte.models.blt import BLT, BLTConfig, LatentConfig, LocalConfig  # noqa: E402
@@ -120,20 +121,6 @@ def worst_grad(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> tu
 
 def grads(model) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-def full_rerun(model, prompt: list[int], n: int) -> list[int]:
-    """Greedy decoding the slow way: the whole sequence through `forward` for every new byte."""
-    allowed = torch.zeros(model.cfg.vocab_size, dtype=torch.bool, device=model.device)
-    allowed[:N_BYTES] = True
-    allowed[EOS] = True
-    seq, out = list(prompt), []
-    with torch.no_grad():
-        for _ in range(n):
-            logits = model(torch.tensor([seq], device=model.device)).logits[0, -1]
-            out.append(int(logits.masked_fill(~allowed, float("-inf")).argmax()))
-            seq.append(out[-1])
-    return out
 
 
 def check_model(name: str, make, dev: torch.device, compile_: bool) -> None:

@@ -315,9 +315,10 @@ class Bench:
                "train": {**self.train_settings(max(1, steps), seq_len), "flops": 0.0}}
         return raw, steps
 
-    def same_plan(self, name: str, budget: float, run_dir: Path) -> bool:
-        """Whether the finished run in run_dir was trained as the bench would train it now: the
-        same model config and step count (a changed preset must not reuse stale runs)."""
+    @staticmethod
+    def same_plan(raw: dict, steps: int, run_dir: Path) -> bool:
+        """Whether the finished run in run_dir was trained as planned now (`plan`'s raw config and
+        steps): the same model config and step count (a changed preset must not reuse stale runs)."""
         from omnibyte.config import to_dict
         from omnibyte.train import load_run_config
         from omnibyte.train.config import read_run_config
@@ -326,24 +327,22 @@ class Bench:
             saved = read_run_config(run_dir)
         except (OSError, ValueError, OmnibyteError):
             return False
-        raw, steps = self.plan(name, budget)
-        now = load_run_config(None, raw)
 
         def model(cfg) -> dict:  # a BLT fills in its entropy model's config when built: not a difference
             return {k: v for k, v in to_dict(cfg.model).items() if k != "entropy_model_config"}
 
-        return model(saved) == model(now) and saved.train.steps == max(1, steps)
+        return model(saved) == model(load_run_config(None, raw)) and saved.train.steps == max(1, steps)
 
     def run_one(self, name: str, budget: float) -> dict:
         run_dir = self.out / "runs" / run_name(name, budget)
         record_file = run_dir / "bench.json"
         record = json.loads(record_file.read_text()) if record_file.is_file() else None
-        if record is not None and not self.same_plan(name, budget, run_dir):
+        raw, steps = self.plan(name, budget)
+        if record is not None and not self.same_plan(raw, steps, run_dir):
             self.log(f"  {run_dir.name}: the preset's model or steps changed since it was trained; training it again")
             record = None
             (run_dir / "checkpoint" / "trainer.pt").unlink(missing_ok=True)  # a fresh run, not a resumed one
         if record is None:
-            raw, steps = self.plan(name, budget)
             if steps < 1:
                 raise OmnibyteError(f"budget {budget:.3g} FLOPs is less than one training step")
             self.log(f"  training {name} for {steps} steps ...")
