@@ -1,8 +1,26 @@
-"""KV cache for incremental decoding: preallocated (B, H, max_len, D) buffers per layer."""
+"""Caches: the KV cache for incremental decoding (preallocated (B, H, max_len, D) buffers per
+layer), and `eager_lru_cache` for small constant tables."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
+
+
+def eager_lru_cache(maxsize: int):
+    """functools.lru_cache for functions that make small constant tensors, bypassed while
+    torch.compile traces (compiled graphs keep their own constants; dynamo warns about lru caches)."""
+    def wrap(fn):
+        cached = functools.lru_cache(maxsize=maxsize)(fn)
+
+        @functools.wraps(fn)
+        def call(*args):
+            return fn(*args) if torch.compiler.is_compiling() else cached(*args)
+
+        call.cache_clear = cached.cache_clear
+        return call
+    return wrap
 
 
 class KVCache:

@@ -11,7 +11,6 @@ n-grams "PAD…PAD ids[0..t]". The sum is computed over a sliding view of the id
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from omnibyte.format import PAD
+from omnibyte.nn.cache import eager_lru_cache
 
 MODULUS = 2**31 - 1  # a Mersenne prime: products of ids and powers fit easily in int64
 DEFAULT_BASE = 1_000_003
@@ -46,13 +46,12 @@ def rolling_hash_stack(ids: torch.Tensor, sizes, base: int = DEFAULT_BASE) -> to
     ids = ids.long()
     padded = F.pad(ids, (width - 1, 0), value=PAD)
     window = padded.unfold(-1, width, 1).flip(-1)  # (..., T, width): [..., t, j] = ids[t - j]
-    powers = _powers.__wrapped__ if torch.compiler.is_compiling() else _powers  # graphs keep their own
-    terms = (window + 1) * powers(base, width, ids.device)
+    terms = (window + 1) * _powers(base, width, ids.device)
     sums = terms.cumsum(-1)  # [..., j] = sum of the first j + 1 terms
     return sums[..., [n - 1 for n in sizes]] % MODULUS
 
 
-@functools.lru_cache(maxsize=16)
+@eager_lru_cache(maxsize=16)
 def _powers(base: int, width: int, device: torch.device) -> torch.Tensor:
     return torch.tensor([pow(base, j, MODULUS) for j in range(width)], dtype=torch.long, device=device)
 

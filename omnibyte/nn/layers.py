@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from omnibyte.nn.cache import KVCache
+from omnibyte.nn.cache import KVCache, eager_lru_cache
 from omnibyte.nn.window_attention import window_attention
 
 
@@ -102,8 +102,7 @@ class _Rope(torch.autograd.Function):
 def rope_tables(pos: torch.Tensor, head_dim: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(cos, sin_signed) for `apply_rope`, each (T, D) or (B, 1, T, D). A stack makes them once per
     forward for all its layers (and for q and k): decoding pays for them once per step, not 2·layers."""
-    inv_freq = _inv_freq.__wrapped__ if torch.compiler.is_compiling() else _inv_freq  # graphs keep their own
-    ang = pos.to(torch.float32)[..., None] * inv_freq(head_dim, theta, device)  # (T, D/2) or (B, T, D/2)
+    ang = pos.to(torch.float32)[..., None] * _inv_freq(head_dim, theta, device)  # (T, D/2) or (B, T, D/2)
     if ang.dim() == 3:
         ang = ang[:, None]  # (B, 1, T, D/2): broadcast over heads
     cos, sin = ang.cos(), ang.sin()
@@ -148,7 +147,7 @@ def apply_rope(x: torch.Tensor, pos: torch.Tensor | None, theta: float = 10000.0
     return _Rope.apply(x32, cos, sin).type_as(x)
 
 
-@functools.lru_cache(maxsize=64)
+@eager_lru_cache(maxsize=64)
 def _inv_freq(d: int, theta: float, device: torch.device) -> torch.Tensor:
     """θ^(-2i/d) for i < d/2, made once per head size (decoding calls RoPE per byte per layer)."""
     return theta ** (-torch.arange(0, d, 2, device=device, dtype=torch.float32) / d)
