@@ -118,3 +118,20 @@ def test_markdown_table_notes_skips():
     table = markdown_table(summary)
     assert "| transformer | 12.3k | 9.90e+08 | 250k | 10 | 3 s | 2.5000 |" in table
     assert "- blt-space: skipped (no module)" in table
+
+
+def test_parallel_jobs_train_the_same_runs(tmp_path):
+    data = write_text_dataset(tmp_path, n_docs=30, lines=8)
+    models = ("transformer", "blt-entropy")
+    alone = Bench(tmp_path / "one", data=str(data), preset="quick", budgets=(3e8,), models=models, log=lambda s: None)
+    logs: list[str] = []
+    together = Bench(tmp_path / "two", data=str(data), preset="quick", budgets=(3e8,), models=models, jobs=2,
+                     log=logs.append)
+    a = {r["model"]: r for r in alone.run()["results"]}
+    b = {r["model"]: r for r in together.run()["results"]}
+    assert any("2 at a time" in line for line in logs), logs
+    assert sorted(a) == sorted(b) == sorted(models)
+    for m in models:  # the same deterministic training, in a worker process or not
+        assert b[m]["steps"] == a[m]["steps"] and abs(b[m]["val_bpb"] - a[m]["val_bpb"]) < 1e-6
+    with pytest.raises(OmnibyteError, match="--jobs"):
+        Bench(tmp_path / "bad", data=str(data), preset="quick", jobs=0)

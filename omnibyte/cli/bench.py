@@ -1,5 +1,5 @@
 """omnibyte bench [sweep] [--preset small|quick] [--data DIR] [--budgets 1e13,3e13] [--models ...]
-                          [--val TEXT] [--task cute] [--noise] [--out DIR]
+                          [--val TEXT] [--task cute] [--noise] [--jobs N] [--out DIR]
    omnibyte bench bpe --data DIR --vocab 4096 --out DIR
    omnibyte bench cute --out DIR [--words FILE]"""
 
@@ -38,6 +38,8 @@ def add_parser(sub) -> None:
     sweep.add_argument("--seed", type=int, default=0)
     sweep.add_argument("--threads", type=int, help="torch CPU threads for training (default: the preset's; "
                        "1 is fastest for tiny models or on a busy machine)")
+    sweep.add_argument("--jobs", type=int, help="runs trained at the same time, one process each (default: the "
+                       "preset's: 2 for small, 1 for quick)")
     bpe = p.add_argument_group("bpe (and the sweep's BPE model)")
     bpe.add_argument("--vocab", type=int, help="BPE vocabulary size (default 4096; the sweep: the preset's)")
     cute = p.add_argument_group("cute")
@@ -63,7 +65,7 @@ def run(args) -> int:
     bench = Bench(args.out or f"runs/bench-{args.preset}", data=args.data or "data/kjv", preset=args.preset,
                   budgets=parse_budgets(args.budgets) if args.budgets else None, models=parse_models(args.models),
                   val=args.val, task=args.task, noise=args.noise, noise_rate=args.noise_rate, bpe_vocab=args.vocab,
-                  seed=args.seed, threads=args.threads, log=lambda s: print(s, flush=True))
+                  seed=args.seed, threads=args.threads, jobs=args.jobs, log=lambda s: print(s, flush=True))
     bench.run()
     print((bench.out / "results.md").read_text())
     print(f"wrote {bench.out / 'results.md'}, {bench.out / 'results.json'} and {bench.out / 'bpb_vs_flops.png'}")

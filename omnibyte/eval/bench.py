@@ -56,6 +56,7 @@ class BenchPreset:
     calibration_bytes: int = 65536
     task_limit: int = 0  # --task: held-out questions scored (0 = all)
     threads: int = 0  # torch CPU threads while training (0 = torch's default; 1 suits tiny models)
+    jobs: int = 1  # runs trained at the same time, each in its own process
 
 
 PRESETS = {
@@ -76,17 +77,19 @@ PRESETS = {
     "small": BenchPreset(
         budgets=(2e12, 6e12), batch_size=16, seq_len=256, lr=3e-3, warmup_steps=20, eval_batches=0,
         bpe_vocab=4096, patch_size=4,
-        transformer=dict(dim=128, n_layers=4, n_heads=4),
-        megabyte=dict(patch_size=4, global_dim=256, global_layers=4, global_heads=4, local_dim=128,
+        # Sizes near each family's best at 6e12 FLOPs on a grid (results_eval.md, "model sizes"): at
+        # these budgets smaller models that take more steps win, the BPE transformer most of all.
+        transformer=dict(dim=48, n_layers=4, n_heads=4),
+        megabyte=dict(patch_size=4, global_dim=96, global_layers=4, global_heads=4, local_dim=48,
                       local_layers=2, local_heads=4),
-        # BLT's latent at the byte/BPE transformers' width, and 65,536 rows per hash n-gram table
-        # (table reads cost no FLOPs; the paper uses 500,002): at 2e13 FLOPs, latent 256 → 128 took
-        # val bpb from 1.494 to 1.419 and 4,096 → 65,536 buckets to 1.379 (results_blt.md)
-        blt=dict(dim_local=96, dim_global=128, encoder={"n_layers": 1, "n_heads": 4, "window": 64},
-                 latent={"n_layers": 4, "n_heads": 4}, decoder={"n_layers": 2, "n_heads": 4, "window": 64},
+        # BLT: small local models (one encoder and one decoder layer) so that most FLOPs go to steps
+        # of the latent, and 65,536 rows per hash n-gram table (table reads cost no FLOPs; the
+        # paper uses 500,002; 8,192 rows cost 0.056 bpb at 6e12)
+        blt=dict(dim_local=48, dim_global=64, encoder={"n_layers": 1, "n_heads": 4, "window": 64},
+                 latent={"n_layers": 4, "n_heads": 4}, decoder={"n_layers": 1, "n_heads": 4, "window": 64},
                  hash_buckets=65536),
         entropy=dict(dim=64, n_layers=2, n_heads=4, window=64), entropy_steps=300, calibration_bytes=131072,
-        task_limit=0, threads=1),
+        task_limit=0, threads=1, jobs=2),
 }
 
 
@@ -147,11 +150,15 @@ class Bench:
                  budgets: tuple[float, ...] | None = None, models: tuple[str, ...] = MODELS,
                  val: str | Path | None = None, task: str | None = None, noise: bool = False,
                  noise_rate: float = 0.1, bpe_vocab: int | None = None, seed: int = 0,
-                 threads: int | None = None, log: Callable[[str], None] = print):
+                 threads: int | None = None, jobs: int | None = None, log: Callable[[str], None] = print):
         self.out, self.data = Path(out), str(data)
         self.preset = get_preset(preset) if isinstance(preset, str) else preset
         if threads is not None:
             self.preset.threads = threads
+        if jobs is not None:
+            if jobs < 1:
+                raise OmnibyteError(f"--jobs must be at least 1, got {jobs}")
+            self.preset.jobs = jobs
         self.budgets = tuple(budgets or self.preset.budgets)
         self.models, self.val, self.task = tuple(models), val, task
         self.noise, self.noise_rate, self.seed = noise, noise_rate, seed
@@ -417,6 +424,33 @@ class Bench:
             out[kind] = (ShardDataset(path), "train")
         return out
 
+    def train_parallel(self, todo: list[tuple[str, float]]) -> None:
+        """Train (and score) the runs in `todo` in `preset.jobs` worker processes; the sequential
+        pass in `run` then finds them finished. What several runs share (the BPE data, the entropy
+        model and its calibration) is made here first, once."""
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        names = {name for name, _ in todo}
+        if "bpe" in names:
+            self.bpe_dataset()
+        if "blt-space" in names or "blt-entropy" in names:
+            self.space_bytes_per_patch()
+        if "blt-entropy" in names:
+            self.entropy_model()
+        if self.noise:
+            self.noisy_data()
+        args = dict(out=str(self.out), data=self.data, preset=self.preset, val=self.val, task=self.task,
+                    noise=self.noise, noise_rate=self.noise_rate, bpe_vocab=self.bpe_vocab, seed=self.seed)
+        self.log(f"training {len(todo)} runs, {self.preset.jobs} at a time (one process each) ...")
+        with ProcessPoolExecutor(self.preset.jobs, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(_run_one_job, args, name, budget) for name, budget in todo]
+            for fut in futures:
+                try:
+                    fut.result()  # any other error in a worker is raised here, as it would be in `run`
+                except OmnibyteError:
+                    pass  # the sequential pass in `run` meets the same error and reports it
+
     # --- everything ---------------------------------------------------------------------------------
     def run(self) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -434,6 +468,8 @@ class Bench:
                 skipped.append(msg)
                 continue
             todo += [(name, b) for b in self.budgets]
+        if self.preset.jobs > 1:
+            self.train_parallel(todo)
         for i, (name, budget) in enumerate(todo, 1):
             self.log(f"[{i}/{len(todo)}] {name} at {budget:.3g} training FLOPs")
             try:
@@ -459,6 +495,12 @@ class Bench:
         if results:
             plot_results(results, self.out / "bpb_vs_flops.png")
         return summary
+
+
+def _run_one_job(args: dict, name: str, budget: float) -> None:
+    """One run in a worker process of `Bench.train_parallel` (a top-level function: spawn pickles it)."""
+    tag = run_name(name, budget)
+    Bench(**args, log=lambda s: print(f"[{tag}] {s.strip()}", flush=True)).run_one(name, budget)
 
 
 # --------------------------------------------------------------------------- reporting
