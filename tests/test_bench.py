@@ -135,3 +135,16 @@ def test_parallel_jobs_train_the_same_runs(tmp_path):
         assert b[m]["steps"] == a[m]["steps"] and abs(b[m]["val_bpb"] - a[m]["val_bpb"]) < 1e-6
     with pytest.raises(OmnibyteError, match="--jobs"):
         Bench(tmp_path / "bad", data=str(data), preset="quick", jobs=0)
+
+
+def test_entropy_runs_are_reused_across_processes_and_path_spellings(tmp_path, monkeypatch):
+    """Runs trained in worker processes, then the same sweep named by a relative --out: nothing is
+    trained again (each process plans a BLT-entropy run with the same exact patch size and the
+    entropy model's path is compared resolved)."""
+    data = write_text_dataset(tmp_path, n_docs=30, lines=8)
+    kw = dict(data=str(data), preset="quick", budgets=(3e8, 6e8), models=("blt-entropy",))
+    Bench(tmp_path / "b", jobs=2, log=lambda s: None, **kw).run()
+    monkeypatch.chdir(tmp_path)
+    logs: list[str] = []
+    Bench("b", log=logs.append, **kw).run()
+    assert not any("again" in line or "training blt" in line for line in logs), logs

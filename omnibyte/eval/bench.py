@@ -166,6 +166,7 @@ class Bench:
         self.log = log
         self.notes: list[str] = []
         self.extra: dict = {}  # facts found on the way (bytes per token, patch sizes, entropy model)
+        self._entropy: tuple[Path, float, float] | None = None
         if task not in (None, "cute"):
             raise OmnibyteError(f"unknown task {task!r} (known: cute)")
 
@@ -255,9 +256,8 @@ class Bench:
         from omnibyte.patching.calibrate import calibrate
         from omnibyte.patching.entropy import write_calibration
 
-        if "entropy" in self.extra:
-            e = self.extra["entropy"]
-            return Path(e["run"]), e["threshold"], e["bytes_per_patch"]
+        if self._entropy is not None:
+            return self._entropy
         p = self.preset
         run_dir = self.out / "runs" / "entropy-model"
         done = run_dir / "bench.json"
@@ -279,7 +279,9 @@ class Bench:
                                  "bytes_per_patch": round(info["bytes_per_patch"], 3),
                                  "train_flops": info["train_flops"], "params": info["params"],
                                  "infer_flops_per_byte": info["infer_flops_per_byte"]}
-        return run_dir, info["threshold"], info["bytes_per_patch"]
+        # the exact mean, every call: a run's config must not depend on which call planned it
+        self._entropy = run_dir, info["threshold"], info["bytes_per_patch"]
+        return self._entropy
 
     def train_settings(self, steps: int, seq_len: int) -> dict:
         p = self.preset
@@ -336,7 +338,10 @@ class Bench:
             return False
 
         def model(cfg) -> dict:  # a BLT fills in its entropy model's config when built: not a difference
-            return {k: v for k, v in to_dict(cfg.model).items() if k != "entropy_model_config"}
+            d = {k: v for k, v in to_dict(cfg.model).items() if k != "entropy_model_config"}
+            if (d.get("patcher") or {}).get("entropy_model"):  # --out given relative or absolute: one model
+                d["patcher"] = {**d["patcher"], "entropy_model": str(Path(d["patcher"]["entropy_model"]).resolve())}
+            return d
 
         return model(saved) == model(load_run_config(None, raw)) and saved.train.steps == max(1, steps)
 
