@@ -1,6 +1,6 @@
 """Models at equal training FLOPs on the default corpus: `omnibyte bench --preset small`.
 
-    .venv/bin/python benchmarks/eval_bench.py            # full: ≈25 min on a 2-core CPU; writes results_eval.md
+    .venv/bin/python benchmarks/eval_bench.py            # full: ≈20 min on a 2-core CPU; writes results_eval.md
     .venv/bin/python benchmarks/eval_bench.py --quick    # the quick preset on 60 kB of KJV (seconds), writes nothing
 
 Full: the byte transformer, the BPE transformer (4,096-id tokenizer learned on the train split),

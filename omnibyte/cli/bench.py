@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="output folder (sweep default: runs/bench-PRESET)")
     sweep = p.add_argument_group("sweep")
     sweep.add_argument("--preset", default="small",
-                       help="small (≈25 min on a 2-core CPU, two runs at a time) or quick (seconds)")
+                       help="small (≈20 min on a 2-core CPU, two runs at a time) or quick (seconds)")
     sweep.add_argument("--budgets", help="training FLOPs per run, comma-separated (default: the preset's)")
     sweep.add_argument("--models", default=",".join(MODELS), help="comma-separated, from: " + ", ".join(MODELS))
     sweep.add_argument("--val", help="score on this text file or folder instead of the dataset's val split")

@@ -72,8 +72,8 @@ PRESETS = {
                  hash_buckets=256, ngram_sizes=[3, 4]),
         entropy=dict(dim=16, n_layers=1, n_heads=2, window=32), entropy_steps=5, calibration_bytes=4096,
         task_limit=14, threads=1),
-    # about 25 minutes on a 2-core CPU for the six models at two budgets on the KJV corpus: two runs
-    # at a time, one training thread each (the runs' wall times sum to about 42 minutes)
+    # about 20 minutes on a 2-core CPU for the six models at two budgets on the KJV corpus: two runs
+    # at a time, one training thread each (19.6 min from scratch, measured 2026-11-27)
     "small": BenchPreset(
         budgets=(2e12, 6e12), batch_size=16, seq_len=256, lr=3e-3, warmup_steps=20, eval_batches=0,
         bpe_vocab=4096, patch_size=4,
