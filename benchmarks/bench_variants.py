@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, header  # noqa: E402
 from common import write_section as _write  # noqa: E402
 
+from omnibyte.eval.bench import budget_steps  # noqa: E402
 from omnibyte.models.registry import build_model  # noqa: E402
 from omnibyte.train import Trainer, load_run_config  # noqa: E402
 
@@ -78,7 +79,7 @@ def plan(base: dict, over: dict, budget: float, data: str, threads: int) -> tupl
         model["patcher"].update(over)
     fields = {k: v for k, v in model.items() if k != "arch"}
     seq, batch = raw["train"]["seq_len"], raw["train"]["batch_size"]
-    steps = int(budget // (build_model(model["arch"], fields).flops_per_byte(seq)["train"] * batch * seq))
+    steps = budget_steps(build_model(model["arch"], fields), budget, batch, seq)
     raw["data"]["path"] = data
     raw["train"].update(steps=steps, threads=threads, eval_batches=0, log_every=50)
     return raw, steps
@@ -119,9 +120,7 @@ def main() -> int:
                          "wall_s": round(time.perf_counter() - t0, 1)})
             done.write_text(json.dumps(rows[-1], indent=2) + "\n")
         print(f"{name}: {rows[-1]['steps']} steps, val {rows[-1]['val_bpb']:.4f} bits/byte", flush=True)
-    title = f"{args.base} variants at {args.budget} training FLOPs"
-    lines = header(title if args.section != "blt-entropy-variants" else
-                   f"BLT entropy patching variants at {args.budget} training FLOPs")
+    lines = header(f"{args.base} variants at {args.budget} training FLOPs")
     shown = base_file.relative_to(REPO) if base_file.is_relative_to(REPO) else base_file
     lines += [f"The bench's {args.base} run ({shown}) trained again with the changes each row names;"
               " bits per byte over the whole val split.", "",

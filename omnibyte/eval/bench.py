@@ -129,6 +129,11 @@ def arch_available(arch: str) -> bool:
     return True
 
 
+def budget_steps(model, budget: float, batch_size: int, seq_len: int) -> int:
+    """Training steps that fit in `budget` FLOPs: ⌊budget / (training FLOPs per id × ids per step)⌋."""
+    return int(budget // (model.flops_per_byte(seq_len)["train"] * batch_size * seq_len))
+
+
 def run_name(model: str, budget: float) -> str:
     return f"{model}-{budget:.0e}".replace("+", "")
 
@@ -166,7 +171,6 @@ class Bench:
         self.log = log
         self.notes: list[str] = []
         self.extra: dict = {}  # facts found on the way (bytes per token, patch sizes, entropy model)
-        self._entropy: tuple[Path, float, float] | None = None
         if task not in (None, "cute"):
             raise OmnibyteError(f"unknown task {task!r} (known: cute)")
 
@@ -256,8 +260,9 @@ class Bench:
         from omnibyte.patching.calibrate import calibrate
         from omnibyte.patching.entropy import write_calibration
 
-        if self._entropy is not None:
-            return self._entropy
+        if "entropy" in self.extra:
+            e = self.extra["entropy"]
+            return Path(e["run"]), e["threshold"], e["bytes_per_patch"]
         p = self.preset
         run_dir = self.out / "runs" / "entropy-model"
         done = run_dir / "bench.json"
@@ -276,12 +281,10 @@ class Bench:
                         infer_flops_per_byte=model.flops_per_byte(p.seq_len)["infer"])
             done.write_text(json.dumps(info, indent=2) + "\n")
         self.extra["entropy"] = {"run": str(run_dir), "threshold": info["threshold"],
-                                 "bytes_per_patch": round(info["bytes_per_patch"], 3),
+                                 "bytes_per_patch": info["bytes_per_patch"],  # exact: runs are planned with it
                                  "train_flops": info["train_flops"], "params": info["params"],
                                  "infer_flops_per_byte": info["infer_flops_per_byte"]}
-        # the exact mean, every call: a run's config must not depend on which call planned it
-        self._entropy = run_dir, info["threshold"], info["bytes_per_patch"]
-        return self._entropy
+        return run_dir, info["threshold"], info["bytes_per_patch"]
 
     def train_settings(self, steps: int, seq_len: int) -> dict:
         p = self.preset
@@ -317,8 +320,7 @@ class Bench:
         seq_len = self.seq_len(name)
         arch = model_cfg.pop("arch")
         model = build_model(arch, model_cfg)
-        per_id = model.flops_per_byte(seq_len)["train"]
-        steps = int(budget // (per_id * self.preset.batch_size * seq_len))
+        steps = budget_steps(model, budget, self.preset.batch_size, seq_len)
         data = str(self.bpe_dataset().path) if name == "bpe" else self.data
         raw = {"model": {"arch": arch, **model_cfg}, "data": {"path": data},
                "train": {**self.train_settings(max(1, steps), seq_len), "flops": 0.0}}
@@ -432,17 +434,15 @@ class Bench:
     def train_parallel(self, todo: list[tuple[str, float]]) -> None:
         """Train (and score) the runs in `todo` in `preset.jobs` worker processes; the sequential
         pass in `run` then finds them finished. What several runs share (the BPE data, the entropy
-        model and its calibration) is made here first, once."""
+        model and its calibration, noisy copies) is made here first, once."""
         from concurrent.futures import ProcessPoolExecutor
         from multiprocessing import get_context
 
-        names = {name for name, _ in todo}
-        if "bpe" in names:
-            self.bpe_dataset()
-        if "blt-space" in names or "blt-entropy" in names:
-            self.space_bytes_per_patch()
-        if "blt-entropy" in names:
-            self.entropy_model()
+        for name, budget in todo:  # planning makes the BPE data, the entropy model and its calibration
+            try:
+                self.plan(name, budget)
+            except OmnibyteError:
+                pass  # the sequential pass in `run` meets the same error and reports it
         if self.noise:
             self.noisy_data()
         args = dict(out=str(self.out), data=self.data, preset=self.preset, val=self.val, task=self.task,
@@ -538,7 +538,7 @@ def markdown_table(summary: dict) -> str:
         notes.append(f"BLT space patching: {summary['space_bytes_per_patch']} bytes per patch.")
     if "entropy" in summary:
         e = summary["entropy"]
-        notes.append(f"BLT entropy patching: threshold {e['threshold']:.3f} nats → {e['bytes_per_patch']} bytes "
+        notes.append(f"BLT entropy patching: threshold {e['threshold']:.3f} nats → {e['bytes_per_patch']:.3f} bytes "
                      f"per patch; the entropy model ({fmt_si(e['params'])} params, {e['train_flops']:.2e} training "
                      f"FLOPs, not counted above) is in the inference FLOPs per byte.")
     if kinds:
