@@ -39,8 +39,8 @@ def text_ids(n_rows: int, length: int, seed: int = 0) -> torch.Tensor:
 
 
 def tiny_config(kind: str = "static", **kw) -> BLTConfig:
-    return BLTConfig(dim_local=16, dim_global=32, encoder=LocalConfig(1, 2, window=8),
-                     latent=LatentConfig(2, 2), decoder=LocalConfig(2, 2, window=8), hash_buckets=97,
+    kw = {"encoder": LocalConfig(1, 2, window=8), "decoder": LocalConfig(2, 2, window=8), **kw}
+    return BLTConfig(dim_local=16, dim_global=32, latent=LatentConfig(2, 2), hash_buckets=97,
                      ngram_sizes=(3, 5, 8), patcher=PatcherConfig(kind=kind, patch_size=3), **kw)
 
 
@@ -311,3 +311,26 @@ def test_overfits_one_batch():
         loss.backward()
         opt.step()
     assert loss.item() < 0.3
+
+
+def test_empty_local_stacks_train_decode_and_count(entropy_dir):
+    """encoder/decoder n_layers = 0: the hash n-grams and cross-attentions alone; cached decoding
+    still equals a full forward, and the FLOPs formula still matches a count."""
+    from omnibyte.eval.flops import measure_flops_per_byte
+
+    for enc, dec in ((0, 2), (1, 0), (0, 0)):
+        m = make("space", encoder=LocalConfig(enc, 2, window=8), decoder=LocalConfig(dec, 2, window=8))
+        assert len(m.encoder.layers) == enc and len(m.decoder.layers) == dec
+        ids = text_ids(2, 30)
+        full = m(ids).logits
+        state = m.init_state(2, 32)
+        pieces = [m.step(state, ids[:, :7])] + [m.step(state, ids[:, t:t + 1]) for t in range(7, 30)]
+        torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-4)
+        static = make("static", encoder=LocalConfig(enc, 2, window=8), decoder=LocalConfig(dec, 2, window=8))
+        assert static.flops_per_byte(30)["train"] == pytest.approx(
+            measure_flops_per_byte(static, 30)["train"].total, rel=0.02)
+        m.train()
+        m(ids[:, :-1], ids[:, 1:]).loss.backward()
+        assert m.embed.ngrams[0].weight.grad.abs().sum() > 0 and m.pool_init.weight.grad.abs().sum() > 0
+    with pytest.raises(OmnibyteError, match="latent.n_layers"):
+        build_model("blt", {"latent": {"n_layers": 0}})

@@ -304,6 +304,8 @@ class TransformerStack(nn.Module):
     def forward(self, x, pos=None, mask=None, caches: list[KVCache] | None = None):
         """x: (B, T, dim). pos: (T,) or (B, T) absolute positions (default 0..T-1, or continuing the
         cache). mask: bool, broadcastable to (B, H, T, T_keys); default causal (+ window)."""
+        if not self.layers:  # an empty stack (e.g. a BLT without local encoder layers): the norm only
+            return self.norm(x)
         t = x.shape[1]
         offset = caches[0].length if caches else 0
         # a sliding window without a dense mask: the banded kernel when training, the last `window`
