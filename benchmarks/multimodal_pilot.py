@@ -25,6 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import multimodal_tasks as mm  # noqa: E402
 
+from omnibyte.data import ShardDataset  # noqa: E402
+from omnibyte.data.modality import ANSWER_AUX  # noqa: E402
 from omnibyte.data.tasks import build_mix  # noqa: E402
 from omnibyte.eval.multimodal import run_examples, score_examples  # noqa: E402
 from omnibyte.models.base import OmniModel  # noqa: E402
@@ -37,6 +39,8 @@ def main() -> int:
     ap.add_argument("task", help="clocks, shapes, fashion or speech")
     ap.add_argument("--steps", type=int, default=450, help="training steps (450 ≈ 11 min on one core)")
     ap.add_argument("--media-loss-weight", type=float, default=0.1, help="weight of image/audio targets (default 0.1)")
+    ap.add_argument("--prompt-loss-weight", type=float, default=1.0,
+                    help="weight of the prompt (question, input media) in the loss (default 1; 0 = answers only)")
     ap.add_argument("--opts", default="{}", help='task options as JSON (default adds {"question_last": true}; '
                     'fashion also {"draw": 0})')
     ap.add_argument("--model", default="{}", help="overrides of the BLT's config as JSON")
@@ -49,7 +53,7 @@ def main() -> int:
     model_over = json.loads(args.model)
     tag = f"{args.task}-{zlib.crc32(json.dumps(opts, sort_keys=True).encode()):08x}"
     mix, ev = args.out / f"mix-{tag}-{args.n_train}", args.out / f"eval-{tag}-{args.n_eval}"
-    if not (mix / "meta.json").exists():
+    if not ShardDataset(mix).has_aux("train", ANSWER_AUX) if (mix / "meta.json").exists() else True:
         build_mix(f"{args.task}:{args.n_train}", mix, seed=0, val_fraction=0.02, task_opts={args.task: opts})
     if not (ev / "meta.json").exists():
         eval_opts = {**opts, "split": "test"} if args.task == "fashion" else opts
@@ -57,14 +61,17 @@ def main() -> int:
         build_mix(f"{args.task}:{args.n_eval * 10 // 9 + 1}", ev, seed=1, val_fraction=0.9,
                   task_opts={args.task: eval_opts})
     preset = dict(mm.FULL)
-    preset["train"] = {**preset["train"], "media_loss_weight": args.media_loss_weight}
+    preset["train"] = {**preset["train"], "media_loss_weight": args.media_loss_weight,
+                       "prompt_loss_weight": args.prompt_loss_weight}
     preset["model"] = {**preset["model"], **model_over}
-    name = f"run-{tag}-w{args.media_loss_weight:g}-s{args.steps}-{zlib.crc32(args.model.encode()):08x}"
+    prompt = "" if args.prompt_loss_weight == 1 else f"-p{args.prompt_loss_weight:g}"
+    name = f"run-{tag}-w{args.media_loss_weight:g}{prompt}-s{args.steps}-{zlib.crc32(args.model.encode()):08x}"
     t0 = time.time()
     run = mm.train_run(preset, mix, args.out / name, args.steps, 1)
     model = OmniModel.from_pretrained(args.out / name).eval()
     scores = score_examples(run_examples(model, ev, n=args.n_eval))
-    result = {"task": args.task, "steps": args.steps, "media_loss_weight": args.media_loss_weight, "opts": opts,
+    result = {"task": args.task, "steps": args.steps, "media_loss_weight": args.media_loss_weight,
+              "prompt_loss_weight": args.prompt_loss_weight, "opts": opts,
               "model": model_over, "minutes": round((time.time() - t0) / 60, 1), "flops": run["flops"],
               "scores": mm.json_safe(scores)}
     print(json.dumps(result), flush=True)

@@ -170,7 +170,8 @@ def report(preset: dict, quick: bool, notes: list[str], mixes: dict, runs: dict,
              f"{preset['train']['batch_size']} × {preset['train']['seq_len']} ids; "
              f"{runs['with text']['steps']} steps per run ({runs['with text']['flops']:.3g} training FLOPs each)",
              f"- training recipe: whole documents per window (`align_docs` {preset['train'].get('align_docs', False)}),"
-             f" image/audio targets weighted {preset['train'].get('media_loss_weight', 1.0)} in the loss "
+             f" image/audio targets weighted {preset['train'].get('media_loss_weight', 1.0)} and task examples' "
+             f"prompts (question and input media) {preset['train'].get('prompt_loss_weight', 1.0)} in the loss "
              "(bits per byte below are unweighted)",
              f"- training mixes: with text `{mixes['with text']['spec']}`; without text "
              f"`{mixes['without text']['spec']}`; task options {json.dumps(preset['task_opts'])}",
@@ -251,6 +252,9 @@ def main() -> int:
     ap.add_argument("--section", help="results_multimodal.md section to write (default: full, or quick)")
     ap.add_argument("--media-loss-weight", type=float,
                     help="weight of image/audio targets in the loss (preset: 0.1; 1 = every id the same)")
+    ap.add_argument("--prompt-loss-weight", type=float,
+                    help="weight of task examples' prompts (question, input image/clip) in the loss "
+                         "(preset: 1; 0 = answers only, as in instruction tuning)")
     ap.add_argument("--parallel", action="store_true",
                     help="train and score the two mixes at once, one process each with --threads threads "
                          "(on 2 cores: --parallel --threads 1)")
@@ -265,6 +269,8 @@ def main() -> int:
         preset["minutes"] = args.minutes
     if args.media_loss_weight is not None:
         preset["train"] = {**preset["train"], "media_loss_weight": args.media_loss_weight}
+    if args.prompt_loss_weight is not None:
+        preset["train"] = {**preset["train"], "prompt_loss_weight": args.prompt_loss_weight}
     if args.question_last:
         preset["task_opts"] = {k: {**v, "question_last": True} for k, v in preset["task_opts"].items()}
         for name in ("clocks", "shapes", "fashion", "speech"):

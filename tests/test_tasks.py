@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from omnibyte.data import BatchLoader, ShardDataset, eval_batches
+from omnibyte.data.modality import ANSWER_AUX
 from omnibyte.data.tasks import (
     ANSWER_PREFIX,
     build_mix,
@@ -247,6 +248,19 @@ def test_mix_holds_the_same_task_examples_with_and_without_text(tmp_path, monkey
 
     assert task_docs(tmp_path / "a") == task_docs(tmp_path / "b")
     assert len(task_docs(tmp_path / "a")) == 30
+    # the answer mask: 0 on each example's prompt, 1 on its answer and on every text document
+    ds = ShardDataset(tmp_path / "a")
+    val, answer = np.asarray(ds.stream("val")), np.asarray(ds.aux("val", ANSWER_AUX))
+    records = read_heldout(tmp_path / "a")
+    assert records
+    in_task = np.zeros(len(val), bool)
+    for r in records:
+        s, a, n = r["start"], r["answer_start"], r["length"]
+        assert not answer[s:s + a].any() and answer[s + a:s + n].all()
+        in_task[s:s + n] = True
+    assert (~in_task).any() and answer[~in_task].all()  # KJV chapters: all 1
+    train_answer = np.asarray(ds.aux("train", ANSWER_AUX))
+    assert 0 < train_answer.mean() < 1
     with pytest.raises(OmnibyteError, match="does not hold"):
         build_mix(spec, tmp_path / "c", task_opts={"speech": {}})
 

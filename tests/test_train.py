@@ -341,6 +341,14 @@ def test_flops_budget_stops_at_computed_step(data, tmp_path, capsys):
     assert Trainer(big, tmp_path / "big", quiet=True).total_steps == 3
 
 
+def first_batch_loss(data, run_dir, **train) -> tuple[float, Trainer, dict]:
+    """The training loss of step 0's batch under the given train settings (no update)."""
+    trainer = Trainer(load_run_config(None, tiny_overrides(data, **train)), run_dir, quiet=True)
+    batch = trainer.loader.get_batch(0)
+    with torch.no_grad():
+        return trainer.forward_loss(batch).item(), trainer, batch
+
+
 def test_media_loss_weight_scales_only_image_and_audio_targets(tmp_path):
     from omnibyte.data import write_dataset
     from omnibyte.data.modality import MODALITY_AUX, TEXT, modality_labels
@@ -357,11 +365,7 @@ def test_media_loss_weight_scales_only_image_and_audio_targets(tmp_path):
     write_dataset(docs, data, sources=["generated"], val_fraction=0.1)
 
     def loss_of(weight):
-        cfg = load_run_config(None, tiny_overrides(data, seq_len=64, media_loss_weight=weight))
-        trainer = Trainer(cfg, tmp_path / f"run-{weight}", quiet=True)
-        batch = trainer.loader.get_batch(0)
-        with torch.no_grad():
-            return trainer.forward_loss(batch).item(), trainer, batch
+        return first_batch_loss(data, tmp_path / f"run-{weight}", seq_len=64, media_loss_weight=weight)
 
     plain, trainer, batch = loss_of(1.0)
     zero, trainer0, batch0 = loss_of(0.0)
@@ -380,6 +384,32 @@ def test_media_loss_weight_scales_only_image_and_audio_targets(tmp_path):
     assert zero == pytest.approx(lm_loss(logits, text_only).item(), rel=1e-5)
     assert plain == pytest.approx(lm_loss(logits, ids[:, 1:]).item(), rel=1e-5)
     assert min(plain, zero) < half < max(plain, zero)
+
+
+def test_prompt_loss_weight_trains_on_answers_only(tmp_path):
+    from omnibyte.data.modality import ANSWER_AUX
+    from omnibyte.data.tasks import build_task
+    from omnibyte.format import PAD
+    from omnibyte.nn import lm_loss
+
+    data = tmp_path / "clocks"
+    build_task("clocks", data, n=12, seed=0, size=8, mode="gray")
+
+    plain, trainer, batch = first_batch_loss(data, tmp_path / "run-1", seq_len=256)
+    zero, _, batch0 = first_batch_loss(data, tmp_path / "run-0", seq_len=256, prompt_loss_weight=0.0)
+    ids = batch0["ids"]
+    prompt = batch0[ANSWER_AUX][:, 1:] < 0.5
+    assert torch.equal(batch["ids"], ids) and prompt.any() and (~prompt & (ids[:, 1:] != PAD)).any()
+    with torch.no_grad():
+        logits = trainer.model(ids[:, :-1]).logits
+    answers_only = ids[:, 1:].clone()
+    answers_only[prompt] = PAD
+    assert zero == pytest.approx(lm_loss(logits, answers_only).item(), rel=1e-5)
+    assert plain == pytest.approx(lm_loss(logits, ids[:, 1:]).item(), rel=1e-5)
+    # a dataset that marks no answers cannot weight prompts
+    cfg = load_run_config(None, tiny_overrides(write_text_dataset(tmp_path), prompt_loss_weight=0.0))
+    with pytest.raises(OmnibyteError, match="prompt_loss_weight needs a task dataset"):
+        Trainer(cfg, tmp_path / "run-plain", quiet=True)
 
 
 def test_media_loss_weight_must_not_be_negative():

@@ -26,6 +26,9 @@ from omnibyte.format import (
 MODALITIES = ("text", "image", "audio")
 TEXT, IMAGE, AUDIO = 0, 1, 2
 MODALITY_AUX = "modality"  # batch key of the labels a LabelledDataset serves
+# aux array of a task dataset: 1 where an id is to be learned (plain documents, and each task
+# example's answer through its EOS), 0 on a task example's prompt (`train.prompt_loss_weight`)
+ANSWER_AUX = "answer"
 
 
 def modality_labels(ids: np.ndarray | Sequence[int]) -> np.ndarray:

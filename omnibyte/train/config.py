@@ -48,6 +48,10 @@ class TrainConfig:
     # weight of targets inside image/audio blocks in the loss (text ids weigh 1): below 1 a task
     # mix spends its gradient on the text answers rather than on modelling every pixel/sample
     media_loss_weight: float = 1.0
+    # weight of the prompt ids of task examples (question and input image/clip, before the answer;
+    # a task dataset marks them) in the loss, as in instruction tuning: 0 trains on answers only,
+    # while plain documents and generated images/clips (the answers of draw tasks) keep weight 1
+    prompt_loss_weight: float = 1.0
     # windows start at a document and hold whole documents (PAD after them) instead of cutting the
     # packed stream anywhere: a task example's question and answer always share a window
     align_docs: bool = False
@@ -68,8 +72,9 @@ class TrainConfig:
             raise ValueError(f"train.dtype must be auto, fp32 or bf16, got {self.dtype!r}")
         if self.flops < 0:
             raise ValueError(f"train.flops must be ≥ 0, got {self.flops}")
-        if self.media_loss_weight < 0:
-            raise ValueError(f"train.media_loss_weight must be ≥ 0, got {self.media_loss_weight}")
+        for name in ("media_loss_weight", "prompt_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be ≥ 0, got {getattr(self, name)}")
 
 
 @dataclass

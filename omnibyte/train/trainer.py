@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from omnibyte.data import DEFAULT_DATA_DIR, BatchLoader, ShardDataset, eval_batches
 from omnibyte.data.bpe import TOKENIZER_FILE, dataset_tokenizer
-from omnibyte.data.modality import MODALITY_AUX, TEXT, LabelledDataset
+from omnibyte.data.modality import ANSWER_AUX, MODALITY_AUX, TEXT, LabelledDataset
 from omnibyte.errors import OmnibyteError
 from omnibyte.eval.bpb import bits_per_byte
 from omnibyte.models.base import replace_dir
@@ -125,13 +125,18 @@ class Trainer:
         self.dataset, self.extras = self.rank0_first(self.open_data)
         self.tokenizer = dataset_tokenizer(self.dataset)  # BPE baseline: scored per byte of text
         self.bytes_per_id = self.tokenizer.bytes_per_id if self.tokenizer is not None else None
-        self.media_weight = tc.media_loss_weight
+        self.media_weight, self.prompt_weight = tc.media_loss_weight, tc.prompt_loss_weight
         aux = tuple(self.extras.values())
         if self.media_weight != 1.0:  # modality labels of the training stream, computed once in memory
             if self.tokenizer is not None:
                 raise OmnibyteError("train.media_loss_weight needs a byte dataset: BPE token ids carry no "
                                     "image/audio blocks to weight")
             self.dataset, aux = LabelledDataset(self.dataset), (*aux, MODALITY_AUX)
+        if self.prompt_weight != 1.0:
+            if not self.dataset.has_aux("train", ANSWER_AUX):
+                raise OmnibyteError(f"train.prompt_loss_weight needs a task dataset: {self.dataset.path} marks no "
+                                    f"prompts and answers (build one with `omnibyte prepare --task/--mix`)")
+            aux = (*aux, ANSWER_AUX)
         self.loader = BatchLoader(self.dataset, "train", tc.batch_size, tc.seq_len, tc.seed,
                                   self.dist.rank, self.dist.world_size, aux=aux, align_docs=tc.align_docs)
         self.has_val = self.dataset.n_ids("val") > 1 if "val" in self.dataset.splits else False
@@ -186,11 +191,16 @@ class Trainer:
         ids = batch["ids"].to(self.device, non_blocking=True)
         kwargs = {k: batch[v][:, :-1].to(self.device) for k, v in self.extras.items()}
         with self.autocast():
-            if self.media_weight == 1.0:
+            if self.media_weight == 1.0 and self.prompt_weight == 1.0:
                 return self.train_model(ids[:, :-1], ids[:, 1:], **kwargs).loss
             logits = self.train_model(ids[:, :-1], **kwargs).logits
-        media = batch[MODALITY_AUX][:, 1:].to(self.device) != TEXT  # label of each target
-        weights = torch.where(media, self.media_weight, 1.0)
+        weights = torch.ones(ids[:, 1:].shape, device=self.device)  # of each target
+        if self.media_weight != 1.0:
+            media = batch[MODALITY_AUX][:, 1:].to(self.device) != TEXT
+            weights = torch.where(media, self.media_weight, weights)
+        if self.prompt_weight != 1.0:
+            prompt = batch[ANSWER_AUX][:, 1:].to(self.device) < 0.5
+            weights = torch.where(prompt, weights * self.prompt_weight, weights)
         return lm_loss(logits, ids[:, 1:], getattr(self.model.cfg, "z_loss", 0.0), weights)
 
     def micro_steps(self, step: int) -> float:

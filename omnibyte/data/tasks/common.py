@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from omnibyte.data.loader import ShardDataset, write_atomic, write_json_atomic
+from omnibyte.data.modality import ANSWER_AUX
 from omnibyte.data.prepare import document_array, write_dataset
 from omnibyte.errors import OmnibyteError
 from omnibyte.format import BOS, EOS, Document, Segment, TextSegment
@@ -105,21 +106,29 @@ def write_task_dataset(items: Iterable[tuple[str, Document | Example]], out: str
 
     meta = write_dataset(documents(), out, sources=sources, seed=seed, val_fraction=val_fraction)
     out = Path(out)
+    dataset = ShardDataset(out)
     heldout = []
-    if "val" in meta["splits"] and meta["splits"]["val"]["n_ids"]:
-        stream = np.asarray(ShardDataset(out).stream("val"))
+    for split, info_ in meta["splits"].items():
+        if not info_["n_ids"]:
+            continue
+        stream = np.asarray(dataset.stream(split))
+        answer = np.ones(len(stream), np.float16)  # see ANSWER_AUX
         starts, ends = np.flatnonzero(stream == BOS), np.flatnonzero(stream == EOS)
         for s, e in zip(starts, ends):
             rec = records.get(_doc_key(stream[s:e + 1]))
-            if rec is not None:
+            if rec is None:
+                continue
+            answer[s:s + rec["answer_start"]] = 0
+            if split == "val":
                 heldout.append({"task": rec["task"], "kind": rec["kind"], "start": int(s), "length": int(e + 1 - s),
                                 **{k: v for k, v in rec.items() if k not in ("task", "kind")}})
+        dataset.write_aux(split, ANSWER_AUX, answer)
     write_atomic(out / HELDOUT_FILE, lambda f: f.write("".join(json.dumps(r) + "\n" for r in heldout).encode()))
     counts: dict[str, int] = {}
     for r in heldout:
         counts[r["task"]] = counts.get(r["task"], 0) + 1
     write_json_atomic(out / TASKS_FILE, {**info, "heldout": counts})
-    return {**meta, "heldout": counts}
+    return {**dataset.meta, "heldout": counts}
 
 
 def read_heldout(path: str | Path, task: str | None = None) -> list[dict]:
