@@ -44,6 +44,7 @@ def main() -> int:
     ap.add_argument("--opts", default="{}", help='task options as JSON (default adds {"question_last": true}; '
                     'fashion also {"draw": 0})')
     ap.add_argument("--model", default="{}", help="overrides of the BLT's config as JSON")
+    ap.add_argument("--train", default="{}", help="overrides of the training settings as JSON (e.g. lr)")
     ap.add_argument("--n-train", type=int, default=20000, help="training examples (default 20,000)")
     ap.add_argument("--n-eval", type=int, default=300, help="scored examples (default 300)")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "mm-pilot", help="folder for data and runs")
@@ -53,7 +54,8 @@ def main() -> int:
     model_over = json.loads(args.model)
     tag = f"{args.task}-{zlib.crc32(json.dumps(opts, sort_keys=True).encode()):08x}"
     mix, ev = args.out / f"mix-{tag}-{args.n_train}", args.out / f"eval-{tag}-{args.n_eval}"
-    if not ShardDataset(mix).has_aux("train", ANSWER_AUX) if (mix / "meta.json").exists() else True:
+    built = (mix / "meta.json").exists() and ShardDataset(mix).has_aux("train", ANSWER_AUX)
+    if not built:  # (mixes built before task datasets marked their answers are built again)
         build_mix(f"{args.task}:{args.n_train}", mix, seed=0, val_fraction=0.02, task_opts={args.task: opts})
     if not (ev / "meta.json").exists():
         eval_opts = {**opts, "split": "test"} if args.task == "fashion" else opts
@@ -64,15 +66,18 @@ def main() -> int:
     preset["train"] = {**preset["train"], "media_loss_weight": args.media_loss_weight,
                        "prompt_loss_weight": args.prompt_loss_weight}
     preset["model"] = {**preset["model"], **model_over}
+    preset["train"] = {**preset["train"], **json.loads(args.train)}
     prompt = "" if args.prompt_loss_weight == 1 else f"-p{args.prompt_loss_weight:g}"
-    name = f"run-{tag}-w{args.media_loss_weight:g}{prompt}-s{args.steps}-{zlib.crc32(args.model.encode()):08x}"
+    over = args.model + ("" if args.train == "{}" else args.train)  # the names of earlier runs stay the same
+    name = f"run-{tag}-w{args.media_loss_weight:g}{prompt}-s{args.steps}-{zlib.crc32(over.encode()):08x}"
     t0 = time.time()
     run = mm.train_run(preset, mix, args.out / name, args.steps, 1)
     model = OmniModel.from_pretrained(args.out / name).eval()
     scores = score_examples(run_examples(model, ev, n=args.n_eval))
     result = {"task": args.task, "steps": args.steps, "media_loss_weight": args.media_loss_weight,
               "prompt_loss_weight": args.prompt_loss_weight, "opts": opts,
-              "model": model_over, "minutes": round((time.time() - t0) / 60, 1), "flops": run["flops"],
+              "model": model_over, "train": json.loads(args.train), "minutes": round((time.time() - t0) / 60, 1),
+              "flops": run["flops"],
               "scores": mm.json_safe(scores)}
     print(json.dumps(result), flush=True)
     return 0

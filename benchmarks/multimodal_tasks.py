@@ -12,14 +12,16 @@ Steps:
    of the rest of the mix). The demo's mix with more Fashion-MNIST classification
    (kjv:0.3,clocks:2000,shapes:2000,fashion:8000 with 30 % drawing,speech:1000) and smaller media
    so whole documents fit a CPU-sized window: clocks and shapes 24×24 RGB, speech one digit or
-   phrase at 4 kHz.
+   phrase at 4 kHz; every question after its image or clip, right before the answer.
 2. A separate evaluation set: new task examples (seed + 1, Fashion-MNIST's *test* images), 90 %
    held out, so neither model has seen any of it.
 3. One BLT (configs/multimodal-tiny.toml's shape, wider) trained on each mix with the same
    model, batch and number of steps — so the same FLOPs. The full run first times a few steps
    and sets the step count so that each run takes `--minutes`. Recipe for a task mix: windows
-   hold whole documents (`train.align_docs`), and image/audio targets weigh 0.1 in the loss
-   (`train.media_loss_weight`; `--media-loss-weight 1` gives the plain objective).
+   hold whole documents (`train.align_docs`), task examples are learned from their answers only
+   (`train.prompt_loss_weight` 0: the question and input image/clip weigh 0), and image/audio
+   targets (the images draw tasks ask for) weigh 0.1 (`train.media_loss_weight`);
+   `--prompt-loss-weight 1 --media-loss-weight 1` gives the plain objective.
 4. Both models scored on the evaluation set: bits per byte of its image and audio bytes, of KJV
    chapters neither mix holds (text), and every task metric next to its chance level.
 """
@@ -56,14 +58,18 @@ BLT = {"arch": "blt", "cross_attn_k": 2, "patcher": {"kind": "static", "patch_si
 FULL = {
     "text": "kjv:0.3", "tasks": "clocks:2000,shapes:2000,fashion:8000,speech:1000",
     "eval_tasks": "clocks:300,shapes:300,fashion:300,speech:150",
-    "task_opts": {"clocks": {"size": 24}, "shapes": {"size": 24, "max_shapes": 4}, "fashion": {"draw": 0.3},
-                  "speech": {"sample_rate": 4000, "max_digits": 1}},
+    "task_opts": {"clocks": {"size": 24, "question_last": True},
+                  "shapes": {"size": 24, "max_shapes": 4, "question_last": True},
+                  "fashion": {"draw": 0.3, "question_last": True},
+                  "speech": {"sample_rate": 4000, "max_digits": 1, "question_last": True}},
     "model": {**BLT, "dim_local": 64, "dim_global": 192, "hash_buckets": 4096,
               "encoder": {"n_layers": 1, "n_heads": 2, "window": 128}, "latent": {"n_layers": 4, "n_heads": 6},
               "decoder": {"n_layers": 2, "n_heads": 2, "window": 128}},
-    # whole documents per window (an example's image and answer are never cut apart), and pixels /
-    # samples at a tenth of a text id's weight in the loss, so the answers get the gradient
-    "train": {"batch_size": 8, "seq_len": 2048, "lr": 2e-3, "align_docs": True, "media_loss_weight": 0.1},
+    # whole documents per window (an example's image and answer are never cut apart); task examples
+    # learn their answers only (the question and input image/clip weigh 0), and the images that draw
+    # tasks ask for weigh a tenth of a text id, so the short answers are not drowned by pixels
+    "train": {"batch_size": 8, "seq_len": 2048, "lr": 2e-3, "align_docs": True, "media_loss_weight": 0.1,
+              "prompt_loss_weight": 0.0},
     "minutes": 45.0, "eval_n": 100, "bpb_batches": 40, "text_docs": 60,
 }
 QUICK = {
@@ -74,7 +80,8 @@ QUICK = {
     "model": {**BLT, "dim_local": 32, "dim_global": 64, "hash_buckets": 1024,
               "encoder": {"n_layers": 1, "n_heads": 2, "window": 64}, "latent": {"n_layers": 2, "n_heads": 4},
               "decoder": {"n_layers": 1, "n_heads": 2, "window": 64}},
-    "train": {"batch_size": 2, "seq_len": 512, "lr": 3e-3, "align_docs": True, "media_loss_weight": 0.1},
+    "train": {"batch_size": 2, "seq_len": 512, "lr": 3e-3, "align_docs": True, "media_loss_weight": 0.1,
+              "prompt_loss_weight": 0.0},
     "steps": 6, "eval_n": 2, "bpb_batches": 2, "text_docs": 4,
 }
 CHANCE_KEYS = ("chance", "majority", "copy_row", "wrong_name")
@@ -248,7 +255,8 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, help=f"training minutes per run (full: {FULL['minutes']:.0f})")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--question-last", action="store_true",
-                    help="task examples put the question after the image/clip, right before the answer")
+                    help="task examples put the question after the image/clip, right before the answer "
+                         "(the full preset does)")
     ap.add_argument("--section", help="results_multimodal.md section to write (default: full, or quick)")
     ap.add_argument("--media-loss-weight", type=float,
                     help="weight of image/audio targets in the loss (preset: 0.1; 1 = every id the same)")
