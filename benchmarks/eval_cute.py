@@ -70,7 +70,10 @@ def main() -> int:
                  f"{n_train:,} training questions)")
         write_section(args.section, [*header(title),
                                     f"- wall time of this invocation: {minutes:.1f} min (finished runs in {out.name} "
-                                    "are reused, not retrained; each run's own time is in the table)", "",
+                                    "are reused, not retrained; each run's own time is in the table)",
+                                    f"- training: {bench.preset.jobs} run(s) at a time, "
+                                    f"{bench.preset.threads or 'default'} torch thread(s) each (the machine line "
+                                    "gives the main process's threads)", "",
                                     *table_lines(out / "results.md"), "",
                                     "Accuracy per task:", "", *per_task])
     return 0
