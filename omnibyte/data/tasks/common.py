@@ -17,6 +17,9 @@ A task dataset is an ordinary prepared dataset (`omnibyte.data.write_dataset`) p
     heldout.jsonl   one line per val-split document that came from a task: ``task``, ``kind``,
                     ``start`` (offset of its BOS in the val stream), ``length`` (ids),
                     ``answer_start`` and the example's meta
+    {split}.answer.bin  aux array ``answer`` (one value per id): 0 on a task example's prompt
+                    (BOS through the answer prefix), 1 on its answer and on plain documents —
+                    what `train.prompt_loss_weight` reads
 
 The val split *is* the held-out set: the trainer never trains on it, and task metrics read
 the prompts straight from its stream.
