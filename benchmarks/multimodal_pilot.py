@@ -51,7 +51,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(1)
     opts = {"question_last": True, **({"draw": 0.0} if args.task == "fashion" else {}), **json.loads(args.opts)}
-    model_over = json.loads(args.model)
+    model_over, train_over = json.loads(args.model), json.loads(args.train)
     tag = f"{args.task}-{zlib.crc32(json.dumps(opts, sort_keys=True).encode()):08x}"
     mix, ev = args.out / f"mix-{tag}-{args.n_train}", args.out / f"eval-{tag}-{args.n_eval}"
     built = (mix / "meta.json").exists() and ShardDataset(mix).has_aux("train", ANSWER_AUX)
@@ -64,9 +64,8 @@ def main() -> int:
                   task_opts={args.task: eval_opts})
     preset = dict(mm.FULL)
     preset["train"] = {**preset["train"], "media_loss_weight": args.media_loss_weight,
-                       "prompt_loss_weight": args.prompt_loss_weight}
+                       "prompt_loss_weight": args.prompt_loss_weight, **train_over}
     preset["model"] = {**preset["model"], **model_over}
-    preset["train"] = {**preset["train"], **json.loads(args.train)}
     prompt = "" if args.prompt_loss_weight == 1 else f"-p{args.prompt_loss_weight:g}"
     over = args.model + ("" if args.train == "{}" else args.train)  # the names of earlier runs stay the same
     name = f"run-{tag}-w{args.media_loss_weight:g}{prompt}-s{args.steps}-{zlib.crc32(over.encode()):08x}"
@@ -76,9 +75,8 @@ def main() -> int:
     scores = score_examples(run_examples(model, ev, n=args.n_eval))
     result = {"task": args.task, "steps": args.steps, "media_loss_weight": args.media_loss_weight,
               "prompt_loss_weight": args.prompt_loss_weight, "opts": opts,
-              "model": model_over, "train": json.loads(args.train), "minutes": round((time.time() - t0) / 60, 1),
-              "flops": run["flops"],
-              "scores": mm.json_safe(scores)}
+              "model": model_over, "train": train_over, "minutes": round((time.time() - t0) / 60, 1),
+              "flops": run["flops"], "scores": mm.json_safe(scores)}
     print(json.dumps(result), flush=True)
     return 0
 

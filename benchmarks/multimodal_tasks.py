@@ -262,7 +262,7 @@ def main() -> int:
                     help="weight of image/audio targets in the loss (preset: 0.1; 1 = every id the same)")
     ap.add_argument("--prompt-loss-weight", type=float,
                     help="weight of task examples' prompts (question, input image/clip) in the loss "
-                         "(preset: 1; 0 = answers only, as in instruction tuning)")
+                         "(preset: 0, answers only, as in instruction tuning; 1 = every id the same)")
     ap.add_argument("--parallel", action="store_true",
                     help="train and score the two mixes at once, one process each with --threads threads "
                          "(on 2 cores: --parallel --threads 1)")

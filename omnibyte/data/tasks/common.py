@@ -111,8 +111,8 @@ def write_task_dataset(items: Iterable[tuple[str, Document | Example]], out: str
     out = Path(out)
     dataset = ShardDataset(out)
     heldout = []
-    for split, info_ in meta["splits"].items():
-        if not info_["n_ids"]:
+    for split, split_meta in meta["splits"].items():
+        if not split_meta["n_ids"]:
             continue
         stream = np.asarray(dataset.stream(split))
         answer = np.ones(len(stream), np.float16)  # see ANSWER_AUX
