@@ -52,8 +52,12 @@ def test_rmsnorm_cpu_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda x, w: _RMSNormCPU.apply(x, w, 1e-6), (x, w))
 
 
+@pytest.mark.parametrize("compiling", [False, True])
 @pytest.mark.parametrize("batched_pos", [False, True])
-def test_rope_matches_reference_values_and_grads(batched_pos):
+def test_rope_matches_reference_values_and_grads(batched_pos, compiling, monkeypatch):
+    """Both training paths: the autograd.Function (CPU, eager) and the plain ops taken on other
+    devices and under torch.compile (where the Function lost q/k gradients on CUDA)."""
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
     torch.manual_seed(1)
     x = torch.randn(2, 3, 7, 8)
     pos = torch.tensor([[3, 4, 5, 6, 7, 8, 9], [0, 1, 2, 10, 11, 12, 40]]) if batched_pos else torch.arange(5, 12)

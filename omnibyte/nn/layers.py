@@ -144,6 +144,10 @@ def apply_rope(x: torch.Tensor, pos: torch.Tensor | None, theta: float = 10000.0
     x32 = _wide(x)
     if not (torch.is_grad_enabled() and x.requires_grad):  # decoding: no autograd.Function overhead
         return _rotate(x32, cos, sin).type_as(x)
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
+        # plain ops: under torch.compile on CUDA (torch 2.11) the autograd.Function's backward came
+        # out as zeros, so q and k got no gradient (benchmarks/results_gpu.md); compiled code fuses these anyway
+        return (x32 * cos + _swap_halves(x32) * sin).type_as(x)
     return _Rope.apply(x32, cos, sin).type_as(x)
 
 
