@@ -10,7 +10,22 @@ import pytest
 import torch
 
 from omnibyte.errors import OmnibyteError
-from omnibyte.format import BOA, BOI, BOS, EOA, EOI, EOS, PAD, encode, is_segment_start
+from omnibyte.format import (
+    AUDIO_MULAW8,
+    BOA,
+    BOI,
+    BOS,
+    EOA,
+    EOI,
+    EOS,
+    PAD,
+    AudioSegment,
+    Document,
+    ImageSegment,
+    TextSegment,
+    encode,
+    is_segment_start,
+)
 from omnibyte.patching import (
     PatcherConfig,
     StreamingPatcher,
@@ -44,7 +59,8 @@ def _text_row(text: str) -> list[int]:
 
 
 @pytest.mark.parametrize("kw", [dict(kind="bpe"), dict(patch_size=0), dict(max_patch_len=-1),
-                                dict(kind="entropy", threshold=float("nan"))])
+                                dict(kind="entropy", threshold=float("nan")), dict(image_rows=-1),
+                                dict(audio_frame=-2)])
 def test_config_rejects_bad_values(kw):
     with pytest.raises(ValueError):
         PatcherConfig(**kw)
@@ -117,6 +133,78 @@ def test_entropy_needs_threshold_and_entropies():
         patch_starts(ids, PatcherConfig("entropy"), torch.zeros(1, 3))
     with pytest.raises(OmnibyteError, match="entropies"):
         patch_starts(ids, PatcherConfig("entropy", threshold=1.0))
+
+
+# --------------------------------------------------------------------------- media patches
+
+
+def _media_doc(seed: int = 0) -> list[int]:
+    """BOS, text, a 5×3 RGB image, text, an audio clip of 10 samples, a 4×2 gray image, EOS."""
+    rng = np.random.default_rng(seed)
+    pixels, samples = (rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in (45, 10))
+    return encode(Document([TextSegment(b"a cat "), ImageSegment(5, 3, 3, pixels), TextSegment(b" says "),
+                            AudioSegment(8000, 10, AUDIO_MULAW8, samples), ImageSegment(4, 2, 1, bytes(8))]))
+
+
+MEDIA_KINDS = [PatcherConfig("static", patch_size=4, image_rows=1, audio_frame=4),
+               PatcherConfig("space", image_rows=1, audio_frame=4),
+               PatcherConfig("entropy", threshold=2.0, image_rows=1, audio_frame=4)]
+
+
+@pytest.mark.parametrize("cfg", MEDIA_KINDS, ids=lambda c: c.kind)
+def test_media_patches_are_rows_and_frames_under_every_kind(cfg):
+    ids = _media_doc()
+    h = torch.rand(1, len(ids), generator=torch.Generator().manual_seed(0)) * 4
+    lens = patch_lengths(patch_starts(torch.tensor([ids]), cfg, h))[0]
+    # locate the blocks: BOS + "a cat " is 7 ids, then BOI at 7
+    boi, boa = ids.index(BOI), ids.index(BOA)
+    boi2 = ids.index(BOI, boa)
+    starts = np.cumsum([0] + lens[:-1]).tolist()
+    pos = dict(zip(starts, lens))
+    assert [pos[boi], pos[boi + 6], pos[boi + 21], pos[boi + 36], pos[boi + 51]] == [6, 15, 15, 15, 1]  # .. EOI
+    assert [pos[boa], pos[boa + 10], pos[boa + 14], pos[boa + 18], pos[boa + 20]] == [10, 4, 4, 2, 1]
+    assert [pos[boi2], pos[boi2 + 6], pos[boi2 + 10], pos[boi2 + 14]] == [6, 4, 4, 1]
+    # the text keeps the kind's own rule: same patches as without the media options
+    plain = PatcherConfig(cfg.kind, patch_size=cfg.patch_size, threshold=cfg.threshold)
+    lens_plain = patch_lengths(patch_starts(torch.tensor([ids]), plain, h))[0]
+    text_end = boi
+    assert [n for s, n in pos.items() if s < text_end] == \
+        [n for s, n in zip(np.cumsum([0] + lens_plain[:-1]).tolist(), lens_plain) if s < text_end]
+
+
+def test_media_patches_several_rows_invalid_header_and_cut_windows():
+    ids = _media_doc()
+    boi = ids.index(BOI)
+    two = PatcherConfig("static", patch_size=4, image_rows=2, audio_frame=0)
+    lens = patch_lengths(patch_starts(torch.tensor([ids[boi:boi + 52]]), two))[0]
+    assert lens == [6, 30, 15, 1]
+    # audio untouched when audio_frame = 0: static patches of 4 from the BOA
+    boa = ids.index(BOA)
+    lens = patch_lengths(patch_starts(torch.tensor([ids[boa:boa + 21]]), two))[0]
+    assert lens == [4, 4, 4, 4, 4, 1]
+    # a header with 2 channels is not an image header: no patch starts in the header, the payload
+    # falls back to the kind's rule (static: every 4th id from the BOI)
+    bad = [BOI, 0, 5, 0, 3, 2] + [7] * 30 + [EOI]
+    assert patch_lengths(patch_starts(torch.tensor([bad]), two))[0] == [8] + [4] * 7 + [1]
+    # a window that begins inside an image cannot see its header: the kind's rule
+    cut = ids[boi + 10:boi + 30]
+    assert patch_lengths(patch_starts(torch.tensor([cut]), two))[0] == [4, 4, 4, 4, 4]
+
+
+@pytest.mark.parametrize("cfg", MEDIA_KINDS, ids=lambda c: c.kind)
+def test_media_streaming_equals_batch_and_causal(cfg):
+    doc = _media_doc(1) + _media_doc(2)
+    rows = [doc[:120], doc[9:129], doc[40:160]]  # one starts inside an image
+    ids = torch.tensor(rows)
+    h = torch.rand(ids.shape, generator=torch.Generator().manual_seed(3)) * 4
+    h[:, 0] = 0
+    full = patch_starts(ids, cfg, h)
+    sp = StreamingPatcher(cfg, ids.shape[0])
+    assert torch.equal(torch.stack([sp.push(ids[:, t], h[:, t]) for t in range(ids.shape[1])], dim=1), full)
+    for t in (8, 11, 30, 70):  # inside a header, a payload, the text
+        ids2 = ids.clone()
+        ids2[:, t + 1:] = torch.randint(0, 263, ids2[:, t + 1:].shape, generator=torch.Generator().manual_seed(t))
+        assert torch.equal(patch_starts(ids2, cfg, h)[:, :t + 1], full[:, :t + 1])
 
 
 # --------------------------------------------------------------------------- shared properties

@@ -39,7 +39,8 @@ from einops import rearrange
 from torch import nn
 
 from omnibyte.errors import OmnibyteError
-from omnibyte.format import BOS, VOCAB_SIZE
+from omnibyte.format import BOA, BOI, BOS, N_BYTES, VOCAB_SIZE
+from omnibyte.media.audio import MU
 from omnibyte.models.base import ModelOutput, OmniModel
 from omnibyte.models.registry import build_model, register
 from omnibyte.models.transformer import TransformerConfig, transformer_flops
@@ -47,6 +48,7 @@ from omnibyte.nn import TransformerStack, causal_mask, lm_loss
 from omnibyte.nn.cross_attention import CrossBlock
 from omnibyte.nn.hash_ngram import DEFAULT_BASE, HashNgramEmbedding
 from omnibyte.patching import PatcherConfig, StreamingPatcher, patch_ids, patch_starts
+from omnibyte.patching.core import AUDIO_PAYLOAD, IMAGE_PAYLOAD, media_layout, positions_in_patch
 
 DEFAULT_BYTES_PER_PATCH = 4.5  # BLT's operating point (matches Llama 3 at equal training FLOPs)
 
@@ -91,11 +93,18 @@ class BLTConfig:
     qk_norm: bool = True
     rope_theta: float = 10000.0
     z_loss: float = 0.0
+    # > 0: the raw values of image and audio payload bytes (pixel/127.5 - 1, the µ-law sample)
+    # also enter their patch's vector linearly, through one learned vector per position in the
+    # patch (positions < media_proj) — a ViT-style patch embedding beside the pooled byte states;
+    # pair it with patcher.image_rows / audio_frame so a patch is a band of rows or a frame
+    media_proj: int = 0
     # Filled when the model is built: {"arch": ..., "model": {...}} of the entropy model, so a
     # checkpoint rebuilds it (weights are in the BLT's own safetensors) without its run dir.
     entropy_model_config: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.media_proj < 0:
+            raise ValueError(f"media_proj must be ≥ 0 (0 = off), got {self.media_proj}")
         for name in ("vocab_size", "dim_local", "dim_global", "cross_attn_k", "hash_buckets", "hash_base"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
@@ -146,6 +155,19 @@ def decoder_slots(pid: torch.Tensor, pdoc: torch.Tensor) -> torch.Tensor:
     prev = (pid - 1).clamp_min(0)
     same_doc = pdoc.gather(1, prev) == pdoc.gather(1, pid)
     return torch.where((pid > 0) & same_doc, pid, torch.zeros_like(pid))
+
+
+def media_values(ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) float: each image payload byte's pixel in [-1, 1], each audio payload byte's µ-law
+    sample in [-1, 1], 0 everywhere else (text, markers, headers, a block whose header is out of view)."""
+    opener, offset, row = media_layout(ids)
+    byte = ids.clamp(0, N_BYTES - 1)
+    real = ids < N_BYTES
+    img = real & (opener == BOI) & (offset >= IMAGE_PAYLOAD) & (row > 0)
+    aud = real & (opener == BOA) & (offset >= AUDIO_PAYLOAD)
+    y = byte.float() / 127.5 - 1.0  # a pixel, or a µ-law code's companded value
+    sample = y.sign() * torch.expm1(y.abs() * math.log1p(MU)) / MU  # as omnibyte.media.mulaw_decode
+    return torch.where(img, y, torch.where(aud, sample, torch.zeros_like(y)))
 
 
 # --------------------------------------------------------------------------- model
@@ -202,6 +224,10 @@ class BLT(OmniModel):
         self.decoder = TransformerStack(dl, cfg.decoder.n_layers, cfg.decoder.n_heads,
                                         window=cfg.decoder.window, **stack_args)
         self.head = nn.Linear(dl, cfg.vocab_size, bias=False)
+        # media payload values → patch vectors, one learned vector per position in the patch
+        self.media_proj = nn.Embedding(cfg.media_proj, dg) if cfg.media_proj else None
+        if self.media_proj is not None:
+            nn.init.normal_(self.media_proj.weight, std=0.02)
         for lin in (self.pool_init, self.to_latent, self.from_latent, self.head):
             nn.init.normal_(lin.weight, std=0.02)
         nn.init.normal_(self.start, std=0.02)
@@ -273,6 +299,16 @@ class BLT(OmniModel):
         q = self.pooler.pool(q, *self.pooler.kv(h), seg)  # (B, P, k, dl)
         return self.to_latent(rearrange(q, "b p k d -> b p (k d)"))
 
+    def media_patches(self, ids: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor, n_patches: int,
+                      values: torch.Tensor | None = None) -> torch.Tensor:
+        """Σ over each patch of value × media_proj[position in patch] → (B, n_patches, dim_global)."""
+        n = self.cfg.media_proj
+        x = media_values(ids) if values is None else values
+        x = torch.where(pos < n, x, torch.zeros_like(x))
+        vec = x[..., None] * self.media_proj(pos.clamp(max=n - 1))  # (B, T, dg)
+        return vec.new_zeros(ids.shape[0], n_patches, vec.shape[-1]).scatter_add(
+            1, seg[..., None].expand_as(vec), vec)
+
     def decoder_kv(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Latent outputs (B, S, dg) → the decoder's keys, values (B, S, k, H, D)."""
         return self.reader.kv(rearrange(self.from_latent(z), "b s (k d) -> b s k d", k=self.cfg.cross_attn_k))
@@ -280,10 +316,13 @@ class BLT(OmniModel):
     def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None,
                 entropies: torch.Tensor | None = None) -> ModelOutput:
         b = ids.shape[0]
-        pid = patch_ids(self.patch(ids, entropies))  # (B, T)
+        starts = self.patch(ids, entropies)
+        pid = patch_ids(starts)  # (B, T)
         n_patches = int(pid.max()) + 1  # pad every row to the batch's most patches
         h = self.encoder(self.embed(ids))  # (B, T, dl)
         patches = self.pool_patches(h, pid, n_patches)  # (B, P, dg)
+        if self.media_proj is not None:
+            patches = patches + self.media_patches(ids, positions_in_patch(starts), pid, n_patches)
         doc = document_ids(ids)
         pdoc = patch_documents(doc, pid, n_patches)  # (B, P)
         mask = None  # plain causal (the fast kernel) unless a row holds two documents
@@ -384,6 +423,11 @@ class BLT(OmniModel):
         local = state.pid[:, s0:state.length] - n_closed[:, None]  # (B, span): index among the closing
         seg = torch.where((local >= 0) & (local < closed[:, None]), local, torch.full_like(local, c))
         patches = self.pool_patches(state.h[:, s0:state.length], seg, c + 1)[:, :c]  # (B, c, dg)
+        if self.media_proj is not None:
+            span = torch.arange(s0, state.length, device=closed.device)
+            pos = span - state.patch_start.gather(1, state.pid[:, s0:state.length])
+            values = media_values(state.ids[:, :state.length])[:, s0:]
+            patches = patches + self.media_patches(state.ids[:, s0:state.length], pos, seg, c + 1, values)[:, :c]
 
         j = torch.arange(c, device=closed.device)
         valid = j[None] < closed[:, None]  # (B, c)
@@ -414,7 +458,8 @@ def blt_flops(cfg: BLTConfig, seq_len: int, entropy_infer: float = 0.0) -> dict[
 
     encoder + decoder (+ head) per byte; the latent model per patch ÷ bytes per patch; both
     cross-attentions (projections per byte or per patch, attention scores per byte × k);
-    hash n-gram lookups are table reads, not counted. Training = 3 × forward of the trained
+    media_proj, counted on every byte, 2·dim_global; hash n-gram lookups are table reads, not
+    counted. Training = 3 × forward of the trained
     parts; the frozen entropy model (entropies precomputed once per dataset) counts in
     inference only.
     """
@@ -435,5 +480,6 @@ def blt_flops(cfg: BLTConfig, seq_len: int, entropy_infer: float = 0.0) -> dict[
     pool = (2 * dl * k * dl + k * 4 * dl * dl + 2 * k * dl * dg) / bpp + 4 * dl * dl + 4 * dl * k
     # reading: per patch from_latent + k kv projections; per byte q/out proj + k scores
     read = (2 * dg * k * dl + k * 4 * dl * dl) / bpp + 4 * dl * dl + 4 * dl * k
-    fwd = enc + dec + lat + pool + read
+    media = 2 * dg if cfg.media_proj else 0
+    fwd = enc + dec + lat + pool + read + media
     return {"train": 3.0 * fwd, "infer": fwd + entropy_infer}

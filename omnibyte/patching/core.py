@@ -11,6 +11,12 @@ Three rules, as in the BLT paper's comparison (static, space-like, entropy):
 
 For every rule a segment marker starts a patch (a patch never spans two segments, see
 `omnibyte.format.is_segment_start`), and `max_patch_len` > 0 cuts longer patches into pieces.
+
+Media patches (any kind): `image_rows` > 0 patches an image's pixels by whole rows (k rows of
+width × channels bytes per patch, the geometry read from the image's header) and `audio_frame`
+> 0 an audio clip's samples by frames of that many samples; the marker and header of the block
+form one patch. They replace the kind's rule inside those blocks, so a patch of an image is a
+band of the picture rather than a few pixels of one row.
 A boundary at t depends on ids[:, :t+1] and entropies[:, :t+1] only, so a model can decide
 boundaries online while it generates (`StreamingPatcher` does exactly that, one id at a time),
 and every row is patched on its own: nothing leaks across the batch.
@@ -23,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from omnibyte.errors import OmnibyteError
-from omnibyte.format import BOA, BOI, BOS, EOA, EOI, EOS, N_BYTES
+from omnibyte.format import AUDIO_HEADER_LEN, BOA, BOI, BOS, EOA, EOI, EOS, IMAGE_CHANNELS, IMAGE_HEADER_LEN, N_BYTES
 
 KINDS = ("static", "space", "entropy")
 _MARKERS = (BOS, EOS, BOI, BOA, EOI, EOA)
@@ -38,12 +44,17 @@ class PatcherConfig:
     entropy_model: str = ""  # entropy: run dir or model dir of a trained entropy model
     threshold: float | None = None  # entropy: None = the threshold calibrated with the entropy model
     relative: bool = False  # entropy: threshold the rise H[t] - H[t-1] instead of H[t]
+    image_rows: int = 0  # any kind: > 0 = an image's pixels are patched by this many whole rows
+    audio_frame: int = 0  # any kind: > 0 = an audio clip's samples are patched by frames of this many
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"patcher kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.patch_size < 1:
             raise ValueError(f"patch_size must be ≥ 1, got {self.patch_size}")
+        if self.image_rows < 0 or self.audio_frame < 0:
+            raise ValueError(f"image_rows and audio_frame must be ≥ 0 (0 = the kind's rule), got "
+                             f"{self.image_rows} and {self.audio_frame}")
         if self.max_patch_len < 0:
             raise ValueError(f"max_patch_len must be ≥ 0 (0 = no cap), got {self.max_patch_len}")
         if self.threshold is not None and self.threshold != self.threshold:
@@ -99,6 +110,67 @@ def static_starts(ids: torch.Tensor, patch_size: int) -> torch.Tensor:
     seg[..., 0] = True
     offset = torch.arange(ids.shape[-1], device=ids.device) - _positions(seg)  # (B, T) ids since segment start
     return seg | (offset % patch_size == 0)
+
+
+IMAGE_PAYLOAD = 1 + IMAGE_HEADER_LEN  # payload offset from the BOI
+AUDIO_PAYLOAD = 1 + AUDIO_HEADER_LEN
+
+
+def _image_row_len(hi: torch.Tensor, lo: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+    """Bytes per pixel row from an image header's width bytes and channel byte; 0 if the header
+    is not a valid one (a special id in it, a zero width, channels other than 1 or 3)."""
+    width = hi * 256 + lo
+    ok = (hi < N_BYTES) & (lo < N_BYTES) & _isin(channels, IMAGE_CHANNELS) & (width > 0)
+    return torch.where(ok, width * channels, torch.zeros_like(width))
+
+
+def media_layout(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where image and audio blocks lie, from the ids alone (B, T) → three (B, T) long tensors:
+
+    - opener: the id that opened the current segment (BOI, BOA, BOS...; ids[:, 0] for a window
+      that starts inside a segment, which is then no media block: its header is not in view);
+    - offset: ids since that opener (0 at the opener, 1 + header length at the first payload byte);
+    - row: an image's bytes per pixel row (0 outside images and for an invalid header).
+
+    Each value at t depends on ids[:, :t+1] only, except `row` on the header positions, which is
+    read from the whole header: use it only at payload offsets.
+    """
+    seg = segment_starts(ids)
+    seg[..., 0] = True
+    s = _positions(seg)
+    offset = torch.arange(ids.shape[-1], device=ids.device) - s
+    opener = ids.gather(-1, s)
+    last = ids.shape[-1] - 1
+
+    def header(k: int) -> torch.Tensor:
+        return ids.gather(-1, (s + k).clamp(max=last))
+
+    row = torch.where(opener == BOI, _image_row_len(header(1), header(2), header(5)), torch.zeros_like(ids))
+    return opener, offset, row
+
+
+def media_starts(ids: torch.Tensor, image_rows: int, audio_frame: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(where, starts): positions the media rule decides, and its decision there — the marker
+    and header of an image/audio block are one patch, then rows or frames. An image whose header
+    is invalid keeps the kind's rule for its payload."""
+    return _media_rule(*media_layout(ids), image_rows, audio_frame)
+
+
+def _media_rule(opener: torch.Tensor, offset: torch.Tensor, row: torch.Tensor, image_rows: int,
+                audio_frame: int) -> tuple[torch.Tensor, torch.Tensor]:
+    where = torch.zeros_like(offset, dtype=torch.bool)
+    starts = offset == 0
+    if image_rows > 0:
+        img = opener == BOI
+        pay = offset - IMAGE_PAYLOAD
+        where |= img & ((pay < 0) | (row > 0))
+        starts |= img & (row > 0) & (pay >= 0) & (pay % (row * image_rows).clamp_min(1) == 0)
+    if audio_frame > 0:
+        aud = opener == BOA
+        pay = offset - AUDIO_PAYLOAD
+        where |= aud
+        starts |= aud & (pay >= 0) & (pay % audio_frame == 0)
+    return where, starts & where
 
 
 def space_starts(ids: torch.Tensor) -> torch.Tensor:
@@ -169,6 +241,9 @@ def patch_starts(ids: torch.Tensor, cfg: PatcherConfig, entropies: torch.Tensor 
         if entropies.shape != ids.shape:
             raise OmnibyteError(f"entropies {tuple(entropies.shape)} do not match ids {tuple(ids.shape)}")
         starts = entropy_starts(entropies, resolve_threshold(cfg, threshold), cfg.relative)
+    if cfg.image_rows or cfg.audio_frame:
+        where, media = media_starts(ids, cfg.image_rows, cfg.audio_frame)
+        starts = torch.where(where, media, starts)
     starts = starts | segment_starts(ids)
     starts[..., 0] = True
     return cap_patches(starts, cfg.max_patch_len)
@@ -177,6 +252,11 @@ def patch_starts(ids: torch.Tensor, cfg: PatcherConfig, entropies: torch.Tensor 
 def patch_ids(starts: torch.Tensor) -> torch.Tensor:
     """(B, T) index of the patch each position belongs to."""
     return starts.long().cumsum(-1) - 1
+
+
+def positions_in_patch(starts: torch.Tensor) -> torch.Tensor:
+    """(B, T) how many ids precede each position in its patch (0 at a patch's first id)."""
+    return torch.arange(starts.shape[-1], device=starts.device) - _positions(starts)
 
 
 def patch_lengths(starts: torch.Tensor) -> list[list[int]]:
@@ -215,6 +295,8 @@ class StreamingPatcher:
         self.prev_entropy = torch.zeros(batch_size, dtype=torch.float32, device=device)
         self.seg_offset = z.clone()  # ids since the current segment started
         self.patch_len = z.clone()  # ids in the current patch
+        self.opener = z.clone()  # the id that opened the current segment
+        self.header = torch.zeros(batch_size, 3, dtype=torch.long, device=device)  # image width hi, lo, channels
 
     def push(self, ids: torch.Tensor, entropies: torch.Tensor | None = None) -> torch.Tensor:
         ids = ids.reshape(-1).to(self.prev_id.device)
@@ -238,6 +320,8 @@ class StreamingPatcher:
             if self.cfg.relative and first:
                 start = torch.zeros_like(start)
             self.prev_entropy = h
+        if self.cfg.image_rows or self.cfg.audio_frame:
+            start = self._media(ids, seg | first, seg_offset, start)
         start = start | seg | first
         if self.cfg.max_patch_len > 0:
             start = start | (self.patch_len >= self.cfg.max_patch_len)
@@ -247,3 +331,12 @@ class StreamingPatcher:
         self.prev_id = ids
         self.t += 1
         return start
+
+    def _media(self, ids: torch.Tensor, seg: torch.Tensor, offset: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """`media_starts`, one id at a time: remembers each segment's opener and image header."""
+        self.opener = torch.where(seg, ids, self.opener)
+        for k, col in ((1, 0), (2, 1), (5, 2)):
+            self.header[:, col] = torch.where(offset == k, ids, self.header[:, col])
+        row = torch.where(self.opener == BOI, _image_row_len(*self.header.unbind(1)), torch.zeros_like(ids))
+        where, media = _media_rule(self.opener, offset, row, self.cfg.image_rows, self.cfg.audio_frame)
+        return torch.where(where, media, start)
