@@ -124,8 +124,10 @@ def main() -> int:
     shown = base_file.relative_to(REPO) if base_file.is_relative_to(REPO) else base_file
     lines += [f"The bench's {args.base} run ({shown}) trained again with the changes each row names;"
               " bits per byte over the whole val split.", "",
-              "| variant | change | steps | val bpb |", "| --- | --- | ---: | ---: |"]
-    lines += [f"| {r['variant']} | `{json.dumps(r['change'])}` | {r['steps']} | {r['val_bpb']:.4f} |" for r in rows]
+              "| variant | change | steps | val bpb | wall (min) |", "| --- | --- | ---: | ---: | ---: |"]
+    lines += [f"| {r['variant']} | `{json.dumps(r['change'])}` | {r['steps']} | {r['val_bpb']:.4f} | "
+              f"{r['wall_s'] / 60:.1f} |" if "wall_s" in r else
+              f"| {r['variant']} | `{json.dumps(r['change'])}` | {r['steps']} | {r['val_bpb']:.4f} | – |" for r in rows]
     print("\n".join(lines))
     if args.section:
         _write(args.results, args.section, lines, "benchmarks")

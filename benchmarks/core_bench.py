@@ -39,7 +39,7 @@ from omnibyte.format import BOS, VOCAB_SIZE  # noqa: E402
 from omnibyte.generate import SamplingConfig, TextOnly, generate  # noqa: E402
 from omnibyte.models import build_model  # noqa: E402
 from omnibyte.train import Trainer, load_run_config  # noqa: E402
-from omnibyte.train.trainer import make_optimizer  # noqa: E402
+from omnibyte.train.optim import make_optimizer  # noqa: E402
 
 FULL = {"dim": 256, "n_layers": 4, "n_heads": 4, "batch_size": 8, "seq_len": 1024, "warmup": 3, "steps": 12,
         "gen": [1000, 4000]}

@@ -55,6 +55,10 @@ class TrainConfig:
     # windows start at a document and hold whole documents (PAD after them) instead of cutting the
     # packed stream anywhere: a task example's question and answer always share a window
     align_docs: bool = False
+    # BLT's hash n-gram tables get sparse gradients and AdamW row updates (only the rows a step
+    # reads are touched; each catches up on the steps it missed: omnibyte/train/optim.py) instead of
+    # dense AdamW over every row. Applies on the CPU in one process without compile; else dense.
+    sparse_embeddings: bool = True
 
     def __post_init__(self):
         positive = ("steps", "batch_size", "seq_len", "grad_accum", "log_every")

@@ -34,8 +34,10 @@ from omnibyte.eval.bpb import bits_per_byte
 from omnibyte.models.base import replace_dir
 from omnibyte.models.registry import build_model
 from omnibyte.nn import lm_loss
+from omnibyte.nn.hash_ngram import HashNgramEmbedding
 from omnibyte.progress import progress
 from omnibyte.train.config import RunConfig, read_run_config
+from omnibyte.train.optim import clip_grad_norm, make_optimizer
 
 
 @dataclass
@@ -86,15 +88,6 @@ def lr_at(step: int, cfg, total: int | None = None) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: torch.nn.Module, cfg, device: torch.device) -> torch.optim.AdamW:
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
-
-
 def open_dataset(path: str) -> ShardDataset:
     """The prepared dataset at `path`; the default corpus is built on first use."""
     p = Path(path)
@@ -140,6 +133,13 @@ class Trainer:
         self.loader = BatchLoader(self.dataset, "train", tc.batch_size, tc.seq_len, tc.seed,
                                   self.dist.rank, self.dist.world_size, aux=aux, align_docs=tc.align_docs)
         self.has_val = self.dataset.n_ids("val") > 1 if "val" in self.dataset.splits else False
+        # hash n-gram tables: sparse gradients and row-wise updates, on the CPU in one eager process
+        # (DDP over NCCL and torch.compile take dense gradients; GPUs are not checked yet)
+        self.sparse_embeddings = (tc.sparse_embeddings and self.device.type == "cpu" and self.dist.world_size == 1
+                                  and not tc.compile)
+        for module in self.model.modules():
+            if isinstance(module, HashNgramEmbedding):
+                module.sparse_grads(self.sparse_embeddings)
         self.optimizer = make_optimizer(self.model, tc, self.device)
         self.step = 0
 
@@ -217,8 +217,15 @@ class Trainer:
             total += loss.item()
         return total / n
 
+    def sync_weights(self) -> None:
+        """Sparse table updates leave rows a step did not read behind (omnibyte/train/optim.py):
+        bring them up to date before the weights are read whole."""
+        if hasattr(self.optimizer, "flush"):
+            self.optimizer.flush()
+
     def evaluate(self, max_batches: int | None = None) -> dict:
         tc = self.cfg.train
+        self.sync_weights()
         if max_batches is None:
             max_batches = tc.eval_batches or None
         batches = eval_batches(self.dataset, "val", tc.batch_size, tc.seq_len, max_batches,
@@ -228,6 +235,7 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        self.sync_weights()
         if not self.dist.main:
             return
         final = self.run_dir / "checkpoint"
@@ -298,7 +306,7 @@ class Trainer:
                     g["lr"] = lr
                 loss = self.micro_steps(step)
                 if tc.grad_clip > 0:
-                    gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip))
+                    gnorm = float(clip_grad_norm(self.model.parameters(), tc.grad_clip))
                 else:
                     gnorm = float("nan")
                 self.optimizer.step()

@@ -1,0 +1,160 @@
+"""Lazy row updates of the hash n-gram tables: RowAdamW = AdamW where every row is read, unread
+rows untouched, the global clip over sparse and dense gradients, and the trainer with sparse
+tables (learns, resumes exactly, refuses a checkpoint of the other kind)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from helpers import tiny_overrides, write_text_dataset
+from torch import nn
+
+from omnibyte.errors import OmnibyteError
+from omnibyte.models import OmniModel
+from omnibyte.train import Trainer, load_run_config
+from omnibyte.train.optim import CombinedOptimizer, RowAdamW, clip_grad_norm
+
+BLT = {"arch": "blt", "dim_local": 16, "dim_global": 32, "hash_buckets": 97, "ngram_sizes": [3, 5],
+       "encoder": {"n_layers": 1, "n_heads": 2, "window": 16}, "latent": {"n_layers": 1, "n_heads": 2},
+       "decoder": {"n_layers": 1, "n_heads": 2, "window": 16}}
+
+
+def twin_tables(rows: int = 6, dim: int = 4) -> tuple[nn.Embedding, nn.Embedding]:
+    torch.manual_seed(0)
+    sparse = nn.Embedding(rows, dim, sparse=True)
+    dense = copy.deepcopy(sparse)
+    dense.sparse = False
+    return sparse, dense
+
+
+def step_both(sparse, dense, opt_s, opt_d, ids, target):
+    for emb, opt in ((sparse, opt_s), (dense, opt_d)):
+        opt.zero_grad()
+        (emb(ids) * target).sum().backward()
+        opt.step()
+
+
+def test_row_adamw_equals_adamw_when_every_row_is_read():
+    sparse, dense = twin_tables()
+    kw = dict(lr=0.05, betas=(0.9, 0.95), weight_decay=0.1)
+    opt_s, opt_d = RowAdamW(sparse.parameters(), **kw), torch.optim.AdamW(dense.parameters(), **kw)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        ids = torch.cat([torch.arange(6), torch.randint(0, 6, (7,), generator=g)])  # all rows, some twice
+        step_both(sparse, dense, opt_s, opt_d, ids, torch.randn(13, 4, generator=g))
+    torch.testing.assert_close(sparse.weight, dense.weight, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(sparse.weight, twin_tables()[0].weight)  # it did move
+
+
+def test_row_adamw_leaves_unread_rows_alone():
+    sparse, _ = twin_tables()
+    before = sparse.weight.detach().clone()
+    opt = RowAdamW(sparse.parameters(), lr=0.05, weight_decay=0.1)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        opt.zero_grad()
+        (sparse(torch.tensor([0, 2, 2])) * torch.randn(3, 4, generator=g)).sum().backward()
+        opt.step()
+    w, state = sparse.weight.detach(), opt.state[sparse.weight]
+    assert torch.equal(w[[1, 3, 4, 5]], before[[1, 3, 4, 5]])
+    assert not torch.equal(w[[0, 2]], before[[0, 2]])
+    assert state["exp_avg"][[1, 3, 4, 5]].abs().sum() == 0 and state["exp_avg"][[0, 2]].abs().sum() > 0
+    # flush: every row catches up; a row never read has only decayed, by (1 - lr·wd) per step
+    opt.flush()
+    torch.testing.assert_close(sparse.weight[[1, 3, 4, 5]], before[[1, 3, 4, 5]] * (1 - 0.05 * 0.1) ** 3)
+    dense = nn.Embedding(3, 2)
+    dense(torch.tensor([1])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        RowAdamW(dense.parameters()).step()
+
+
+def test_row_adamw_catches_up_on_missed_steps_like_adamw():
+    """Rows read now and then: each read first applies the steps the row missed (its moments kept
+    moving it under dense AdamW); after `flush` the table equals dense AdamW's (constant lr, bias
+    corrections settled by a warm-up in which every row is read)."""
+    sparse, dense = twin_tables(rows=8)
+    kw = dict(lr=0.01, betas=(0.9, 0.95), weight_decay=0.1)
+    opt_s, opt_d = RowAdamW(sparse.parameters(), **kw), torch.optim.AdamW(dense.parameters(), **kw)
+    opt_s.watch(sparse)  # rows are caught up before they are read
+    g = torch.Generator().manual_seed(3)
+    for step in range(260):
+        ids = torch.arange(8) if step < 200 else torch.randint(0, 8, (2,), generator=g)
+        target = torch.randn(len(ids), 4, generator=g)
+        for emb, opt in ((sparse, opt_s), (dense, opt_d)):  # a loss whose gradient depends on the rows' values
+            opt.zero_grad()
+            (emb(ids) - target).square().sum().backward()
+            opt.step()
+    behind = (opt_s.state[sparse.weight]["last"] < 260).sum()
+    assert behind > 0 and not torch.allclose(sparse.weight, dense.weight, atol=1e-4)  # rows left behind
+    opt_s.flush()
+    torch.testing.assert_close(sparse.weight, dense.weight, atol=2e-5, rtol=1e-4)
+    for key in ("exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(opt_s.state[sparse.weight][key], opt_d.state[dense.weight][key],
+                                   atol=1e-7, rtol=1e-4)
+
+
+def test_clip_grad_norm_over_sparse_and_dense_gradients():
+    sparse, dense = twin_tables()
+    lin_s = nn.Linear(4, 3)
+    lin_d = copy.deepcopy(lin_s)
+    ids = torch.tensor([1, 1, 4, 5])
+    lin_s(sparse(ids)).square().sum().backward()
+    lin_d(dense(ids)).square().sum().backward()
+    params_s, params_d = [sparse.weight, *lin_s.parameters()], [dense.weight, *lin_d.parameters()]
+    norm_s = clip_grad_norm(params_s, 0.01)
+    norm_d = torch.nn.utils.clip_grad_norm_(params_d, 0.01)
+    assert float(norm_s) == pytest.approx(float(norm_d), rel=1e-5) and float(norm_d) > 0.01
+    for a, b in zip(params_s, params_d):
+        ga = a.grad.to_dense() if a.grad.is_sparse else a.grad
+        torch.testing.assert_close(ga, b.grad, atol=1e-7, rtol=1e-5)
+
+
+def blt_overrides(data, **train) -> dict:
+    over = tiny_overrides(data, **train)
+    over["model"] = json.loads(json.dumps(BLT))
+    return over
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_text_dataset(tmp_path_factory.mktemp("data"))
+
+
+def test_trainer_updates_blt_tables_sparsely_and_resumes_exactly(data, tmp_path):
+    over = blt_overrides(data, steps=6)
+    straight = Trainer(load_run_config(None, over), tmp_path / "a", quiet=True)
+    assert isinstance(straight.optimizer, CombinedOptimizer)
+    assert all(t.sparse for t in straight.model.embed.ngrams) and not straight.model.embed.bytes.sparse
+    straight.fit()
+    broken = Trainer(load_run_config(None, over), tmp_path / "b", quiet=True)
+    broken.fit(stop_after=3)
+    Trainer(load_run_config(None, over), tmp_path / "b", resume=True, quiet=True).fit()
+    wa = OmniModel.from_pretrained(tmp_path / "a").state_dict()
+    wb = OmniModel.from_pretrained(tmp_path / "b").state_dict()
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    # a run trained with dense updates cannot resume with sparse ones (and the error says how)
+    dense = blt_overrides(data, steps=6, sparse_embeddings=False)
+    d = Trainer(load_run_config(None, dense), tmp_path / "c", quiet=True)
+    assert isinstance(d.optimizer, torch.optim.AdamW) and not any(t.sparse for t in d.model.embed.ngrams)
+    d.fit(stop_after=2)
+    with pytest.raises(OmnibyteError, match="sparse_embeddings false"):
+        Trainer(load_run_config(None, over), tmp_path / "c", resume=True, quiet=True)
+
+
+def test_sparse_and_dense_tables_learn_alike(data, tmp_path):
+    """Lazy updates change the optimiser's trajectory, not what it learns: both settings lower the
+    loss from the same start by a similar amount."""
+    def run(name, sparse):
+        t = Trainer(load_run_config(None, blt_overrides(data, steps=30, sparse_embeddings=sparse)),
+                    tmp_path / name, quiet=True)
+        t.fit()
+        rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in rows if "loss" in r]
+
+    s, d = run("s", True), run("d", False)
+    assert s[0] == pytest.approx(d[0], rel=1e-3)  # the same first step
+    assert s[-1] < 0.8 * s[0] and d[-1] < 0.8 * d[0]
+    assert s[-1] == pytest.approx(d[-1], rel=0.1)
