@@ -158,3 +158,23 @@ def test_sparse_and_dense_tables_learn_alike(data, tmp_path):
     assert s[0] == pytest.approx(d[0], rel=1e-3)  # the same first step
     assert s[-1] < 0.8 * s[0] and d[-1] < 0.8 * d[0]
     assert s[-1] == pytest.approx(d[-1], rel=0.1)
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_table_lr_scale_scales_only_the_tables_first_step(data, tmp_path, sparse):
+    """Adam's first step moves each weight by about lr: with table_lr_scale 4 the n-gram tables
+    move 4 times as far and every other weight as far as before."""
+    def moved(scale):
+        t = Trainer(load_run_config(None, blt_overrides(data, steps=1, sparse_embeddings=sparse,
+                                                        table_lr_scale=scale)), tmp_path / f"{sparse}-{scale}",
+                    quiet=True)
+        before = {k: v.clone() for k, v in t.model.state_dict().items()}
+        t.fit()
+        return {k: float((v - before[k]).abs().max()) for k, v in t.model.state_dict().items()}
+
+    one, four = moved(1.0), moved(4.0)
+    for k in one:
+        if ".ngrams." in k:
+            assert four[k] == pytest.approx(4 * one[k], rel=0.02) and one[k] > 0
+        elif one[k] > 0:
+            assert four[k] == pytest.approx(one[k], rel=0.05), k

@@ -59,6 +59,7 @@ class TrainConfig:
     # reads are touched; each catches up on the steps it missed: omnibyte/train/optim.py) instead of
     # dense AdamW over every row. Applies on the CPU in one process without compile; else dense.
     sparse_embeddings: bool = True
+    table_lr_scale: float = 1.0  # BLT's hash n-gram tables learn at lr × this
 
     def __post_init__(self):
         positive = ("steps", "batch_size", "seq_len", "grad_accum", "log_every")
@@ -74,6 +75,8 @@ class TrainConfig:
             raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise ValueError(f"train.dtype must be auto, fp32 or bf16, got {self.dtype!r}")
+        if self.table_lr_scale <= 0:
+            raise ValueError(f"train.table_lr_scale must be > 0, got {self.table_lr_scale}")
         if self.flops < 0:
             raise ValueError(f"train.flops must be ≥ 0, got {self.flops}")
         for name in ("media_loss_weight", "prompt_loss_weight"):

@@ -185,19 +185,32 @@ def sparse_tables(model: nn.Module) -> list[nn.Embedding]:
     return [m for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse]
 
 
+def ngram_tables(model: nn.Module) -> list[nn.Embedding]:
+    """The hash n-gram tables of every HashNgramEmbedding in the model (BLT's; none elsewhere)."""
+    from omnibyte.nn.hash_ngram import HashNgramEmbedding
+
+    return [t for m in model.modules() if isinstance(m, HashNgramEmbedding) for t in m.ngrams]
+
+
 def make_optimizer(model: nn.Module, cfg, device: torch.device):
-    """AdamW with weight decay on 2-D weights only; sparse tables (if any) get RowAdamW with the
-    same settings, and the two are combined."""
+    """AdamW with weight decay on 2-D weights only. Hash n-gram tables learn at lr × table_lr_scale
+    (a group's `lr_scale`, which the trainer applies with its schedule); sparse tables get RowAdamW
+    with the same settings, combined with the AdamW of the rest."""
+    scale = getattr(cfg, "table_lr_scale", 1.0)
+    tables = {id(t.weight) for t in ngram_tables(model)} if scale != 1 else set()  # (2 groups, as before)
     sparse = {id(m.weight) for m in sparse_tables(model)}
     params = [p for p in model.parameters() if p.requires_grad]
     dense = [p for p in params if id(p) not in sparse]
-    groups = [{"params": [p for p in dense if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in dense if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [{"params": [p for p in dense if p.dim() >= 2 and id(p) not in tables], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in dense if p.dim() < 2], "weight_decay": 0.0},
+              {"params": [p for p in dense if id(p) in tables], "weight_decay": cfg.weight_decay, "lr_scale": scale}]
+    groups = [g for g in groups if g["params"]]
     adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
     rows = [p for p in params if id(p) in sparse]
     if not rows:
         return adamw
-    lazy = RowAdamW(rows, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    lazy = RowAdamW([{"params": rows, "lr_scale": scale}], lr=cfg.lr * scale, betas=(cfg.beta1, cfg.beta2),
+                    weight_decay=cfg.weight_decay)
     for table in sparse_tables(model):
         lazy.watch(table)
     return CombinedOptimizer([adamw, lazy])

@@ -303,7 +303,7 @@ class Trainer:
                 step = self.step
                 lr = lr_at(step, tc, self.total_steps)
                 for g in self.optimizer.param_groups:
-                    g["lr"] = lr
+                    g["lr"] = lr * g.get("lr_scale", 1.0)
                 loss = self.micro_steps(step)
                 if tc.grad_clip > 0:
                     gnorm = float(clip_grad_norm(self.model.parameters(), tc.grad_clip))
