@@ -142,6 +142,9 @@ def test_trainer_updates_blt_tables_sparsely_and_resumes_exactly(data, tmp_path)
     d.fit(stop_after=2)
     with pytest.raises(OmnibyteError, match="sparse_embeddings false"):
         Trainer(load_run_config(None, over), tmp_path / "c", resume=True, quiet=True)
+    # and the other way round
+    with pytest.raises(OmnibyteError, match="sparse_embeddings true"):
+        Trainer(load_run_config(None, dense), tmp_path / "b", resume=True, quiet=True)
 
 
 def test_sparse_and_dense_tables_learn_alike(data, tmp_path):

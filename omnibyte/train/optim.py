@@ -1,4 +1,4 @@
-"""Optimizers: AdamW, plus lazy row-wise AdamW for the hash n-gram tables.
+"""Optimizers: AdamW, plus row-wise AdamW with sparse gradients for the hash n-gram tables.
 
 A BLT's hash n-gram tables hold most of its parameters (6 tables × 65,536 rows × 48 in the bench
 preset: 19M of 19.4M), yet one step of 16 × 256 bytes touches at most 4,096 rows of each. Dense
@@ -15,10 +15,10 @@ AdamW reads and writes every row's weight and both moments each step. On the CPU
   the decaying updates, and moments × β1^k and β2^k. A hook on each table does this for the rows
   a forward is about to read (`watch`), so every value the model computes with is current, and
   applying the missed steps late changes nothing. `flush()` brings every row up to date before the
-  weights are read whole (evaluation, checkpoints). The closed form takes the lr
-  and bias corrections of the row's last gradient step (the lr schedule moves little over the ~20
-  steps that hold most of the tail) and leaves out ε. With a constant lr it matches dense AdamW
-  to rounding (tests/test_optim.py).
+  weights are read whole (evaluation, checkpoints). The closed form takes the lr and bias
+  corrections of the row's last gradient step (the lr schedule moves little over the ~20 steps
+  that hold most of the tail) and leaves out ε. With a constant lr it matches dense AdamW to
+  rounding (tests/test_optim.py).
 - `CombinedOptimizer`: one object over several optimizers (dense AdamW + RowAdamW) for the
   trainer: param_groups for the lr schedule, step, zero_grad, state_dict.
 - `clip_grad_norm`: the global norm over dense and sparse gradients (torch's `clip_grad_norm_`

@@ -259,6 +259,9 @@ class Trainer:
         except Exception as e:  # corrupt files of any kind: say which
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise OmnibyteError(f"cannot resume from corrupt checkpoint in {ckpt}: {first}") from None
+        if "optimizers" in tstate["optimizer"] and not hasattr(self.optimizer, "optimizers"):
+            raise OmnibyteError(f"{ckpt} was saved with sparse embedding updates: resume with "
+                                f"--train.sparse_embeddings true on the CPU")
         self.optimizer.load_state_dict(tstate["optimizer"])
         self.step = int(tstate["step"])
 
