@@ -459,9 +459,8 @@ def blt_flops(cfg: BLTConfig, seq_len: int, entropy_infer: float = 0.0) -> dict[
     encoder + decoder (+ head) per byte; the latent model per patch ÷ bytes per patch; both
     cross-attentions (projections per byte or per patch, attention scores per byte × k);
     media_proj, counted on every byte, 2·dim_global; hash n-gram lookups are table reads, not
-    counted. Training = 3 × forward of the trained
-    parts; the frozen entropy model (entropies precomputed once per dataset) counts in
-    inference only.
+    counted. Training = 3 × forward of the trained parts; the frozen entropy model (entropies
+    precomputed once per dataset) counts in inference only.
     """
     dl, dg, k = cfg.dim_local, cfg.dim_global, cfg.cross_attn_k
     bpp = expected_bytes_per_patch(cfg)

@@ -17,6 +17,7 @@ width × channels bytes per patch, the geometry read from the image's header) an
 > 0 an audio clip's samples by frames of that many samples; the marker and header of the block
 form one patch. They replace the kind's rule inside those blocks, so a patch of an image is a
 band of the picture rather than a few pixels of one row.
+
 A boundary at t depends on ids[:, :t+1] and entropies[:, :t+1] only, so a model can decide
 boundaries online while it generates (`StreamingPatcher` does exactly that, one id at a time),
 and every row is patched on its own: nothing leaks across the batch.
@@ -44,8 +45,11 @@ class PatcherConfig:
     entropy_model: str = ""  # entropy: run dir or model dir of a trained entropy model
     threshold: float | None = None  # entropy: None = the threshold calibrated with the entropy model
     relative: bool = False  # entropy: threshold the rise H[t] - H[t-1] instead of H[t]
-    image_rows: int = 0  # any kind: > 0 = an image's pixels are patched by this many whole rows
-    audio_frame: int = 0  # any kind: > 0 = an audio clip's samples are patched by frames of this many
+    # any kind: > 0 = an image's pixels are patched by this many whole rows, an audio clip's samples
+    # by frames of this many (a BLT's FLOPs count still assumes its bytes_per_patch: set that for a
+    # mix of mostly media)
+    image_rows: int = 0
+    audio_frame: int = 0
 
     def __post_init__(self):
         if self.kind not in KINDS:
