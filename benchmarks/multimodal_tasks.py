@@ -102,9 +102,9 @@ def available_spec(spec: str, note: list[str]) -> str:
 
 
 def run_config(preset: dict, data: Path, steps: int, threads: int) -> dict:
-    train = {"device": "cpu", **preset["train"], "steps": steps, "warmup_steps": max(1, steps // 20),
+    train = {"device": "cpu", "seed": 0, **preset["train"], "steps": steps, "warmup_steps": max(1, steps // 20),
              "eval_every": 0, "eval_batches": 4, "save_every": 0, "log_every": max(1, min(50, steps // 10)),
-             "threads": threads, "seed": 0}  # (a pilot's --train may name another device)
+             "threads": threads}  # (a pilot's --train may name another device or seed)
     return {"model": json.loads(json.dumps(preset["model"])), "data": {"path": str(data)}, "train": train}
 
 
