@@ -26,7 +26,7 @@ from blt_common import header, median, write_section  # noqa: E402
 from omnibyte.eval.bench import PRESETS  # noqa: E402
 from omnibyte.models import build_model  # noqa: E402
 from omnibyte.train.config import TrainConfig  # noqa: E402
-from omnibyte.train.optim import clip_grad_norm, make_optimizer  # noqa: E402
+from omnibyte.train.optim import clip_grad_norm, make_optimizer, ngram_tables  # noqa: E402
 
 
 def kjv_batch(batch: int, seq_len: int) -> torch.Tensor:
@@ -61,7 +61,8 @@ def main() -> int:
         for sparse in (False, True):
             torch.manual_seed(0)
             m = build_model("blt", {**model_cfg, "hash_buckets": n}).train()
-            m.embed.sparse_grads(sparse)
+            for table in ngram_tables(m):
+                table.sparse = sparse
             runs[sparse] = (m, make_optimizer(m, TrainConfig(lr=2e-3), torch.device("cpu")), [])
         for i in range(steps + 2):
             for m, opt, times in runs.values():

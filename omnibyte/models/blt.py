@@ -34,13 +34,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from einops import rearrange
 from torch import nn
 
 from omnibyte.errors import OmnibyteError
 from omnibyte.format import BOA, BOI, BOS, N_BYTES, VOCAB_SIZE
-from omnibyte.media.audio import MU
+from omnibyte.media.audio import mulaw_decode
 from omnibyte.models.base import ModelOutput, OmniModel
 from omnibyte.models.registry import build_model, register
 from omnibyte.models.transformer import TransformerConfig, transformer_flops
@@ -157,6 +158,9 @@ def decoder_slots(pid: torch.Tensor, pdoc: torch.Tensor) -> torch.Tensor:
     return torch.where((pid > 0) & same_doc, pid, torch.zeros_like(pid))
 
 
+_MULAW = torch.from_numpy(mulaw_decode(np.arange(N_BYTES, dtype=np.uint8)))  # code → sample in [-1, 1]
+
+
 def media_values(ids: torch.Tensor) -> torch.Tensor:
     """(B, T) float: each image payload byte's pixel in [-1, 1], each audio payload byte's µ-law
     sample in [-1, 1], 0 everywhere else (text, markers, headers, a block whose header is out of view)."""
@@ -165,9 +169,9 @@ def media_values(ids: torch.Tensor) -> torch.Tensor:
     real = ids < N_BYTES
     img = real & (opener == BOI) & (offset >= IMAGE_PAYLOAD) & (row > 0)
     aud = real & (opener == BOA) & (offset >= AUDIO_PAYLOAD)
-    y = byte.float() / 127.5 - 1.0  # a pixel, or a µ-law code's companded value
-    sample = y.sign() * torch.expm1(y.abs() * math.log1p(MU)) / MU  # as omnibyte.media.mulaw_decode
-    return torch.where(img, y, torch.where(aud, sample, torch.zeros_like(y)))
+    pixel = byte.float() / 127.5 - 1.0
+    sample = _MULAW.to(ids.device)[byte]
+    return torch.where(img, pixel, torch.where(aud, sample, torch.zeros_like(pixel)))
 
 
 # --------------------------------------------------------------------------- model

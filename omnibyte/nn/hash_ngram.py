@@ -70,12 +70,6 @@ class HashNgramEmbedding(nn.Module):
         for emb in (self.bytes, *self.ngrams):
             nn.init.normal_(emb.weight, std=0.02)
 
-    def sparse_grads(self, on: bool = True) -> None:
-        """Give the n-gram tables sparse (row) gradients, for an optimizer that updates only the rows
-        a batch read (omnibyte.train.optim.RowAdamW). The byte table stays dense (263 rows)."""
-        for table in self.ngrams:
-            table.sparse = on
-
     @property
     def context(self) -> int:
         """Ids before a position that its embedding depends on."""

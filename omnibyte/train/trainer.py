@@ -34,10 +34,9 @@ from omnibyte.eval.bpb import bits_per_byte
 from omnibyte.models.base import replace_dir
 from omnibyte.models.registry import build_model
 from omnibyte.nn import lm_loss
-from omnibyte.nn.hash_ngram import HashNgramEmbedding
 from omnibyte.progress import progress
 from omnibyte.train.config import RunConfig, read_run_config
-from omnibyte.train.optim import clip_grad_norm, make_optimizer
+from omnibyte.train.optim import clip_grad_norm, make_optimizer, ngram_tables
 
 
 @dataclass
@@ -135,11 +134,9 @@ class Trainer:
         self.has_val = self.dataset.n_ids("val") > 1 if "val" in self.dataset.splits else False
         # hash n-gram tables: sparse gradients and row-wise updates, on the CPU in one eager process
         # (DDP over NCCL and torch.compile take dense gradients; GPUs are not checked yet)
-        self.sparse_embeddings = (tc.sparse_embeddings and self.device.type == "cpu" and self.dist.world_size == 1
-                                  and not tc.compile)
-        for module in self.model.modules():
-            if isinstance(module, HashNgramEmbedding):
-                module.sparse_grads(self.sparse_embeddings)
+        sparse = tc.sparse_embeddings and self.device.type == "cpu" and self.dist.world_size == 1 and not tc.compile
+        for table in ngram_tables(self.model):
+            table.sparse = sparse
         self.optimizer = make_optimizer(self.model, tc, self.device)
         self.step = 0
 
