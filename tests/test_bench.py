@@ -86,6 +86,12 @@ def test_quick_sweep_end_to_end_and_reuse(tmp_path, capsys):
     assert any("training it again" in line for line in logs), logs
     saved = json.loads((out / "runs" / "transformer-3e08" / "run.json").read_text())
     assert saved["model"]["n_layers"] == 2
+    # so does a changed training setting that changes what is learned
+    preset.lr, logs[:] = 0.004, []
+    Bench(out, data=str(data), preset=preset, budgets=(3e8,), models=("transformer",), log=logs.append).run()
+    assert any("training it again" in line for line in logs), logs
+    saved = json.loads((out / "runs" / "transformer-3e08" / "run.json").read_text())
+    assert saved["train"]["lr"] == 0.004
 
 
 def test_sweep_on_tasks_with_any_text_val_and_noise(tmp_path, capsys):

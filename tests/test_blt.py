@@ -97,6 +97,28 @@ def test_hash_ngram_ids_match_python_reference(n, buckets):
     assert h[0, 4 + 5] == h[0, 4] and h[0, 4] != h[0, 5]
 
 
+def test_ngram_dropout_drops_lookups_in_training_only():
+    from omnibyte.nn.hash_ngram import HashNgramEmbedding
+
+    torch.manual_seed(0)
+    full = HashNgramEmbedding(263, 8, (3, 5), 97)
+    drop = HashNgramEmbedding(263, 8, (3, 5), 97, dropout=0.5)
+    drop.load_state_dict(full.state_dict())
+    ids = torch.randint(0, 256, (2, 400))
+    full.eval(), drop.eval()
+    torch.testing.assert_close(drop(ids), full(ids))  # evaluation reads every table
+    drop.train()
+    x = drop(ids) / drop.scale - drop.bytes(ids)  # the n-gram part at each position
+    parts = [t(hash_ngram_ids(ids, n, 97)) for n, t in zip((3, 5), drop.ngrams)]
+    # each position holds each table's row ×2 (kept, scaled by 1/(1 - p)) or nothing
+    kept = [(x - 2 * parts[0] - 2 * parts[1]).abs().amax(-1) < 1e-6, (x - 2 * parts[0]).abs().amax(-1) < 1e-6,
+            (x - 2 * parts[1]).abs().amax(-1) < 1e-6, x.abs().amax(-1) < 1e-6]
+    counts = [int(k.sum()) for k in kept]
+    assert sum(counts) == ids.numel() and all(c > 100 for c in counts), counts  # ≈ 200 each
+    with pytest.raises(OmnibyteError, match="ngram_dropout"):
+        build_model("blt", {"ngram_dropout": 1.0})
+
+
 @pytest.mark.parametrize("t,w,block", [(37, 8, None), (64, 16, None), (5, 8, None), (17, 16, None),
                                        (37, 8, 3), (64, 16, 4), (50, 12, 5), (9, 8, 2), (300, 256, None)])
 def test_window_attention_matches_dense_mask(t, w, block):

@@ -184,3 +184,34 @@ def test_table_lr_scale_scales_only_the_tables_first_step(data, tmp_path, sparse
             assert four[k] == pytest.approx(4 * one[k], rel=0.02) and one[k] > 0
         elif one[k] > 0:
             assert four[k] == pytest.approx(one[k], rel=0.05), k
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_table_weight_decay_applies_to_the_tables_only(sparse):
+    """With zero gradients AdamW only decays: w ← w·(1 - lr·wd). The tables decay by
+    table_weight_decay, the other 2-D weights by weight_decay, vectors not at all."""
+    from omnibyte.models.registry import build_model
+    from omnibyte.train.config import TrainConfig
+    from omnibyte.train.optim import make_optimizer, ngram_tables
+
+    torch.manual_seed(0)
+    model = build_model("blt", {k: v for k, v in BLT.items() if k != "arch"})
+    for t in ngram_tables(model):
+        t.sparse = sparse
+    cfg = TrainConfig(lr=0.1, weight_decay=0.5, table_weight_decay=2.0)
+    opt = make_optimizer(model, cfg, torch.device("cpu"))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rows = torch.tensor([[0, 3, 5]])
+    for n, p in model.named_parameters():
+        if ".ngrams." in n and sparse:  # a sparse gradient that reads rows 0, 3 and 5
+            p.grad = torch.sparse_coo_tensor(rows, torch.zeros(3, p.shape[1]), p.shape, check_invariants=True)
+        else:
+            p.grad = torch.zeros_like(p)
+    opt.step()
+    if sparse:
+        opt.flush()
+    for n, p in model.named_parameters():
+        factor = 1 - 0.1 * (2.0 if ".ngrams." in n else 0.5 if p.dim() >= 2 else 0.0)
+        torch.testing.assert_close(p.detach(), before[n] * factor, msg=n)
+    with pytest.raises(ValueError, match="table_weight_decay"):
+        TrainConfig(table_weight_decay=-1.0)

@@ -86,6 +86,7 @@ class BLTConfig:
     ngram_sizes: tuple[int, ...] = (3, 4, 5, 6, 7, 8)  # hash n-gram embeddings (paper: 3..8)
     hash_buckets: int = 4096  # rows per n-gram table (paper: 500,002 at scale)
     hash_base: int = DEFAULT_BASE  # base of the rolling polynomial hash (part of the model)
+    ngram_dropout: float = 0.0  # training only: drop each n-gram lookup with this probability
     patcher: PatcherConfig = field(default_factory=PatcherConfig)
     # FLOPs accounting only: mean bytes per patch; 0 = patch_size for static patching, the
     # calibration target of the entropy model when it has one, else 4.5
@@ -124,6 +125,8 @@ class BLTConfig:
             raise ValueError("encoder/decoder window must be ≥ 0 (0 = full causal attention)")
         if any(n < 2 for n in self.ngram_sizes):
             raise ValueError(f"ngram_sizes must all be ≥ 2, got {list(self.ngram_sizes)}")
+        if not 0 <= self.ngram_dropout < 1:
+            raise ValueError(f"ngram_dropout must be in [0, 1), got {self.ngram_dropout}")
         if self.bytes_per_patch != 0 and self.bytes_per_patch < 1:
             raise ValueError(f"bytes_per_patch must be ≥ 1 (or 0 = automatic), got {self.bytes_per_patch}")
 
@@ -212,7 +215,8 @@ class BLT(OmniModel):
         dl, dg, k = cfg.dim_local, cfg.dim_global, cfg.cross_attn_k
         stack_args = dict(mlp_ratio=cfg.mlp_ratio, qk_norm=cfg.qk_norm, rope_theta=cfg.rope_theta)
         # bytes → local encoder
-        self.embed = HashNgramEmbedding(cfg.vocab_size, dl, cfg.ngram_sizes, cfg.hash_buckets, cfg.hash_base)
+        self.embed = HashNgramEmbedding(cfg.vocab_size, dl, cfg.ngram_sizes, cfg.hash_buckets, cfg.hash_base,
+                                        cfg.ngram_dropout)
         self.encoder = TransformerStack(dl, cfg.encoder.n_layers, cfg.encoder.n_heads,
                                         window=cfg.encoder.window, **stack_args)
         # bytes → patches: k queries per patch, initialised from the max-pooled byte states

@@ -58,12 +58,18 @@ def _powers(base: int, width: int, device: torch.device) -> torch.Tensor:
 
 class HashNgramEmbedding(nn.Module):
     """Byte embedding plus one hashed table per n-gram size, summed and scaled by 1/√(1 + #sizes)
-    so the sum starts with the spread of a single embedding."""
+    so the sum starts with the spread of a single embedding.
+
+    `dropout` > 0: in training, each n-gram lookup at each position is dropped with that
+    probability (the kept ones scaled by 1/(1 - p)), so the model cannot lean on memorised long
+    n-grams alone; the byte embedding is always kept. Evaluation uses every table."""
 
     def __init__(self, vocab_size: int, dim: int, ngram_sizes: tuple[int, ...], buckets: int,
-                 base: int = DEFAULT_BASE):
+                 base: int = DEFAULT_BASE, dropout: float = 0.0):
         super().__init__()
-        self.ngram_sizes, self.buckets, self.base = tuple(ngram_sizes), buckets, base
+        if not 0 <= dropout < 1:
+            raise ValueError(f"n-gram dropout must be in [0, 1), got {dropout}")
+        self.ngram_sizes, self.buckets, self.base, self.dropout = tuple(ngram_sizes), buckets, base, dropout
         self.bytes = nn.Embedding(vocab_size, dim)
         self.ngrams = nn.ModuleList(nn.Embedding(buckets, dim) for _ in self.ngram_sizes)
         self.scale = 1 / math.sqrt(1 + len(self.ngram_sizes))
@@ -80,6 +86,11 @@ class HashNgramEmbedding(nn.Module):
         if not self.ngram_sizes:
             return x * self.scale
         buckets = (rolling_hash_stack(ids, self.ngram_sizes, self.base) % self.buckets).unbind(-1)
+        drop = self.training and self.dropout > 0
         for bucket, table in zip(buckets, self.ngrams):
-            x = x + table(bucket)
+            e = table(bucket)
+            if drop:
+                keep = torch.rand(bucket.shape, device=e.device) >= self.dropout
+                e = e * (keep[..., None].to(e.dtype) / (1 - self.dropout))
+            x = x + e
         return x * self.scale

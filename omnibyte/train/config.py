@@ -60,6 +60,7 @@ class TrainConfig:
     # dense AdamW over every row. Applies on the CPU in one process without compile; else dense.
     sparse_embeddings: bool = True
     table_lr_scale: float = 1.0  # BLT's hash n-gram tables learn at lr × this
+    table_weight_decay: float | None = None  # weight decay of BLT's hash n-gram tables (None = weight_decay)
 
     def __post_init__(self):
         positive = ("steps", "batch_size", "seq_len", "grad_accum", "log_every")
@@ -77,6 +78,8 @@ class TrainConfig:
             raise ValueError(f"train.dtype must be auto, fp32 or bf16, got {self.dtype!r}")
         if self.table_lr_scale <= 0:
             raise ValueError(f"train.table_lr_scale must be > 0, got {self.table_lr_scale}")
+        if self.table_weight_decay is not None and self.table_weight_decay < 0:
+            raise ValueError(f"train.table_weight_decay must be ≥ 0, got {self.table_weight_decay}")
         if self.flops < 0:
             raise ValueError(f"train.flops must be ≥ 0, got {self.flops}")
         for name in ("media_loss_weight", "prompt_loss_weight"):

@@ -194,23 +194,27 @@ def ngram_tables(model: nn.Module) -> list[nn.Embedding]:
 
 def make_optimizer(model: nn.Module, cfg, device: torch.device):
     """AdamW with weight decay on 2-D weights only. Hash n-gram tables learn at lr × table_lr_scale
-    (a group's `lr_scale`, which the trainer applies with its schedule); sparse tables get RowAdamW
-    with the same settings, combined with the AdamW of the rest."""
+    (a group's `lr_scale`, which the trainer applies with its schedule) with their own weight decay
+    (table_weight_decay, default weight_decay); sparse tables get RowAdamW with the same settings,
+    combined with the AdamW of the rest."""
     scale = getattr(cfg, "table_lr_scale", 1.0)
-    tables = {id(t.weight) for t in ngram_tables(model)} if scale != 1 else set()  # (2 groups, as before)
+    table_wd = getattr(cfg, "table_weight_decay", None)
+    table_wd = cfg.weight_decay if table_wd is None else table_wd
+    own_group = scale != 1 or table_wd != cfg.weight_decay  # else the tables stay in the 2-D group
+    tables = {id(t.weight) for t in ngram_tables(model)} if own_group else set()
     sparse = {id(m.weight) for m in sparse_tables(model)}
     params = [p for p in model.parameters() if p.requires_grad]
     dense = [p for p in params if id(p) not in sparse]
     groups = [{"params": [p for p in dense if p.dim() >= 2 and id(p) not in tables], "weight_decay": cfg.weight_decay},
               {"params": [p for p in dense if p.dim() < 2], "weight_decay": 0.0},
-              {"params": [p for p in dense if id(p) in tables], "weight_decay": cfg.weight_decay, "lr_scale": scale}]
+              {"params": [p for p in dense if id(p) in tables], "weight_decay": table_wd, "lr_scale": scale}]
     groups = [g for g in groups if g["params"]]
     adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
     rows = [p for p in params if id(p) in sparse]
     if not rows:
         return adamw
     lazy = RowAdamW([{"params": rows, "lr_scale": scale}], lr=cfg.lr * scale, betas=(cfg.beta1, cfg.beta2),
-                    weight_decay=cfg.weight_decay)
+                    weight_decay=table_wd)
     for table in sparse_tables(model):
         lazy.watch(table)
     return CombinedOptimizer([adamw, lazy])
