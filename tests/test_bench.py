@@ -154,3 +154,17 @@ def test_entropy_runs_are_reused_across_processes_and_path_spellings(tmp_path, m
     logs: list[str] = []
     Bench("b", log=logs.append, **kw).run()
     assert not any("again" in line or "training blt" in line for line in logs), logs
+
+
+def test_parallel_runs_fit_in_memory():
+    """`--jobs` runs at a time only while they fit: 12 bytes per parameter plus 0.5 GiB each."""
+    from omnibyte.eval.bench import available_memory, fit_jobs, run_memory
+
+    per_run = run_memory(353_000_000)  # the small preset's BLT: about 4.4 GiB
+    assert 4.3 * 2**30 < per_run < 4.5 * 2**30
+    assert fit_jobs(2, per_run, 24 * 2**30) == 2
+    assert fit_jobs(2, per_run, 8 * 2**30) == 1
+    assert fit_jobs(2, per_run, 2**30) == 1  # one run is always tried
+    assert fit_jobs(3, per_run, None) == 3  # unknown memory: as asked
+    free = available_memory()
+    assert free is None or free > 0

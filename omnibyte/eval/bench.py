@@ -133,6 +133,32 @@ def arch_available(arch: str) -> bool:
     return True
 
 
+def run_memory(params: int) -> int:
+    """Rough bytes one training process needs: fp32 weights and AdamW's two moments (12 bytes per
+    parameter; sparse table updates keep the same moments) plus half a GiB for activations, data and
+    the interpreter."""
+    return 12 * params + 2**29
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can still give (MemAvailable of /proc/meminfo); None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def fit_jobs(jobs: int, per_run: int, available: int | None) -> int:
+    """How many of `jobs` parallel runs of `per_run` bytes each fit in `available` (at least one:
+    a single run that does not fit is left to fail or swap as it would alone)."""
+    if available is None or per_run <= 0:
+        return jobs
+    return max(1, min(jobs, available // per_run))
+
+
 def budget_steps(model, budget: float, batch_size: int, seq_len: int) -> int:
     """Training steps that fit in `budget` FLOPs: ⌊budget / (training FLOPs per id × ids per step)⌋."""
     return int(budget // (model.flops_per_byte(seq_len)["train"] * batch_size * seq_len))
@@ -173,6 +199,7 @@ class Bench:
         self.noise, self.noise_rate, self.seed = noise, noise_rate, seed
         self.bpe_vocab = bpe_vocab or self.preset.bpe_vocab
         self.log = log
+        self.params: dict[str, int] = {}  # parameters of each planned model (memory per run)
         self.notes: list[str] = []
         self.extra: dict = {}  # facts found on the way (bytes per token, patch sizes, entropy model)
         if task not in (None, "cute"):
@@ -324,6 +351,7 @@ class Bench:
         seq_len = self.seq_len(name)
         arch = model_cfg.pop("arch")
         model = build_model(arch, model_cfg)
+        self.params[name] = model.num_params()
         steps = budget_steps(model, budget, self.preset.batch_size, seq_len)
         data = str(self.bpe_dataset().path) if name == "bpe" else self.data
         raw = {"model": {"arch": arch, **model_cfg}, "data": {"path": data},
@@ -459,8 +487,14 @@ class Bench:
             self.noisy_data()
         args = dict(out=str(self.out), data=self.data, preset=self.preset, val=self.val, task=self.task,
                     noise=self.noise, noise_rate=self.noise_rate, bpe_vocab=self.bpe_vocab, seed=self.seed)
-        self.log(f"training {len(todo)} runs, {self.preset.jobs} at a time (one process each) ...")
-        with ProcessPoolExecutor(self.preset.jobs, mp_context=get_context("spawn")) as pool:
+        need = max((run_memory(self.params[name]) for name, _ in todo if name in self.params), default=0)
+        free = available_memory()
+        jobs = fit_jobs(self.preset.jobs, need, free)
+        if jobs < self.preset.jobs:
+            self.log(f"{jobs} run(s) at a time instead of {self.preset.jobs}: the largest needs about "
+                     f"{need / 2**30:.1f} GiB and {free / 2**30:.1f} GiB of memory is available")
+        self.log(f"training {len(todo)} runs, {jobs} at a time (one process each) ...")
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
             futures = [pool.submit(_run_one_job, args, name, budget) for name, budget in todo]
             for fut in futures:
                 try:
