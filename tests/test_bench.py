@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from helpers import write_text_dataset
@@ -59,6 +60,10 @@ def test_quick_sweep_end_to_end_and_reuse(tmp_path, capsys):
     assert table.count("| transformer |") == 2 and "bytes per token" in table and table in printed
     png = (out / "bpb_vs_flops.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # finished runs keep their weights, not the optimizer state that served only to resume them
+    for r in summary["results"]:
+        ckpt = Path(r["run"]) / "checkpoint"
+        assert (ckpt / "model.safetensors").is_file() and not (ckpt / "trainer.pt").exists()
 
     # a second run reuses every finished run (same records, nothing retrained)
     before = {r["run"]: r["wall_s"] for r in summary["results"]}

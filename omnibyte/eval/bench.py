@@ -405,6 +405,9 @@ class Bench:
                 shutil.copy(self.bpe_dataset().path / "tokenizer.json", run_dir / "tokenizer.json")
             record = {"model": name, "budget": budget, **info}
             record_file.write_text(json.dumps(record, indent=2) + "\n")
+            # a finished run keeps its weights; its optimizer state (twice their size) only served to
+            # resume it, and its schedule is spent
+            (run_dir / "checkpoint" / "trainer.pt").unlink(missing_ok=True)
         record = self.evaluate(name, record)
         record_file.write_text(json.dumps(record, indent=2) + "\n")
         return record
