@@ -197,9 +197,8 @@ def make_optimizer(model: nn.Module, cfg, device: torch.device):
     (a group's `lr_scale`, which the trainer applies with its schedule) with their own weight decay
     (table_weight_decay, default weight_decay); sparse tables get RowAdamW with the same settings,
     combined with the AdamW of the rest."""
-    scale = getattr(cfg, "table_lr_scale", 1.0)
-    table_wd = getattr(cfg, "table_weight_decay", None)
-    table_wd = cfg.weight_decay if table_wd is None else table_wd
+    scale = cfg.table_lr_scale
+    table_wd = cfg.weight_decay if cfg.table_weight_decay is None else cfg.table_weight_decay
     own_group = scale != 1 or table_wd != cfg.weight_decay  # else the tables stay in the 2-D group
     tables = {id(t.weight) for t in ngram_tables(model)} if own_group else set()
     sparse = {id(m.weight) for m in sparse_tables(model)}
