@@ -38,6 +38,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("task", help="clocks, shapes, fashion or speech")
     ap.add_argument("--steps", type=int, default=450, help="training steps (450 ≈ 11 min on one core)")
+    ap.add_argument("--minutes", type=float,
+                    help="train for this many minutes instead of --steps (steps from a short timing run)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--media-loss-weight", type=float, default=0.1, help="weight of image/audio targets (default 0.1)")
     ap.add_argument("--prompt-loss-weight", type=float, default=1.0,
                     help="weight of the prompt (question, input media) in the loss (default 1; 0 = answers only)")
@@ -49,7 +52,7 @@ def main() -> int:
     ap.add_argument("--n-eval", type=int, default=300, help="scored examples (default 300)")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "mm-pilot", help="folder for data and runs")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     opts = {"question_last": True, **({"draw": 0.0} if args.task == "fashion" else {}), **json.loads(args.opts)}
     model_over, train_over = json.loads(args.model), json.loads(args.train)
     tag = f"{args.task}-{zlib.crc32(json.dumps(opts, sort_keys=True).encode()):08x}"
@@ -66,17 +69,23 @@ def main() -> int:
     preset["train"] = {**preset["train"], "media_loss_weight": args.media_loss_weight,
                        "prompt_loss_weight": args.prompt_loss_weight, **train_over}
     preset["model"] = {**preset["model"], **model_over}
+    rate = None
+    if args.minutes:
+        args.steps, rate = mm.calibrate_steps({**preset, "minutes": args.minutes}, mix, args.out / "probe",
+                                              args.threads)
     prompt = "" if args.prompt_loss_weight == 1 else f"-p{args.prompt_loss_weight:g}"
     over = args.model + ("" if args.train == "{}" else args.train)  # the names of earlier runs stay the same
     name = f"run-{tag}-w{args.media_loss_weight:g}{prompt}-s{args.steps}-{zlib.crc32(over.encode()):08x}"
     t0 = time.time()
-    run = mm.train_run(preset, mix, args.out / name, args.steps, 1)
+    run = mm.train_run(preset, mix, args.out / name, args.steps, args.threads)
     model = OmniModel.from_pretrained(args.out / name).eval()
     scores = score_examples(run_examples(model, ev, n=args.n_eval))
     result = {"task": args.task, "steps": args.steps, "media_loss_weight": args.media_loss_weight,
               "prompt_loss_weight": args.prompt_loss_weight, "opts": opts,
               "model": model_over, "train": train_over, "minutes": round((time.time() - t0) / 60, 1),
-              "flops": run["flops"], "scores": mm.json_safe(scores)}
+              "train_minutes": round(run["wall_s"] / 60, 1), "threads": args.threads,
+              "probe_bytes_per_s": rate, "n_train": args.n_train, "flops": run["flops"],
+              "scores": mm.json_safe(scores)}
     print(json.dumps(result), flush=True)
     return 0
 

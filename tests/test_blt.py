@@ -321,6 +321,9 @@ def test_configs_resolve():
     BLT(tiny.model)  # builds without any entropy model
     small = load_run_config(REPO / "configs" / "blt-small.toml")
     assert small.model.patcher.kind == "entropy" and small.model.patcher.entropy_model
+    for name in ("multimodal-tiny.toml", "multimodal.toml"):  # the demo's BLTs, with conv features of media
+        mm = load_run_config(REPO / "configs" / name)
+        assert mm.model.media_conv > 0 and BLT(mm.model).media_conv is not None
 
 
 def test_overfits_one_batch():
@@ -403,3 +406,32 @@ def test_media_patches_and_projection(kind, entropy_dir):
     assert m.flops_per_byte(90)["train"] == pytest.approx(plain.flops_per_byte(90)["train"] + 3 * 2 * 32)
     with pytest.raises(ValueError, match="media_proj"):
         BLTConfig(media_proj=-1)
+
+
+@pytest.mark.parametrize("kind", ["static", "entropy"])
+def test_media_conv_features(kind, entropy_dir):
+    """media_conv: the convolution learns, nothing leaks from the future, cached decoding equals
+    the full forward (the features of new bytes read the block so far), and it is counted in FLOPs."""
+    m = make(kind, entropy_dir, media_conv=4, media_conv_kernel=3)
+    ids = media_rows()
+    m.train()
+    m(ids[:, :-1], ids[:, 1:]).loss.backward()
+    assert m.media_conv.out.weight.grad.abs().sum() > 0  # (zero at first, so only it has a gradient)
+    with torch.no_grad():
+        torch.nn.init.normal_(m.media_conv.out.weight)
+    m.eval()
+    base = m(ids).logits
+    plain = make(kind, entropy_dir)
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("media_conv.")})
+    assert not torch.allclose(plain(ids).logits, base)  # the features change the logits
+    for t in (3, 20, 27, 40, 61):
+        changed = ids.clone()
+        changed[:, t] = (changed[:, t] + 7) % N_BYTES
+        torch.testing.assert_close(m(changed).logits[:, :t], base[:, :t], atol=1e-5, rtol=0)
+    state = m.init_state(2, 96)
+    pieces = [m.step(state, ids[:, :9])] + [m.step(state, ids[:, t:t + 1]) for t in range(9, 90)]
+    torch.testing.assert_close(torch.cat(pieces, 1), base, atol=1e-5, rtol=1e-4)
+    assert m.flops_per_byte(90)["train"] > plain.flops_per_byte(90)["train"]
+    for bad in ({"media_conv": -1}, {"media_conv_kernel": 4}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            BLTConfig(**bad)

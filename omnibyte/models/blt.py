@@ -34,22 +34,21 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from einops import rearrange
 from torch import nn
 
 from omnibyte.errors import OmnibyteError
-from omnibyte.format import BOA, BOI, BOS, N_BYTES, VOCAB_SIZE
-from omnibyte.media.audio import mulaw_decode
+from omnibyte.format import BOS, VOCAB_SIZE
 from omnibyte.models.base import ModelOutput, OmniModel
 from omnibyte.models.registry import build_model, register
 from omnibyte.models.transformer import TransformerConfig, transformer_flops
 from omnibyte.nn import TransformerStack, causal_mask, lm_loss
 from omnibyte.nn.cross_attention import CrossBlock
 from omnibyte.nn.hash_ngram import DEFAULT_BASE, HashNgramEmbedding
+from omnibyte.nn.media_conv import MediaConv, image_taps, media_values
 from omnibyte.patching import PatcherConfig, StreamingPatcher, patch_ids, patch_starts
-from omnibyte.patching.core import AUDIO_PAYLOAD, IMAGE_PAYLOAD, media_layout, positions_in_patch
+from omnibyte.patching.core import positions_in_patch
 
 DEFAULT_BYTES_PER_PATCH = 4.5  # BLT's operating point (matches Llama 3 at equal training FLOPs)
 
@@ -100,6 +99,11 @@ class BLTConfig:
     # patch (positions < media_proj) — a ViT-style patch embedding beside the pooled byte states;
     # pair it with patcher.image_rows / audio_frame so a patch is a band of rows or a frame
     media_proj: int = 0
+    # > 0: each image/audio payload byte's input also gets causal convolution features of the
+    # pixel/sample values around it, with this many channels (omnibyte/nn/media_conv.py): a
+    # masked 2-D conv over the image's rows above and the row so far, a 1-D conv over past samples
+    media_conv: int = 0
+    media_conv_kernel: int = 5  # image window (odd); audio taps are 16 samples, the second layer dilated
     # Filled when the model is built: {"arch": ..., "model": {...}} of the entropy model, so a
     # checkpoint rebuilds it (weights are in the BLT's own safetensors) without its run dir.
     entropy_model_config: dict = field(default_factory=dict)
@@ -107,6 +111,10 @@ class BLTConfig:
     def __post_init__(self):
         if self.media_proj < 0:
             raise ValueError(f"media_proj must be ≥ 0 (0 = off), got {self.media_proj}")
+        if self.media_conv < 0:
+            raise ValueError(f"media_conv must be ≥ 0 (0 = off), got {self.media_conv}")
+        if self.media_conv_kernel < 3 or self.media_conv_kernel % 2 == 0:
+            raise ValueError(f"media_conv_kernel must be odd and ≥ 3, got {self.media_conv_kernel}")
         for name in ("vocab_size", "dim_local", "dim_global", "cross_attn_k", "hash_buckets", "hash_base"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
@@ -161,22 +169,6 @@ def decoder_slots(pid: torch.Tensor, pdoc: torch.Tensor) -> torch.Tensor:
     return torch.where((pid > 0) & same_doc, pid, torch.zeros_like(pid))
 
 
-_MULAW = torch.from_numpy(mulaw_decode(np.arange(N_BYTES, dtype=np.uint8)))  # code → sample in [-1, 1]
-
-
-def media_values(ids: torch.Tensor) -> torch.Tensor:
-    """(B, T) float: each image payload byte's pixel in [-1, 1], each audio payload byte's µ-law
-    sample in [-1, 1], 0 everywhere else (text, markers, headers, a block whose header is out of view)."""
-    opener, offset, row = media_layout(ids)
-    byte = ids.clamp(0, N_BYTES - 1)
-    real = ids < N_BYTES
-    img = real & (opener == BOI) & (offset >= IMAGE_PAYLOAD) & (row > 0)
-    aud = real & (opener == BOA) & (offset >= AUDIO_PAYLOAD)
-    pixel = byte.float() / 127.5 - 1.0
-    sample = _MULAW.to(ids.device)[byte]
-    return torch.where(img, pixel, torch.where(aud, sample, torch.zeros_like(pixel)))
-
-
 # --------------------------------------------------------------------------- model
 
 
@@ -217,6 +209,7 @@ class BLT(OmniModel):
         # bytes → local encoder
         self.embed = HashNgramEmbedding(cfg.vocab_size, dl, cfg.ngram_sizes, cfg.hash_buckets, cfg.hash_base,
                                         cfg.ngram_dropout)
+        self.media_conv = MediaConv(cfg.media_conv, dl, cfg.media_conv_kernel) if cfg.media_conv else None
         self.encoder = TransformerStack(dl, cfg.encoder.n_layers, cfg.encoder.n_heads,
                                         window=cfg.encoder.window, **stack_args)
         # bytes → patches: k queries per patch, initialised from the max-pooled byte states
@@ -327,7 +320,10 @@ class BLT(OmniModel):
         starts = self.patch(ids, entropies)
         pid = patch_ids(starts)  # (B, T)
         n_patches = int(pid.max()) + 1  # pad every row to the batch's most patches
-        h = self.encoder(self.embed(ids))  # (B, T, dl)
+        x = self.embed(ids)
+        if self.media_conv is not None:
+            x = x + self.media_conv(ids)
+        h = self.encoder(x)  # (B, T, dl)
         patches = self.pool_patches(h, pid, n_patches)  # (B, P, dg)
         if self.media_proj is not None:
             patches = patches + self.media_patches(ids, positions_in_patch(starts), pid, n_patches)
@@ -398,7 +394,10 @@ class BLT(OmniModel):
         state.n_open, state.doc = pid[:, -1] + 1, doc[:, -1]
         # 2. local encoder (hash n-grams see the ids before this chunk too)
         lo = max(0, t0 - self.embed.context)
-        h = self.encoder(self.embed(state.ids[:, lo:t1])[:, t0 - lo:], caches=state.enc_caches)
+        x = self.embed(state.ids[:, lo:t1])[:, t0 - lo:]
+        if self.media_conv is not None:  # (reads back to the block's header)
+            x = x + self.media_conv(state.ids[:, :t1], start=t0)
+        h = self.encoder(x, caches=state.enc_caches)
         state.h[:, t0:t1] = h
         state.length = t1
         # 3. patches that closed (all but each row's open one) go to the latent model
@@ -466,9 +465,9 @@ def blt_flops(cfg: BLTConfig, seq_len: int, entropy_infer: float = 0.0) -> dict[
 
     encoder + decoder (+ head) per byte; the latent model per patch ÷ bytes per patch; both
     cross-attentions (projections per byte or per patch, attention scores per byte × k);
-    media_proj, counted on every byte, 2·dim_global; hash n-gram lookups are table reads, not
-    counted. Training = 3 × forward of the trained parts; the frozen entropy model (entropies
-    precomputed once per dataset) counts in inference only.
+    media_proj, counted on every byte, 2·dim_global; media_conv, counted on every byte; hash
+    n-gram lookups are table reads, not counted. Training = 3 × forward of the trained parts;
+    the frozen entropy model (entropies precomputed once per dataset) counts in inference only.
     """
     dl, dg, k = cfg.dim_local, cfg.dim_global, cfg.cross_attn_k
     bpp = expected_bytes_per_patch(cfg)
@@ -488,5 +487,8 @@ def blt_flops(cfg: BLTConfig, seq_len: int, entropy_infer: float = 0.0) -> dict[
     # reading: per patch from_latent + k kv projections; per byte q/out proj + k scores
     read = (2 * dg * k * dl + k * 4 * dl * dl) / bpp + 4 * dl * dl + 4 * dl * k
     media = 2 * dg if cfg.media_proj else 0
+    if cfg.media_conv:
+        c, ki = cfg.media_conv, len(image_taps(cfg.media_conv_kernel))
+        media += 2 * (ki * c + ki * c * c + c * dl)  # the image branch (audio's 16 taps cost about the same)
     fwd = enc + dec + lat + pool + read + media
     return {"train": 3.0 * fwd, "infer": fwd + entropy_infer}

@@ -153,6 +153,15 @@ def media_layout(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return opener, offset, row
 
 
+def media_geometry(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`media_layout`'s (opener, offset, row) and each position's bytes per pixel (an image's
+    channels, 1 or 3, where `row` > 0; 1 elsewhere), for code that walks an image in 2-D."""
+    opener, offset, row = media_layout(ids)
+    s = (torch.arange(ids.shape[-1], device=ids.device) - offset).clamp_min(0)
+    channels = ids.gather(-1, (s + IMAGE_HEADER_LEN).clamp(max=ids.shape[-1] - 1))
+    return opener, offset, row, torch.where(row > 0, channels, torch.ones_like(channels))
+
+
 def media_starts(ids: torch.Tensor, image_rows: int, audio_frame: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(where, starts): positions the media rule decides, and its decision there — the marker
     and header of an image/audio block are one patch, then rows or frames. An image whose header
