@@ -173,7 +173,9 @@ def report(preset: dict, quick: bool, notes: list[str], mixes: dict, runs: dict,
     title = "Multimodal tasks: smoke run (--quick)" if quick else "Multimodal tasks: BLT on a CPU budget"
     lines = [f"## {title}", "", f"- command: `{command_line()}`",
              f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}", f"- machine: {machine()}",
-             f"- model: BLT, {runs['with text']['params']:,} parameters, static patches of 4; batch "
+             f"- model: BLT, {runs['with text']['params']:,} parameters, static patches of 4"
+             f"{'; media_conv ' + str(preset['model']['media_conv']) if preset['model'].get('media_conv') else ''}"
+             f"; batch "
              f"{preset['train']['batch_size']} × {preset['train']['seq_len']} ids; "
              f"{runs['with text']['steps']} steps per run ({runs['with text']['flops']:.3g} training FLOPs each)",
              f"- training recipe: whole documents per window (`align_docs` {preset['train'].get('align_docs', False)}),"
@@ -257,6 +259,8 @@ def main() -> int:
     ap.add_argument("--question-last", action="store_true",
                     help="task examples put the question after the image/clip, right before the answer "
                          "(the full preset does)")
+    ap.add_argument("--model", default="{}",
+                    help='overrides of the BLT\'s config as JSON (e.g. \'{"media_conv": 32}\')')
     ap.add_argument("--section", help="results_multimodal.md section to write (default: full, or quick)")
     ap.add_argument("--media-loss-weight", type=float,
                     help="weight of image/audio targets in the loss (preset: 0.1; 1 = every id the same)")
@@ -279,6 +283,7 @@ def main() -> int:
         preset["train"] = {**preset["train"], "media_loss_weight": args.media_loss_weight}
     if args.prompt_loss_weight is not None:
         preset["train"] = {**preset["train"], "prompt_loss_weight": args.prompt_loss_weight}
+    preset["model"] = {**preset["model"], **json.loads(args.model)}
     if args.question_last:
         preset["task_opts"] = {k: {**v, "question_last": True} for k, v in preset["task_opts"].items()}
         for name in ("clocks", "shapes", "fashion", "speech"):
