@@ -48,7 +48,7 @@ from omnibyte.nn.cross_attention import CrossBlock
 from omnibyte.nn.hash_ngram import DEFAULT_BASE, HashNgramEmbedding
 from omnibyte.nn.media_conv import MediaConv, image_taps, media_values
 from omnibyte.patching import PatcherConfig, StreamingPatcher, patch_ids, patch_starts
-from omnibyte.patching.core import positions_in_patch
+from omnibyte.patching.core import positions_in_patch, segment_starts
 
 DEFAULT_BYTES_PER_PATCH = 4.5  # BLT's operating point (matches Llama 3 at equal training FLOPs)
 
@@ -195,6 +195,7 @@ class BLTState:
     patcher: StreamingPatcher
     ent_state: Any = None  # entropy model's own state (entropy patching)
     next_entropy: torch.Tensor | None = None  # (B,) entropy of the next id
+    seg_start: torch.Tensor | None = None  # (B,) where each row's current segment began (media_conv)
 
 
 @register
@@ -395,8 +396,8 @@ class BLT(OmniModel):
         # 2. local encoder (hash n-grams see the ids before this chunk too)
         lo = max(0, t0 - self.embed.context)
         x = self.embed(state.ids[:, lo:t1])[:, t0 - lo:]
-        if self.media_conv is not None:  # (reads back to the block's header)
-            x = x + self.media_conv(state.ids[:, :t1], start=t0)
+        if self.media_conv is not None:
+            x = x + self._step_media_conv(state, t0, t1)
         h = self.encoder(x, caches=state.enc_caches)
         state.h[:, t0:t1] = h
         state.length = t1
@@ -407,6 +408,18 @@ class BLT(OmniModel):
         # 4. local decoder
         x = self.reader.read(h, state.dec_k, state.dec_v, decoder_slots(pid, state.patch_doc))
         return self.head(self.decoder(x, caches=state.dec_caches))
+
+    def _step_media_conv(self, state: BLTState, t0: int, t1: int) -> torch.Tensor:
+        """media_conv features of the new ids: a block's features read back to its header, so the
+        ids from the earliest current segment's start on are enough (not the whole prefix)."""
+        c0 = max(0, t0 - 1)  # (a segment also starts right after a closing marker)
+        starts = segment_starts(state.ids[:, c0:t1])
+        starts[:, 0] |= c0 == 0
+        at = torch.arange(c0, t1, device=starts.device)
+        last = torch.where(starts, at, torch.full_like(at, -1)).max(dim=1).values
+        state.seg_start = last if state.seg_start is None else torch.maximum(state.seg_start, last)
+        lo = int(state.seg_start.min())
+        return self.media_conv(state.ids[:, lo:t1], start=t0 - lo)
 
     def _step_entropies(self, state: BLTState, ids: torch.Tensor) -> torch.Tensor | None:
         """Entropy of each new id (from the entropy model's cached logits one position back)."""
