@@ -428,9 +428,12 @@ def test_media_conv_features(kind, entropy_dir):
         changed = ids.clone()
         changed[:, t] = (changed[:, t] + 7) % N_BYTES
         torch.testing.assert_close(m(changed).logits[:, :t], base[:, :t], atol=1e-5, rtol=0)
-    state = m.init_state(2, 96)
-    pieces = [m.step(state, ids[:, :9])] + [m.step(state, ids[:, t:t + 1]) for t in range(9, 90)]
-    torch.testing.assert_close(torch.cat(pieces, 1), base, atol=1e-5, rtol=1e-4)
+    # chunks of every size: a prompt holding whole images and clips, then one id at a time
+    for first in (9, 40, 61):
+        state = m.init_state(2, 96)
+        pieces = [m.step(state, ids[:, :first])] + [m.step(state, ids[:, t:t + 1]) for t in range(first, 80)]
+        pieces.append(m.step(state, ids[:, 80:]))
+        torch.testing.assert_close(torch.cat(pieces, 1), base, atol=1e-5, rtol=1e-4)
     assert m.flops_per_byte(90)["train"] > plain.flops_per_byte(90)["train"]
     for bad in ({"media_conv": -1}, {"media_conv_kernel": 4}):
         with pytest.raises(ValueError, match=next(iter(bad))):

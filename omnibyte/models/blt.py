@@ -410,16 +410,19 @@ class BLT(OmniModel):
         return self.head(self.decoder(x, caches=state.dec_caches))
 
     def _step_media_conv(self, state: BLTState, t0: int, t1: int) -> torch.Tensor:
-        """media_conv features of the new ids: a block's features read back to its header, so the
-        ids from the earliest current segment's start on are enough (not the whole prefix)."""
+        """media_conv features of the new ids. A block's features read back to its header, never
+        further, so the ids from where each row's segment at t0 - 1 began are enough (not the whole
+        prefix); blocks that open inside the new ids lie after that."""
+        lo = 0 if state.seg_start is None else min(int(state.seg_start.min()), t0)
+        feats = self.media_conv(state.ids[:, lo:t1], start=t0 - lo)
+        # where each row's last segment (as of t1 - 1) began: the last start among the new ids
         c0 = max(0, t0 - 1)  # (a segment also starts right after a closing marker)
         starts = segment_starts(state.ids[:, c0:t1])
         starts[:, 0] |= c0 == 0
         at = torch.arange(c0, t1, device=starts.device)
         last = torch.where(starts, at, torch.full_like(at, -1)).max(dim=1).values
         state.seg_start = last if state.seg_start is None else torch.maximum(state.seg_start, last)
-        lo = int(state.seg_start.min())
-        return self.media_conv(state.ids[:, lo:t1], start=t0 - lo)
+        return feats
 
     def _step_entropies(self, state: BLTState, ids: torch.Tensor) -> torch.Tensor | None:
         """Entropy of each new id (from the entropy model's cached logits one position back)."""
