@@ -247,7 +247,7 @@ def rescore(args) -> int:
     (work / "results.json").write_text(json.dumps(json_safe({**saved, "scores": scores, "notes": notes}),
                                                   indent=2, default=str) + "\n")
     print("\n".join(lines))
-    write_results("full", lines)
+    write_results(args.section or "full", lines)
     return 0
 
 
