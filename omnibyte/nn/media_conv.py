@@ -38,15 +38,20 @@ _MULAW = torch.from_numpy(mulaw_decode(np.arange(N_BYTES, dtype=np.uint8)))  # c
 def media_values(ids: torch.Tensor) -> torch.Tensor:
     """(B, T) float: each image payload byte's pixel in [-1, 1], each audio payload byte's µ-law
     sample in [-1, 1], 0 everywhere else (text, markers, headers, a block whose header is out of view)."""
-    opener, offset, row = media_layout(ids)
-    return _values(ids, opener, offset, row)
+    return _values(ids, *_payload(ids, *media_layout(ids)))
 
 
-def _values(ids, opener, offset, row) -> torch.Tensor:
-    byte = ids.clamp(0, N_BYTES - 1)
+def _payload(ids, opener, offset, row) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image, audio) (B, T) bool: the payload bytes of image blocks whose header is in view, and
+    of audio blocks."""
     real = ids < N_BYTES
     img = real & (opener == BOI) & (offset >= IMAGE_PAYLOAD) & (row > 0)
     aud = real & (opener == BOA) & (offset >= AUDIO_PAYLOAD)
+    return img, aud
+
+
+def _values(ids, img, aud) -> torch.Tensor:
+    byte = ids.clamp(0, N_BYTES - 1)
     pixel = byte.float() / 127.5 - 1.0
     sample = _MULAW.to(ids.device)[byte]
     return torch.where(img, pixel, torch.where(aud, sample, torch.zeros_like(pixel)))
@@ -83,10 +88,8 @@ class MediaConv(nn.Module):
         `start` are context: decoding passes the ids so far and the first new position)."""
         b, t = ids.shape
         opener, offset, row, bpp = media_geometry(ids)
-        x = _values(ids, opener, offset, row)
-        real = ids < N_BYTES
-        img = real & (opener == BOI) & (offset >= IMAGE_PAYLOAD) & (row > 0)
-        aud = real & (opener == BOA) & (offset >= AUDIO_PAYLOAD)
+        img, aud = _payload(ids, opener, offset, row)
+        x = _values(ids, img, aud)
         out = x.new_zeros(b, t - start, self.out.out_features)
         flat = torch.arange(b * t, device=ids.device).view(b, t)
         f1 = x.new_zeros(b * t, self.channels)  # first-layer features of every payload byte
