@@ -408,11 +408,12 @@ def test_media_patches_and_projection(kind, entropy_dir):
         BLTConfig(media_proj=-1)
 
 
-@pytest.mark.parametrize("kind", ["static", "entropy"])
-def test_media_conv_features(kind, entropy_dir):
-    """media_conv: the convolution learns, nothing leaks from the future, cached decoding equals
-    the full forward (the features of new bytes read the block so far), and it is counted in FLOPs."""
-    m = make(kind, entropy_dir, media_conv=4, media_conv_kernel=3)
+@pytest.mark.parametrize("kind,pos", [("static", 0), ("entropy", 0), ("static", 3)])
+def test_media_conv_features(kind, pos, entropy_dir):
+    """media_conv (and its position features): the convolution learns, nothing leaks from the
+    future, cached decoding equals the full forward (the features of new bytes read the block so
+    far), and it is counted in FLOPs."""
+    m = make(kind, entropy_dir, media_conv=4, media_conv_kernel=3, media_pos=pos)
     ids = media_rows()
     m.train()
     m(ids[:, :-1], ids[:, 1:]).loss.backward()
@@ -435,6 +436,6 @@ def test_media_conv_features(kind, entropy_dir):
         pieces.append(m.step(state, ids[:, 80:]))
         torch.testing.assert_close(torch.cat(pieces, 1), base, atol=1e-5, rtol=1e-4)
     assert m.flops_per_byte(90)["train"] > plain.flops_per_byte(90)["train"]
-    for bad in ({"media_conv": -1}, {"media_conv_kernel": 4}):
+    for bad in ({"media_conv": -1}, {"media_conv_kernel": 4}, {"media_pos": 2}, {"media_pos": -1, "media_conv": 4}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             BLTConfig(**bad)

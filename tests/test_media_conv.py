@@ -122,3 +122,30 @@ def test_values_and_bad_sizes():
         MediaConv(4, 8, image_kernel=4)
     with pytest.raises(ValueError, match="MediaConv"):
         MediaConv(0, 8)
+
+
+@pytest.mark.parametrize("w,h,c,bands", [(5, 4, 1, 2), (3, 5, 3, 4), (6, 3, 3, 8)])
+def test_position_features_add_row_column_and_channel_vectors(w, h, c, bands):
+    m = conv(positions=bands)
+    ids, pix, p0 = image_doc(w, h, c)
+    out = m(torch.tensor([ids]))[0]
+    pos = torch.zeros(h, w, c, m.channels)
+    for r in range(h):
+        for col in range(w):
+            for ch in range(c):
+                # bands of equal height/width: row r of h falls in band r·bands // h
+                pos[r, col, ch] = (m.image_pos.weight[r * bands // h] + m.image_pos.weight[bands + col * bands // w]
+                                   + m.image_pos.weight[2 * bands + ch])
+    plain = reference_image(m, pix)
+    want = (plain + m.out(pos)).reshape(h * w * c, -1)
+    with torch.no_grad():
+        torch.testing.assert_close(out[p0:p0 + h * w * c], want, atol=1e-5, rtol=1e-4)
+    assert out[:p0].abs().sum() == 0 and out[p0 + h * w * c:].abs().sum() == 0
+    # the features of the later bytes alone (decoding) are the same
+    torch.testing.assert_close(m(torch.tensor([ids]), start=p0 + 7)[0], out[p0 + 7:], atol=1e-6, rtol=1e-5)
+
+
+def test_position_features_are_optional_and_checked():
+    assert not hasattr(conv(), "image_pos")
+    with pytest.raises(ValueError, match="positions"):
+        MediaConv(4, 6, positions=-1)

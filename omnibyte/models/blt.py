@@ -104,6 +104,9 @@ class BLTConfig:
     # masked 2-D conv over the image's rows above and the row so far, a 1-D conv over past samples
     media_conv: int = 0
     media_conv_kernel: int = 5  # image window (odd); audio taps are 16 samples, the second layer dilated
+    # > 0 (needs media_conv): image bytes' conv features also get learned vectors for their row and
+    # column, each in this many bands of the image, and their colour channel
+    media_pos: int = 0
     # Filled when the model is built: {"arch": ..., "model": {...}} of the entropy model, so a
     # checkpoint rebuilds it (weights are in the BLT's own safetensors) without its run dir.
     entropy_model_config: dict = field(default_factory=dict)
@@ -115,6 +118,9 @@ class BLTConfig:
             raise ValueError(f"media_conv must be ≥ 0 (0 = off), got {self.media_conv}")
         if self.media_conv_kernel < 3 or self.media_conv_kernel % 2 == 0:
             raise ValueError(f"media_conv_kernel must be odd and ≥ 3, got {self.media_conv_kernel}")
+        if self.media_pos < 0 or (self.media_pos and not self.media_conv):
+            raise ValueError(f"media_pos must be ≥ 0 and needs media_conv > 0, got media_pos {self.media_pos}, "
+                             f"media_conv {self.media_conv}")
         for name in ("vocab_size", "dim_local", "dim_global", "cross_attn_k", "hash_buckets", "hash_base"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
@@ -210,7 +216,8 @@ class BLT(OmniModel):
         # bytes → local encoder
         self.embed = HashNgramEmbedding(cfg.vocab_size, dl, cfg.ngram_sizes, cfg.hash_buckets, cfg.hash_base,
                                         cfg.ngram_dropout)
-        self.media_conv = MediaConv(cfg.media_conv, dl, cfg.media_conv_kernel) if cfg.media_conv else None
+        self.media_conv = (MediaConv(cfg.media_conv, dl, cfg.media_conv_kernel, positions=cfg.media_pos)
+                           if cfg.media_conv else None)
         self.encoder = TransformerStack(dl, cfg.encoder.n_layers, cfg.encoder.n_heads,
                                         window=cfg.encoder.window, **stack_args)
         # bytes → patches: k queries per patch, initialised from the max-pooled byte states

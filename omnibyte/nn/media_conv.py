@@ -16,6 +16,12 @@ samples apart), so the receptive field reaches (1 + dilation)·(k // 2) rows of 
 and is zero on every byte that is not image or audio payload; the projection starts at zero, so
 a model with it starts out as the model without it.
 
+With `positions` > 0 an image byte's features also get learned vectors for where it lies in its
+image: its row and its column, each in `positions` equal bands of the image's height and width,
+and its colour channel. A convolution is blind to position, and a transformer over the flat
+sequence sees a pixel's row and column only as its offset divided by the row length; reading a
+clock (where a hand points from the centre) or pointing at a shape needs them.
+
 The convolutions are gathers over the flat byte sequence (each byte's neighbours lie at offsets
 fixed by the block's header), so a batch may hold any mix of image sizes, gray and RGB, audio and
 text, and decoding can compute the features of new bytes from the ids so far.
@@ -64,14 +70,32 @@ def image_taps(kernel: int) -> list[tuple[int, int]]:
     return [(dr, dc) for dr in range(h, -1, -1) for dc in range(-h, h + 1) if dr > 0 or dc <= 0]
 
 
+def image_position(ids: torch.Tensor, offset: torch.Tensor, row: torch.Tensor, bpp: torch.Tensor,
+                   bands: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row band, column band, channel) (B, T) of each image payload byte (`media_geometry`'s
+    offset, row, bpp): the pixel's row and column in `bands` equal bands of the image's height and
+    width (band = index · bands // size), and its colour channel (0 for gray). Meaningful only at
+    image payload bytes."""
+    s = (torch.arange(ids.shape[-1], device=ids.device) - offset).clamp_min(0)
+    last = ids.shape[-1] - 1
+    height = ids.gather(-1, (s + 3).clamp(max=last)) * 256 + ids.gather(-1, (s + 4).clamp(max=last))
+    pay = (offset - IMAGE_PAYLOAD).clamp_min(0)
+    rl = row.clamp_min(1)
+    width = (rl // bpp).clamp_min(1)
+    y, x, c = pay // rl, (pay % rl) // bpp, pay % bpp
+    y_band = (y * bands // height.clamp_min(1)).clamp(0, bands - 1)
+    return y_band, (x * bands // width).clamp(0, bands - 1), c.clamp(0, 2)
+
+
 class MediaConv(nn.Module):
     def __init__(self, channels: int, dim_out: int, image_kernel: int = 5, audio_kernel: int = 16,
-                 dilation: int = 2, audio_dilation: int = 16):
+                 dilation: int = 2, audio_dilation: int = 16, positions: int = 0):
         super().__init__()
         if channels < 1 or image_kernel < 3 or image_kernel % 2 == 0 or audio_kernel < 2 or dilation < 1 \
-                or audio_dilation < 1:
+                or audio_dilation < 1 or positions < 0:
             raise ValueError(f"MediaConv: bad sizes (channels {channels}, image kernel {image_kernel} "
-                             f"(odd, ≥ 3), audio kernel {audio_kernel} (≥ 2), dilations {dilation}, {audio_dilation})")
+                             f"(odd, ≥ 3), audio kernel {audio_kernel} (≥ 2), dilations {dilation}, {audio_dilation}, "
+                             f"positions {positions} (≥ 0))")
         self.channels, self.dilation, self.audio_dilation = channels, dilation, audio_dilation
         self.image_taps = image_taps(image_kernel)
         self.audio_taps = list(range(audio_kernel))
@@ -82,6 +106,10 @@ class MediaConv(nn.Module):
         self.audio2 = nn.Linear(ka * channels, channels)
         self.out = nn.Linear(channels, dim_out, bias=False)
         nn.init.zeros_(self.out.weight)
+        self.positions = positions
+        if positions:  # row band, column band, channel (random, not zero: `out` starts at zero)
+            self.image_pos = nn.Embedding(2 * positions + 3, channels)
+            nn.init.normal_(self.image_pos.weight, std=0.5)
 
     def forward(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
         """ids (B, T) → features (B, T - start, dim_out) of positions start..T-1 (the ids before
@@ -135,6 +163,10 @@ class MediaConv(nn.Module):
             src = pos[:, None] - back2[keep]
             g = torch.where(ok2[keep][..., None], f1[src.clamp_min(0)], torch.zeros((), device=x.device))
             h = f1[pos] + F.gelu(lin2(g.flatten(1)))
+            if kind == "image" and self.positions:
+                yb, xb, ch = (v[keep] for v in image_position(ids, offset, row, bpp, self.positions))
+                n = self.positions
+                h = h + (self.image_pos(yb) + self.image_pos(n + xb) + self.image_pos(2 * n + ch)).to(h.dtype)
             bi, ti = keep.nonzero(as_tuple=True)
             out = out.index_put((bi, ti - start), self.out(h).to(out.dtype))
         return out
