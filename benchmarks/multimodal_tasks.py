@@ -168,14 +168,23 @@ def fmt(v) -> str:
     return str(v)
 
 
+def model_summary(model: dict) -> str:
+    """How the preset's BLT patches and what media features it has, for the report's model line."""
+    p = model.get("patcher", {})
+    parts = [f"{p.get('kind', 'static')} patches" + (f" of {p['patch_size']}" if p.get("kind", "static") == "static"
+                                                      and "patch_size" in p else "")]
+    parts += [f"{k} {p[k]}" for k in ("image_rows", "audio_frame") if p.get(k)]
+    parts += [f"{k} {model[k]}" for k in ("media_conv", "media_conv_kernel", "media_pos", "media_proj")
+              if model.get(k) and (k != "media_conv_kernel" or model.get("media_conv"))]
+    return ", ".join(parts[:1]) + "".join("; " + x for x in parts[1:])
+
+
 def report(preset: dict, quick: bool, notes: list[str], mixes: dict, runs: dict, scores: dict,
            total_s: float) -> list[str]:
     title = "Multimodal tasks: smoke run (--quick)" if quick else "Multimodal tasks: BLT on a CPU budget"
     lines = [f"## {title}", "", f"- command: `{command_line()}`",
              f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}", f"- machine: {machine()}",
-             f"- model: BLT, {runs['with text']['params']:,} parameters, static patches of 4"
-             f"{'; media_conv ' + str(preset['model']['media_conv']) if preset['model'].get('media_conv') else ''}"
-             f"; batch "
+             f"- model: BLT, {runs['with text']['params']:,} parameters, {model_summary(preset['model'])}; batch "
              f"{preset['train']['batch_size']} × {preset['train']['seq_len']} ids; "
              f"{runs['with text']['steps']} steps per run ({runs['with text']['flops']:.3g} training FLOPs each)",
              f"- training recipe: whole documents per window (`align_docs` {preset['train'].get('align_docs', False)}),"
