@@ -78,6 +78,7 @@ def image_position(ids: torch.Tensor, offset: torch.Tensor, row: torch.Tensor, b
     image payload bytes."""
     s = (torch.arange(ids.shape[-1], device=ids.device) - offset).clamp_min(0)
     last = ids.shape[-1] - 1
+    # the header after BOI: width u16, height u16, channels u8 (format.py), so the height is at 3–4
     height = ids.gather(-1, (s + 3).clamp(max=last)) * 256 + ids.gather(-1, (s + 4).clamp(max=last))
     pay = (offset - IMAGE_PAYLOAD).clamp_min(0)
     rl = row.clamp_min(1)
