@@ -70,24 +70,6 @@ def image_taps(kernel: int) -> list[tuple[int, int]]:
     return [(dr, dc) for dr in range(h, -1, -1) for dc in range(-h, h + 1) if dr > 0 or dc <= 0]
 
 
-def image_position(ids: torch.Tensor, offset: torch.Tensor, row: torch.Tensor, bpp: torch.Tensor,
-                   bands: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(row band, column band, channel) (B, T) of each image payload byte (`media_geometry`'s
-    offset, row, bpp): the pixel's row and column in `bands` equal bands of the image's height and
-    width (band = index · bands // size), and its colour channel (0 for gray). Meaningful only at
-    image payload bytes."""
-    s = (torch.arange(ids.shape[-1], device=ids.device) - offset).clamp_min(0)
-    last = ids.shape[-1] - 1
-    # the header after BOI: width u16, height u16, channels u8 (format.py), so the height is at 3–4
-    height = ids.gather(-1, (s + 3).clamp(max=last)) * 256 + ids.gather(-1, (s + 4).clamp(max=last))
-    pay = (offset - IMAGE_PAYLOAD).clamp_min(0)
-    rl = row.clamp_min(1)
-    width = (rl // bpp).clamp_min(1)
-    y, x, c = pay // rl, (pay % rl) // bpp, pay % bpp
-    y_band = (y * bands // height.clamp_min(1)).clamp(0, bands - 1)
-    return y_band, (x * bands // width).clamp(0, bands - 1), c.clamp(0, 2)
-
-
 class MediaConv(nn.Module):
     def __init__(self, channels: int, dim_out: int, image_kernel: int = 5, audio_kernel: int = 16,
                  dilation: int = 2, audio_dilation: int = 16, positions: int = 0):
@@ -116,7 +98,7 @@ class MediaConv(nn.Module):
         """ids (B, T) → features (B, T - start, dim_out) of positions start..T-1 (the ids before
         `start` are context: decoding passes the ids so far and the first new position)."""
         b, t = ids.shape
-        opener, offset, row, bpp = media_geometry(ids)
+        opener, offset, row, bpp, height = media_geometry(ids)
         img, aud = _payload(ids, opener, offset, row)
         x = _values(ids, img, aud)
         out = x.new_zeros(b, t - start, self.out.out_features)
@@ -164,10 +146,11 @@ class MediaConv(nn.Module):
             src = pos[:, None] - back2[keep]
             g = torch.where(ok2[keep][..., None], f1[src.clamp_min(0)], torch.zeros((), device=x.device))
             h = f1[pos] + F.gelu(lin2(g.flatten(1)))
-            if kind == "image" and self.positions:
-                yb, xb, ch = (v[keep] for v in image_position(ids, offset, row, bpp, self.positions))
-                n = self.positions
-                h = h + (self.image_pos(yb) + self.image_pos(n + xb) + self.image_pos(2 * n + ch)).to(h.dtype)
+            if kind == "image" and self.positions:  # band = index · bands // size, channel 0..2
+                n, p, r, c = self.positions, pay[keep], rl[keep], px[keep]
+                yb = ((p // r) * n // height[keep].clamp_min(1)).clamp(max=n - 1)
+                xb = (col[keep] * n // (r // c)).clamp(max=n - 1)
+                h = h + (self.image_pos(yb) + self.image_pos(n + xb) + self.image_pos(2 * n + p % c)).to(h.dtype)
             bi, ti = keep.nonzero(as_tuple=True)
             out = out.index_put((bi, ti - start), self.out(h).to(out.dtype))
         return out

@@ -144,22 +144,27 @@ def media_layout(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     s = _positions(seg)
     offset = torch.arange(ids.shape[-1], device=ids.device) - s
     opener = ids.gather(-1, s)
-    last = ids.shape[-1] - 1
-
-    def header(k: int) -> torch.Tensor:
-        return ids.gather(-1, (s + k).clamp(max=last))
-
-    row = torch.where(opener == BOI, _image_row_len(header(1), header(2), header(5)), torch.zeros_like(ids))
+    row = torch.where(opener == BOI, _image_row_len(_after(ids, s, 1), _after(ids, s, 2), _after(ids, s, 5)),
+                      torch.zeros_like(ids))
     return opener, offset, row
 
 
-def media_geometry(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`media_layout`'s (opener, offset, row) and each position's bytes per pixel (an image's
-    channels, 1 or 3, where `row` > 0; 1 elsewhere), for code that walks an image in 2-D."""
+def _after(ids: torch.Tensor, s: torch.Tensor, k: int) -> torch.Tensor:
+    """The id k positions after each segment start s (the last id where that is past the end): an
+    image's header after BOI is width u16 (k = 1, 2), height u16 (3, 4), channels u8 (5)."""
+    return ids.gather(-1, (s + k).clamp(max=ids.shape[-1] - 1))
+
+
+def media_geometry(ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`media_layout`'s (opener, offset, row), each position's bytes per pixel (an image's
+    channels, 1 or 3, where `row` > 0; 1 elsewhere) and its image's height in pixel rows (from the
+    header; 0 where `row` is 0), for code that walks an image in 2-D."""
     opener, offset, row = media_layout(ids)
     s = (torch.arange(ids.shape[-1], device=ids.device) - offset).clamp_min(0)
-    channels = ids.gather(-1, (s + IMAGE_HEADER_LEN).clamp(max=ids.shape[-1] - 1))
-    return opener, offset, row, torch.where(row > 0, channels, torch.ones_like(channels))
+    image = row > 0
+    bpp = torch.where(image, _after(ids, s, IMAGE_HEADER_LEN), torch.ones_like(ids))
+    height = torch.where(image, _after(ids, s, 3) * 256 + _after(ids, s, 4), torch.zeros_like(ids))
+    return opener, offset, row, bpp, height
 
 
 def media_starts(ids: torch.Tensor, image_rows: int, audio_frame: int) -> tuple[torch.Tensor, torch.Tensor]:
