@@ -176,7 +176,7 @@ def model_summary(model: dict) -> str:
     parts += [f"{k} {p[k]}" for k in ("image_rows", "audio_frame") if p.get(k)]
     parts += [f"{k} {model[k]}" for k in ("media_conv", "media_conv_kernel", "media_pos", "media_proj")
               if model.get(k) and (k != "media_conv_kernel" or model.get("media_conv"))]
-    return ", ".join(parts[:1]) + "".join("; " + x for x in parts[1:])
+    return "; ".join(parts)
 
 
 def report(preset: dict, quick: bool, notes: list[str], mixes: dict, runs: dict, scores: dict,
