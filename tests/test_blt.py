@@ -439,3 +439,41 @@ def test_media_conv_features(kind, pos, entropy_dir):
     for bad in ({"media_conv": -1}, {"media_conv_kernel": 4}, {"media_pos": 2}, {"media_pos": -1, "media_conv": 4}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             BLTConfig(**bad)
+
+
+@pytest.mark.parametrize("kind", ["static", "entropy"])
+def test_image_encoder_summaries(kind, entropy_dir):
+    """image_encoder: the CNN learns, its summary reaches only the bytes from a complete image's EOI
+    on, cached decoding equals the full forward (whether the EOI comes inside a prompt chunk or as
+    one id), and it is counted in FLOPs."""
+    from omnibyte.format import EOI
+
+    m = make(kind, entropy_dir, image_encoder=4)
+    ids = media_rows()
+    m.train()
+    m(ids[:, :-1], ids[:, 1:]).loss.backward()
+    assert m.image_encoder.out.weight.grad.abs().sum() > 0
+    assert m.image_encoder.body[0].weight.grad.abs().sum() > 0  # the CNN's first layer learns too
+    m.eval()
+    base = m(ids).logits
+    plain = make(kind, entropy_dir)
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("image_encoder.")})
+    without = plain(ids).logits
+    # row 0 holds one whole image; row 1 starts inside its image (no header in view: not summarised)
+    eoi = int((ids[0] == EOI).nonzero()[0])
+    torch.testing.assert_close(base[0, :eoi], without[0, :eoi], atol=1e-5, rtol=0)
+    assert not torch.allclose(base[0, eoi], without[0, eoi])  # from the EOI on (its logits: the next id)
+    assert (ids[1] == EOI).any()
+    torch.testing.assert_close(base[1], without[1], atol=1e-5, rtol=0)
+    for t in (3, 20, 27, 40, 61):
+        changed = ids.clone()
+        changed[:, t] = (changed[:, t] + 7) % N_BYTES
+        torch.testing.assert_close(m(changed).logits[:, :t], base[:, :t], atol=1e-5, rtol=0)
+    for first in (9, 40, 49, 61):
+        state = m.init_state(2, 96)
+        pieces = [m.step(state, ids[:, :first])] + [m.step(state, ids[:, t:t + 1]) for t in range(first, 80)]
+        pieces.append(m.step(state, ids[:, 80:]))
+        torch.testing.assert_close(torch.cat(pieces, 1), base, atol=1e-5, rtol=1e-4)
+    assert m.flops_per_byte(90)["train"] > plain.flops_per_byte(90)["train"]
+    with pytest.raises(ValueError, match="image_encoder"):
+        BLTConfig(image_encoder=-1)

@@ -39,13 +39,14 @@ from einops import rearrange
 from torch import nn
 
 from omnibyte.errors import OmnibyteError
-from omnibyte.format import BOS, VOCAB_SIZE
+from omnibyte.format import BOS, EOI, VOCAB_SIZE
 from omnibyte.models.base import ModelOutput, OmniModel
 from omnibyte.models.registry import build_model, register
 from omnibyte.models.transformer import TransformerConfig, transformer_flops
 from omnibyte.nn import TransformerStack, causal_mask, lm_loss
 from omnibyte.nn.cross_attention import CrossBlock
 from omnibyte.nn.hash_ngram import DEFAULT_BASE, HashNgramEmbedding
+from omnibyte.nn.image_encoder import ImageEncoder, image_encoder_flops
 from omnibyte.nn.media_conv import MediaConv, image_taps, media_values
 from omnibyte.patching import PatcherConfig, StreamingPatcher, patch_ids, patch_starts
 from omnibyte.patching.core import positions_in_patch, segment_starts
@@ -107,6 +108,11 @@ class BLTConfig:
     # > 0 (needs media_conv): image bytes' conv features also get learned vectors for their row and
     # column, each in this many bands of the image, and their colour channel
     media_pos: int = 0
+    # > 0: a small CNN of this width reads each complete image block and adds its summary to the
+    # input of every byte from the image's closing marker (EOI) to the document's end or the next
+    # image, so the bytes after an image (a question, its answer) see the whole picture at once
+    # (omnibyte/nn/image_encoder.py)
+    image_encoder: int = 0
     # Filled when the model is built: {"arch": ..., "model": {...}} of the entropy model, so a
     # checkpoint rebuilds it (weights are in the BLT's own safetensors) without its run dir.
     entropy_model_config: dict = field(default_factory=dict)
@@ -121,6 +127,8 @@ class BLTConfig:
         if self.media_pos < 0 or (self.media_pos and not self.media_conv):
             raise ValueError(f"media_pos must be ≥ 0 and needs media_conv > 0, got media_pos {self.media_pos}, "
                              f"media_conv {self.media_conv}")
+        if self.image_encoder < 0:
+            raise ValueError(f"image_encoder must be ≥ 0 (0 = off), got {self.image_encoder}")
         for name in ("vocab_size", "dim_local", "dim_global", "cross_attn_k", "hash_buckets", "hash_base"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
@@ -202,6 +210,8 @@ class BLTState:
     ent_state: Any = None  # entropy model's own state (entropy patching)
     next_entropy: torch.Tensor | None = None  # (B,) entropy of the next id
     seg_start: torch.Tensor | None = None  # (B,) where each row's current segment began (media_conv)
+    # image_encoder: (summary (B, dim_local), document (B,)) the last id had
+    image_carry: tuple | None = None
 
 
 @register
@@ -237,6 +247,8 @@ class BLT(OmniModel):
         self.media_proj = nn.Embedding(cfg.media_proj, dg) if cfg.media_proj else None
         if self.media_proj is not None:
             nn.init.normal_(self.media_proj.weight, std=0.02)
+        # finished images → a vector added to the bytes after them (as large as a byte embedding)
+        self.image_encoder = ImageEncoder(cfg.image_encoder, dl, gain=0.02) if cfg.image_encoder else None
         for lin in (self.pool_init, self.to_latent, self.from_latent, self.head):
             nn.init.normal_(lin.weight, std=0.02)
         nn.init.normal_(self.start, std=0.02)
@@ -331,11 +343,13 @@ class BLT(OmniModel):
         x = self.embed(ids)
         if self.media_conv is not None:
             x = x + self.media_conv(ids)
+        doc = document_ids(ids)
+        if self.image_encoder is not None:
+            x = x + self.image_encoder.context(ids, doc).to(x.dtype)
         h = self.encoder(x)  # (B, T, dl)
         patches = self.pool_patches(h, pid, n_patches)  # (B, P, dg)
         if self.media_proj is not None:
             patches = patches + self.media_patches(ids, positions_in_patch(starts), pid, n_patches)
-        doc = document_ids(ids)
         pdoc = patch_documents(doc, pid, n_patches)  # (B, P)
         mask = None  # plain causal (the fast kernel) unless a row holds two documents
         if bool((doc[:, -1] != doc[:, 0]).any()):
@@ -376,6 +390,8 @@ class BLT(OmniModel):
             dec_caches=self.decoder.new_caches(b, n, dev, dt), n_slots=0,
             slot_doc=torch.full((b, n), -1, **long),
             dec_k=dec_k, dec_v=dec_v, patcher=StreamingPatcher(cfg.patcher, b, device=dev))
+        if self.image_encoder is not None:
+            state.image_carry = (torch.zeros(b, cfg.dim_local, device=dev, dtype=dt), torch.full((b,), -1, **long))
         if self.entropy_model is not None:
             state.ent_state = self.entropy_model.init_state(b, n)
             state.next_entropy = torch.zeros(b, device=dev)  # entropies[:, 0] = 0 by convention
@@ -405,6 +421,8 @@ class BLT(OmniModel):
         x = self.embed(state.ids[:, lo:t1])[:, t0 - lo:]
         if self.media_conv is not None:
             x = x + self._step_media_conv(state, t0, t1)
+        if self.image_encoder is not None:
+            x = x + self._step_image_context(state, doc, t0, t1).to(x.dtype)
         h = self.encoder(x, caches=state.enc_caches)
         state.h[:, t0:t1] = h
         state.length = t1
@@ -430,6 +448,17 @@ class BLT(OmniModel):
         last = torch.where(starts, at, torch.full_like(at, -1)).max(dim=1).values
         state.seg_start = last if state.seg_start is None else torch.maximum(state.seg_start, last)
         return feats
+
+    def _step_image_context(self, state: BLTState, doc: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
+        """The image summary of each new id (B, t1 - t0, dl): from the images whose EOI is among the new
+        ids, else the carry (the summary the id before t0 had, with its document)."""
+        if bool((state.ids[:, t0:t1] == EOI).any()):
+            ctx = self.image_encoder.context(state.ids[:, :t1], doc, lo=t0, carry=state.image_carry)
+        else:
+            ctx = torch.where((state.image_carry[1][:, None] == doc)[..., None], state.image_carry[0][:, None], 0.0)
+            ctx = ctx.expand(-1, t1 - t0, -1)
+        state.image_carry = (ctx[:, -1], doc[:, -1])
+        return ctx
 
     def _step_entropies(self, state: BLTState, ids: torch.Tensor) -> torch.Tensor | None:
         """Entropy of each new id (from the entropy model's cached logits one position back)."""
@@ -488,7 +517,8 @@ def blt_flops(cfg: BLTConfig, seq_len: int, entropy_infer: float = 0.0) -> dict[
 
     encoder + decoder (+ head) per byte; the latent model per patch ÷ bytes per patch; both
     cross-attentions (projections per byte or per patch, attention scores per byte × k);
-    media_proj, counted on every byte, 2·dim_global; media_conv, counted on every byte; hash
+    media_proj, counted on every byte, 2·dim_global; media_conv and the image encoder's CNN (per
+    pixel), counted on every byte; hash
     n-gram lookups are table reads, not counted. Training = 3 × forward of the trained parts;
     the frozen entropy model (entropies precomputed once per dataset) counts in inference only.
     """
@@ -513,5 +543,7 @@ def blt_flops(cfg: BLTConfig, seq_len: int, entropy_infer: float = 0.0) -> dict[
     if cfg.media_conv:
         c, ki = cfg.media_conv, len(image_taps(cfg.media_conv_kernel))
         media += 2 * (ki * c + ki * c * c + c * dl)  # the image branch (audio's 16 taps cost about the same)
+    if cfg.image_encoder:
+        media += image_encoder_flops(cfg.image_encoder, dl)
     fwd = enc + dec + lat + pool + read + media
     return {"train": 3.0 * fwd, "infer": fwd + entropy_infer}

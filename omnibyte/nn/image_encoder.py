@@ -1,0 +1,130 @@
+"""A whole-image summary for the bytes after an image: a small CNN over each finished image block.
+
+A byte model reads an image one pixel at a time in raster order; what a question about the image
+needs (where a clock's hands point, how many circles there are) is a property of the whole picture.
+Even with convolution features of each byte (`MediaConv`), the latent transformer has to gather
+such properties itself from a thousand patches, and on CPU budgets it does not learn to (see
+benchmarks/results_multimodal.md). A plain CNN over the same pixels learns them in seconds.
+
+`ImageEncoder` gives the model such a CNN, as vision-language models give their language model a
+vision encoder's output (Molmo, LLaVA), without breaking the byte model's contract: it reads an
+image only once the image is complete, at its closing marker (EOI), so only the bytes after the
+image can see it. `context` hands each position the summary of the last image finished at or before
+it in its document; the BLT adds that to the input of every byte from the EOI on, so it reaches both
+the latent model (through the pooled patches) and the local decoder that writes the answer.
+
+Two placements that failed first (benchmarks/results_multimodal.md): the summary at the EOI's patch
+alone (one latent position among an image's hundreds of pixel patches), then added to every later
+patch's latent input. In both, the answer stayed at chance: after 200 steps, zeroing the whole
+latent path changed the answer's probabilities by under 1%, so the local decoder was answering from
+the question's bytes alone and nothing taught the CNN.
+
+An image counts when its whole block lies in view: BOI, a valid header (width, height, channels 1
+or 3), exactly width × height × channels payload bytes, then EOI. Gray images enter the CNN as
+three equal channels, so gray and RGB share one set of weights; any size works (two 2× max-pools,
+then an adaptive average pool to a 4 × 4 grid, so the grid keeps where things are in the image).
+The grid's features are RMS-normalised before the projection and the summary after it, with a
+learned gain per channel that starts at `gain` (the BLT starts it at a byte embedding's size).
+Unnormalised, Adam grew the summary within 200 steps to 30–200 times the size of what it was added
+to, the same for every image: a constant that drowned the bytes' own content.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from omnibyte.format import BOI, EOI
+from omnibyte.nn.layers import RMSNorm
+from omnibyte.patching.core import IMAGE_PAYLOAD, media_geometry
+
+GRID = 4  # the CNN's output is average-pooled to GRID × GRID cells before the projection
+
+
+def finished_images(ids: torch.Tensor, lo: int = 0) -> tuple[torch.Tensor, ...]:
+    """Complete image blocks whose EOI lies at or after position `lo` → six (N,) long tensors: the
+    batch row, the EOI's position, the first payload byte's position, the height in pixel rows, the
+    bytes per pixel row (width × channels) and the channels."""
+    opener, offset, row, bpp, height = media_geometry(ids)
+    last = torch.zeros_like(ids, dtype=torch.bool)  # the EOI right after an image's last payload byte
+    size = row * height
+    last[:, 1:] = ((ids[:, 1:] == EOI) & (opener[:, :-1] == BOI) & (row[:, :-1] > 0)
+                   & (offset[:, :-1] - IMAGE_PAYLOAD + 1 == size[:, :-1]))
+    last[:, :lo] = False
+    b, t = last.nonzero(as_tuple=True)
+    prev = t - 1
+    n = size[b, prev]
+    return b, t, t - n, height[b, prev], row[b, prev], bpp[b, prev]
+
+
+class ImageEncoder(nn.Module):
+    def __init__(self, width: int, dim_out: int, gain: float = 0.1):
+        super().__init__()
+        if width < 1:
+            raise ValueError(f"ImageEncoder: width must be ≥ 1, got {width}")
+        w = width
+        self.body = nn.Sequential(
+            nn.Conv2d(3, w, 3, padding=1), nn.GELU(), nn.Conv2d(w, w, 3, padding=1), nn.GELU(),
+            nn.MaxPool2d(2, ceil_mode=True),
+            nn.Conv2d(w, 2 * w, 3, padding=1), nn.GELU(), nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.GELU(),
+            nn.MaxPool2d(2, ceil_mode=True), nn.AdaptiveAvgPool2d(GRID), nn.Flatten())
+        self.norm = RMSNorm(2 * w * GRID * GRID)
+        self.out = nn.Linear(2 * w * GRID * GRID, dim_out, bias=False)
+        nn.init.normal_(self.out.weight, std=0.02)
+        self.out_norm = RMSNorm(dim_out)
+        nn.init.constant_(self.out_norm.weight, gain)
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (N, C, H, W) in [-1, 1], C = 1 or 3 → (N, dim_out)."""
+        if pixels.shape[1] == 1:
+            pixels = pixels.expand(-1, 3, -1, -1)
+        return self.out_norm(self.out(self.norm(self.body(pixels))))
+
+    def context(self, ids: torch.Tensor, doc: torch.Tensor, lo: int = 0,
+                carry: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, T - lo, dim_out): at each position t ≥ lo, the summary of the last complete image whose
+        EOI lies in [lo, t] in t's document (doc (B, T - lo): each position's document index), else
+        `carry` = (vector (B, dim_out), document (B,)) of the last image before lo, where its document
+        is t's, else zero. ids hold whole blocks (from a block's BOI on)."""
+        b, t, vec = self(ids, lo)
+        rows, n = ids.shape[0], ids.shape[1] - lo
+        table = [vec.new_zeros(1, vec.shape[-1])] + ([carry[0].to(vec.dtype)] if carry is not None else [])
+        first = 1 + (rows if carry is not None else 0)  # index of the first new image in the table
+        mark = torch.full((rows, n), -1, dtype=torch.long, device=ids.device)
+        mark[b, t - lo] = first + torch.arange(b.numel(), device=ids.device)
+        pos = torch.arange(n, device=ids.device).expand(rows, n)
+        last = torch.where(mark >= 0, pos, -1).cummax(dim=1).values  # the last EOI at or before t
+        at = last.clamp_min(0)
+        idx = torch.where((last >= 0) & (doc.gather(1, at) == doc), mark.gather(1, at), 0)
+        if carry is not None:
+            own = 1 + torch.arange(rows, device=ids.device)[:, None]
+            idx = torch.where((last < 0) & (carry[1][:, None] == doc), own, idx)
+        return torch.cat(table + [vec])[idx]
+
+    def forward(self, ids: torch.Tensor, lo: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ids (B, T) → (rows, EOI positions, vectors (N, dim_out)) for every complete image whose
+        EOI lies at or after `lo`, in no particular order."""
+        b, t, start, height, row_len, chans = finished_images(ids, lo)
+        dtype = self.out.weight.dtype
+        if b.numel() == 0:
+            return b, t, torch.zeros(0, self.out.out_features, device=ids.device, dtype=dtype)
+        vecs = []
+        order = []
+        keys = torch.stack([height, row_len, chans], dim=1)
+        for key in torch.unique(keys, dim=0):  # one CNN batch per image shape
+            sel = (keys == key).all(dim=1).nonzero(as_tuple=True)[0]
+            h, rl, c = (int(v) for v in key)
+            idx = start[sel, None] + torch.arange(h * rl, device=ids.device)  # (n, H·W·C)
+            px = ids[b[sel, None], idx].clamp(max=255).to(dtype) / 127.5 - 1.0
+            px = px.view(-1, h, rl // c, c).permute(0, 3, 1, 2)  # (n, C, H, W)
+            vecs.append(self.encode(px))
+            order.append(sel)
+        sel = torch.cat(order)
+        out = torch.cat(vecs)
+        return b[sel], t[sel], out
+
+
+def image_encoder_flops(width: int, dim_out: int) -> float:
+    """FLOPs per pixel (multiply-add = 2) of the CNN, with the projection spread over a 28 × 28 image."""
+    w = width
+    return 2 * 9 * (3 * w + w * w + (w * 2 * w + 4 * w * w) / 4) + 2 * 2 * w * GRID * GRID * dim_out / 784
