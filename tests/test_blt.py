@@ -321,9 +321,10 @@ def test_configs_resolve():
     BLT(tiny.model)  # builds without any entropy model
     small = load_run_config(REPO / "configs" / "blt-small.toml")
     assert small.model.patcher.kind == "entropy" and small.model.patcher.entropy_model
-    for name in ("multimodal-tiny.toml", "multimodal.toml"):  # the demo's BLTs, with conv features of media
+    for name in ("multimodal-tiny.toml", "multimodal.toml"):  # the demo's BLTs: conv features, image encoder
         mm = load_run_config(REPO / "configs" / name)
-        assert mm.model.media_conv > 0 and BLT(mm.model).media_conv is not None
+        blt = BLT(mm.model)
+        assert blt.media_conv is not None and blt.image_encoder is not None
 
 
 def test_overfits_one_batch():
@@ -475,5 +476,6 @@ def test_image_encoder_summaries(kind, entropy_dir):
         pieces.append(m.step(state, ids[:, 80:]))
         torch.testing.assert_close(torch.cat(pieces, 1), base, atol=1e-5, rtol=1e-4)
     assert m.flops_per_byte(90)["train"] > plain.flops_per_byte(90)["train"]
-    with pytest.raises(ValueError, match="image_encoder"):
-        BLTConfig(image_encoder=-1)
+    for bad in ({"image_encoder": -1}, {"image_encoder": 4, "image_encoder_gain": 0.0}):
+        with pytest.raises(ValueError, match="image_encoder"):
+            BLTConfig(**bad)

@@ -113,6 +113,9 @@ class BLTConfig:
     # image, so the bytes after an image (a question, its answer) see the whole picture at once
     # (omnibyte/nn/image_encoder.py)
     image_encoder: int = 0
+    # the summary's RMS at the start (learned per channel): a byte embedding's is about 0.02; 0.3 and
+    # 1.0 taught clock reading in 400 steps where 0.02 stayed at chance (benchmarks/results_multimodal.md)
+    image_encoder_gain: float = 0.3
     # Filled when the model is built: {"arch": ..., "model": {...}} of the entropy model, so a
     # checkpoint rebuilds it (weights are in the BLT's own safetensors) without its run dir.
     entropy_model_config: dict = field(default_factory=dict)
@@ -127,8 +130,9 @@ class BLTConfig:
         if self.media_pos < 0 or (self.media_pos and not self.media_conv):
             raise ValueError(f"media_pos must be ≥ 0 and needs media_conv > 0, got media_pos {self.media_pos}, "
                              f"media_conv {self.media_conv}")
-        if self.image_encoder < 0:
-            raise ValueError(f"image_encoder must be ≥ 0 (0 = off), got {self.image_encoder}")
+        if self.image_encoder < 0 or not self.image_encoder_gain > 0:
+            raise ValueError(f"image_encoder must be ≥ 0 (0 = off) and image_encoder_gain > 0, got "
+                             f"{self.image_encoder} and {self.image_encoder_gain}")
         for name in ("vocab_size", "dim_local", "dim_global", "cross_attn_k", "hash_buckets", "hash_base"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
@@ -247,8 +251,9 @@ class BLT(OmniModel):
         self.media_proj = nn.Embedding(cfg.media_proj, dg) if cfg.media_proj else None
         if self.media_proj is not None:
             nn.init.normal_(self.media_proj.weight, std=0.02)
-        # finished images → a vector added to the bytes after them (as large as a byte embedding)
-        self.image_encoder = ImageEncoder(cfg.image_encoder, dl, gain=0.02) if cfg.image_encoder else None
+        # finished images → a vector added to the bytes after them
+        self.image_encoder = (ImageEncoder(cfg.image_encoder, dl, gain=cfg.image_encoder_gain)
+                              if cfg.image_encoder else None)
         for lin in (self.pool_init, self.to_latent, self.from_latent, self.head):
             nn.init.normal_(lin.weight, std=0.02)
         nn.init.normal_(self.start, std=0.02)
