@@ -4,9 +4,15 @@ and data, or hard for a byte-level model.
 
     .venv/bin/python benchmarks/clock_cnn_baseline.py --size 32 --mode gray --n-train 20000 --minutes 6
     .venv/bin/python benchmarks/clock_cnn_baseline.py --task shapes --size 24 --n-train 30000 --minutes 2
+    .venv/bin/python benchmarks/clock_cnn_baseline.py --net omnibyte --batch 15 --steps 1463
+
+`--net omnibyte` trains omnibyte's own `ImageEncoder` (the BLT's `model.image_encoder`, with its
+output gain `--gain`) under one linear head per answer instead of the plain CNN: whether that
+encoder can learn the task by itself. `--steps` (with `--batch`) fixes the number of examples
+seen instead of the time.
 
 Draws `--n-train` images (seed 0) and 300 new ones (seed 1) with the task's own generator, trains a
-four-layer CNN for `--minutes`, and prints one JSON line with its accuracy on the new images. Clocks:
+four-layer CNN for `--minutes` (or `--steps`), and prints one JSON line with its accuracy on the new images. Clocks:
 a 12-way hour head (and a 60-way minute head), scored on the hour. Shapes: one 0..max_shapes count
 head per shape kind, scored on the kind each example's count question asks about (the questions
 and shapes of `shapes --opts '{"point": 0.0, "min_radius": 0.12, "max_radius": 0.2}'`).
@@ -27,6 +33,7 @@ from torch import nn
 from omnibyte.data.tasks.clocks import ClocksConfig, render_clock
 from omnibyte.data.tasks.common import example_rng
 from omnibyte.data.tasks.shapes import KINDS, ShapesConfig, place_shapes, render_shapes
+from omnibyte.nn.image_encoder import ImageEncoder
 
 
 def faces(n: int, seed: int, cfg: ClocksConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -75,6 +82,19 @@ class SmallCNN(nn.Module):
         return [head(h) for head in self.heads]
 
 
+class EncoderHeads(nn.Module):
+    """omnibyte's ImageEncoder (width 32, a 64-wide summary) under one linear head per answer."""
+
+    def __init__(self, heads: tuple[int, ...], gain: float):
+        super().__init__()
+        self.encoder = ImageEncoder(32, 64, gain=gain)
+        self.heads = nn.ModuleList(nn.Linear(64, k) for k in heads)
+
+    def forward(self, x):
+        h = self.encoder.encode(x)
+        return [head(h) for head in self.heads]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--task", default="clocks", choices=["clocks", "shapes"])
@@ -82,6 +102,11 @@ def main() -> int:
     ap.add_argument("--mode", default="gray", choices=["gray", "rgb"])
     ap.add_argument("--n-train", type=int, default=20000)
     ap.add_argument("--minutes", type=float, default=6.0, help="training time budget")
+    ap.add_argument("--steps", type=int, default=0, help="> 0: train this many steps instead of --minutes")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--net", default="plain", choices=["plain", "omnibyte"],
+                    help="plain: the four-layer CNN; omnibyte: the BLT's ImageEncoder and linear heads")
+    ap.add_argument("--gain", type=float, default=1.0, help="--net omnibyte: the encoder's output gain")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -97,18 +122,21 @@ def main() -> int:
         xe, ce, asked = canvases(300, 1, cfg)
         he = ce[torch.arange(300), asked]
         heads = (cfg.max_shapes + 1,) * len(KINDS)
-    model = SmallCNN(x.shape[1], args.size, heads)
+    model = SmallCNN(x.shape[1], args.size, heads) if args.net == "plain" else EncoderHeads(heads, args.gain)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     t0, steps = time.time(), 0
-    while time.time() - t0 < args.minutes * 60:
-        for idx in torch.randperm(len(x)).split(64):
+    def done():
+        return steps >= args.steps if args.steps else time.time() - t0 >= args.minutes * 60
+
+    while not done():
+        for idx in torch.randperm(len(x)).split(args.batch):
             outs = model(x[idx])
             loss = sum(F.cross_entropy(o, targets[idx, j]) for j, o in enumerate(outs))
             opt.zero_grad()
             loss.backward()
             opt.step()
             steps += 1
-            if time.time() - t0 >= args.minutes * 60:
+            if done():
                 break
     model.eval()
     with torch.no_grad():
@@ -122,8 +150,10 @@ def main() -> int:
         acc = (pred == he).float().mean().item()
     mode = args.mode if args.task == "clocks" else "rgb"
     print(json.dumps({"task": args.task, "size": args.size, "mode": mode, "n_train": args.n_train,
-                      "steps": steps, "batch": 64, "passes": round(steps * 64 / len(x), 2),
-                      "train_minutes": args.minutes, "threads": args.threads, "accuracy": round(acc, 4),
+                      "net": args.net, **({"gain": args.gain} if args.net == "omnibyte" else {}),
+                      "steps": steps, "batch": args.batch, "passes": round(steps * args.batch / len(x), 2),
+                      "train_minutes": round((time.time() - t0) / 60, 2), "threads": args.threads,
+                      "accuracy": round(acc, 4),
                       "n_eval": 300, "chance_or_majority": round(chance, 4)}))
     return 0
 
