@@ -174,7 +174,7 @@ def model_summary(model: dict) -> str:
     parts = [f"{p.get('kind', 'static')} patches" + (f" of {p['patch_size']}" if p.get("kind", "static") == "static"
                                                       and "patch_size" in p else "")]
     parts += [f"{k} {p[k]}" for k in ("image_rows", "audio_frame") if p.get(k)]
-    parts += [f"{k} {model[k]}" for k in ("media_conv", "media_conv_kernel", "media_pos", "media_proj")
+    parts += [f"{k} {model[k]}" for k in ("media_conv", "media_conv_kernel", "media_pos", "media_proj", "image_encoder")
               if model.get(k) and (k != "media_conv_kernel" or model.get("media_conv"))]
     return "; ".join(parts)
 
