@@ -39,7 +39,7 @@ from einops import rearrange
 from torch import nn
 
 from omnibyte.errors import OmnibyteError
-from omnibyte.format import BOS, EOI, VOCAB_SIZE
+from omnibyte.format import BOS, VOCAB_SIZE
 from omnibyte.models.base import ModelOutput, OmniModel
 from omnibyte.models.registry import build_model, register
 from omnibyte.models.transformer import TransformerConfig, transformer_flops
@@ -457,11 +457,7 @@ class BLT(OmniModel):
     def _step_image_context(self, state: BLTState, doc: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
         """The image summary of each new id (B, t1 - t0, dl): from the images whose EOI is among the new
         ids, else the carry (the summary the id before t0 had, with its document)."""
-        if bool((state.ids[:, t0:t1] == EOI).any()):
-            ctx = self.image_encoder.context(state.ids[:, :t1], doc, lo=t0, carry=state.image_carry)
-        else:
-            ctx = torch.where((state.image_carry[1][:, None] == doc)[..., None], state.image_carry[0][:, None], 0.0)
-            ctx = ctx.expand(-1, t1 - t0, -1)
+        ctx = self.image_encoder.context(state.ids[:, :t1], doc, lo=t0, carry=state.image_carry)
         state.image_carry = (ctx[:, -1], doc[:, -1])
         return ctx
 

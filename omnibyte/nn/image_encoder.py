@@ -104,8 +104,11 @@ class ImageEncoder(nn.Module):
     def forward(self, ids: torch.Tensor, lo: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """ids (B, T) → (rows, EOI positions, vectors (N, dim_out)) for every complete image whose
         EOI lies at or after `lo`, in no particular order."""
-        b, t, start, height, row_len, chans = finished_images(ids, lo)
         dtype = self.out.weight.dtype
+        none = torch.zeros(0, dtype=torch.long, device=ids.device)
+        if not bool((ids[:, lo:] == EOI).any()):  # (decoding: most steps; skips the layout of the prefix)
+            return none, none, torch.zeros(0, self.out.out_features, device=ids.device, dtype=dtype)
+        b, t, start, height, row_len, chans = finished_images(ids, lo)
         if b.numel() == 0:
             return b, t, torch.zeros(0, self.out.out_features, device=ids.device, dtype=dtype)
         vecs = []
