@@ -11,6 +11,11 @@ output gain `--gain`) under one linear head per answer instead of the plain CNN:
 encoder can learn the task by itself. `--steps` (with `--batch`) fixes the number of examples
 seen instead of the time.
 
+`--net question` (shapes) is closer to what the BLT has to learn: the encoder's summary plus an
+embedding of the shape kind a question names go through one residual MLP block to a single count
+head, and each canvas teaches `--questions` answers (1: only the kind its count question asks
+about, as one question per canvas does; 4: every kind, as `shapes --opts '{"questions": 4}'`).
+
 Draws `--n-train` images (seed 0) and 300 new ones (seed 1) with the task's own generator, trains a
 four-layer CNN for `--minutes` (or `--steps`), and prints one JSON line with its accuracy on the new images. Clocks:
 a 12-way hour head (and a 60-way minute head), scored on the hour. Shapes: one 0..max_shapes count
@@ -95,6 +100,25 @@ class EncoderHeads(nn.Module):
         return [head(h) for head in self.heads]
 
 
+class QuestionHead(nn.Module):
+    """The ImageEncoder's summary plus the asked kind's embedding → a residual MLP block → one count
+    head: the image and the question have to be combined, as in the BLT, where both arrive as
+    vectors added to the same stream."""
+
+    def __init__(self, kinds: int, answers: int, gain: float, dim: int = 64):
+        super().__init__()
+        self.encoder = ImageEncoder(32, dim, gain=gain)
+        self.kind = nn.Embedding(kinds, dim)
+        nn.init.normal_(self.kind.weight, std=1.0)  # a byte embedding's size
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.head = nn.Linear(dim, answers)
+
+    def forward(self, x, kind):
+        h = self.encoder.encode(x) + self.kind(kind)
+        h = h + self.mlp(F.rms_norm(h, h.shape[-1:]))
+        return self.head(F.rms_norm(h, h.shape[-1:]))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--task", default="clocks", choices=["clocks", "shapes"])
@@ -104,8 +128,12 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=6.0, help="training time budget")
     ap.add_argument("--steps", type=int, default=0, help="> 0: train this many steps instead of --minutes")
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--net", default="plain", choices=["plain", "omnibyte"],
-                    help="plain: the four-layer CNN; omnibyte: the BLT's ImageEncoder and linear heads")
+    ap.add_argument("--net", default="plain", choices=["plain", "omnibyte", "question"],
+                    help="plain: the four-layer CNN; omnibyte: the BLT's ImageEncoder and linear heads; "
+                         "question (shapes): the ImageEncoder and the asked kind through an MLP to one count head")
+    ap.add_argument("--questions", type=int, default=1, choices=[1, 4],
+                    help="--net question: answers taught per canvas (1: the asked kind's; 4: every kind's)")
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--gain", type=float, default=1.0, help="--net omnibyte: the encoder's output gain")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -118,20 +146,33 @@ def main() -> int:
         targets, heads = torch.stack([h, m], 1), (12, 60)
     else:
         cfg = ShapesConfig(size=args.size, max_shapes=4, point=0.0, min_radius=0.12, max_radius=0.2)
-        x, targets, _ = canvases(args.n_train, 0, cfg)
+        x, targets, asked_train = canvases(args.n_train, 0, cfg)
         xe, ce, asked = canvases(300, 1, cfg)
         he = ce[torch.arange(300), asked]
         heads = (cfg.max_shapes + 1,) * len(KINDS)
-    model = SmallCNN(x.shape[1], args.size, heads) if args.net == "plain" else EncoderHeads(heads, args.gain)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    if args.net == "question" and args.task != "shapes":
+        ap.error("--net question needs --task shapes")
+    if args.net == "plain":
+        model = SmallCNN(x.shape[1], args.size, heads)
+    elif args.net == "omnibyte":
+        model = EncoderHeads(heads, args.gain)
+    else:
+        model = QuestionHead(len(KINDS), cfg.max_shapes + 1, args.gain)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     t0, steps = time.time(), 0
     def done():
         return steps >= args.steps if args.steps else time.time() - t0 >= args.minutes * 60
 
     while not done():
         for idx in torch.randperm(len(x)).split(args.batch):
-            outs = model(x[idx])
-            loss = sum(F.cross_entropy(o, targets[idx, j]) for j, o in enumerate(outs))
+            if args.net == "question":
+                kind = asked_train[idx]
+                if args.questions == len(KINDS):  # every kind of each canvas
+                    idx, kind = idx.repeat_interleave(len(KINDS)), torch.arange(len(KINDS)).repeat(len(idx))
+                loss = F.cross_entropy(model(x[idx], kind), targets[idx, kind])
+            else:
+                outs = model(x[idx])
+                loss = sum(F.cross_entropy(o, targets[idx, j]) for j, o in enumerate(outs))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -140,17 +181,20 @@ def main() -> int:
                 break
     model.eval()
     with torch.no_grad():
-        outs = model(xe)
         if args.task == "clocks":
-            pred = outs[0].argmax(-1)
+            pred = model(xe)[0].argmax(-1)
             chance = 1 / 12
-        else:  # the head of the kind each question asks about
-            pred = torch.stack([o.argmax(-1) for o in outs], 1)[torch.arange(300), asked]
+        else:
+            if args.net == "question":
+                pred = model(xe, asked).argmax(-1)
+            else:  # the head of the kind each question asks about
+                pred = torch.stack([o.argmax(-1) for o in model(xe)], 1)[torch.arange(300), asked]
             chance = (he == he.mode().values).float().mean().item()
         acc = (pred == he).float().mean().item()
     mode = args.mode if args.task == "clocks" else "rgb"
     print(json.dumps({"task": args.task, "size": args.size, "mode": mode, "n_train": args.n_train,
-                      "net": args.net, **({"gain": args.gain} if args.net == "omnibyte" else {}),
+                      "net": args.net, **({"gain": args.gain} if args.net != "plain" else {}),
+                      **({"questions": args.questions} if args.net == "question" else {}), "lr": args.lr,
                       "steps": steps, "batch": args.batch, "passes": round(steps * args.batch / len(x), 2),
                       "train_minutes": round((time.time() - t0) / 60, 2), "threads": args.threads,
                       "accuracy": round(acc, 4),

@@ -121,7 +121,10 @@ def train_run(preset: dict, data: Path, run_dir: Path, steps: int, threads: int)
 def calibrate_steps(preset: dict, data: Path, scratch: Path, threads: int) -> tuple[int, float]:
     """Steps that fill `minutes` per run, from the bytes/s of a short run's steps: the median of
     its per-step rates after the first two (the run's wall time also holds start-up, evaluation
-    and saving, and made the runs stop at about 70% of the minutes asked for)."""
+    and saving, and made the runs stop at about 70% of the minutes asked for). The probe starts from an
+    empty folder: the trainer appends to an existing metrics file, and an earlier probe's rates (another
+    model or thread count) would be read as this one's."""
+    shutil.rmtree(scratch / "probe", ignore_errors=True)
     probe = train_run(preset, data, scratch / "probe", 8, threads)
     logged = [json.loads(line) for line in (scratch / "probe" / "metrics.jsonl").read_text().splitlines()]
     rates = [r["bytes_per_s"] for r in logged if "bytes_per_s" in r and r["step"] > 2]

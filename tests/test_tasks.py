@@ -150,6 +150,74 @@ def test_clock_answers_and_shape_geometry():
             assert all(d["kind"] == t[0]["kind"] and d["colour"] == t[0]["colour"] for d in t)
 
 
+@pytest.mark.parametrize("point", [0.0, 1.0])
+def test_shapes_follow_up_questions(point):
+    opts = {**SMALL["shapes"], "max_shapes": 4, "point": point, "question_last": True}
+    single = list(task_examples("shapes", 12, 0, **opts))
+    asked = 0
+    for ex, one in zip(task_examples("shapes", 12, 0, **opts, questions=4), single):
+        ids = ex.document().ids()
+        # the first question and everything before its answer are those of the one-question example
+        assert ids[:ex.answer_start] == one.document().ids()[:one.answer_start] and ex.meta == one.meta
+        assert one.prompts == [] and bytes(ids[ex.answer_start:-1]).startswith(ex.meta["answer"].encode() + b"\n")
+        shapes = [Shape.from_dict(d) for d in ex.meta["shapes"]]
+        seen = {ex.meta["shape"]} if point == 0 else {(ex.meta["targets"][0]["colour"], ex.meta["targets"][0]["kind"])}
+        others = 3 if point == 0 else len({(s.colour, s.kind) for s in shapes}) - 1  # kinds or groups not asked
+        assert len(ex.prompts) == min(3, others)
+        ends = [a for a, _ in ex.prompts[1:]] + [len(ids) - 1]
+        for (a, b), end in zip(ex.prompts, ends):
+            question = bytes(ids[a:b]).decode()
+            assert question.endswith("\n" + ANSWER_PREFIX) and ids[a - 1] == ord("\n")
+            answer = bytes(ids[b:end]).decode()
+            assert answer.endswith("\n") and "\n" not in answer[:-1]
+            if point == 0:
+                kind = question.removeprefix("How many ").split("s are there?")[0]
+                assert answer == f"{sum(s.kind == kind for s in shapes)}\n" and kind not in seen
+                seen.add(kind)
+            else:
+                colour, kind = question.removeprefix("Point to the ").split(".")[0].split(" ")
+                group = (colour, kind.removesuffix("s"))
+                targets = [s for s in shapes if (s.colour, s.kind) == group]
+                assert targets and group not in seen and answer.count("x") == len(targets)  # one x per point
+                assert all(f"{100 * s.x / 16:.1f}" in answer for s in targets)
+                seen.add(group)
+            asked += 1
+    assert asked > 12
+
+
+@pytest.mark.parametrize("point", [0.0, 1.0])
+def test_shapes_describe_counts_every_kind(point):
+    opts = {**SMALL["shapes"], "max_shapes": 4, "point": point, "question_last": True}
+    for ex, one in zip(task_examples("shapes", 10, 1, **opts, describe=True), task_examples("shapes", 10, 1, **opts)):
+        ids = ex.document().ids()
+        assert ids[:ex.answer_start] == one.document().ids()[:one.answer_start] and ex.meta == one.meta
+        (a, b), = ex.prompts
+        assert bytes(ids[a:b]).decode() == "How many of each shape are there?\n" + ANSWER_PREFIX
+        shapes = [Shape.from_dict(d) for d in ex.meta["shapes"]]
+        kinds = ("circle", "square", "triangle", "diamond")
+        want = ", ".join(f"{k}s {sum(s.kind == k for s in shapes)}" for k in kinds)
+        assert bytes(ids[b:-1]).decode() == want + "\n"
+
+
+def test_follow_up_questions_are_prompt_in_the_answer_marks(tmp_path):
+    out = tmp_path / "shapes"
+    build_task("shapes", out, n=20, seed=0, **{**SMALL["shapes"], "point": 0.0, "questions": 3})
+    data = ShardDataset(out)
+    for split in ("train", "val"):
+        stream, marks = np.asarray(data.stream(split)), np.asarray(data.aux(split, ANSWER_AUX))
+        for s, e in zip(np.flatnonzero(stream == BOS), np.flatnonzero(stream == EOS)):
+            eoi = s + int(np.flatnonzero(stream[s:e] == EOI)[-1])
+            text = bytes(stream[eoi + 1:e].tolist()).decode()
+            marked = bytes(t for t, m in zip(stream[s:e + 1], marks[s:e + 1]) if m and t < 256).decode()
+            answers = [line.removeprefix(ANSWER_PREFIX) for line in text.split("\n") if line.startswith(ANSWER_PREFIX)]
+            assert len(answers) == 3 and marked == "".join(a + "\n" for a in answers)  # answers only, EOS too
+            assert marks[e] == 1
+    for r in read_heldout(out):  # the scored answer is the first question's
+        assert len(r["prompts"]) == 2 and r["answer"] == str(r["count"])
+    with pytest.raises(OmnibyteError, match="questions must be in 1..8"):
+        build_task("shapes", tmp_path / "bad", n=2, questions=0)
+
+
 def test_shapes_are_drawn_where_the_geometry_says():
     ex = next(ex for ex in task_examples("shapes", 40, 2, size=40) if len(ex.meta["shapes"]) >= 2)
     seg = decode(ex.document().ids()).segments[1]

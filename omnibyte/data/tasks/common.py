@@ -11,6 +11,13 @@ An `Example` is the document plus `answer_start`, the index (counting BOS) of th
 model must produce, and `meta`: JSON-able facts the metric needs (``kind``, the reference
 ``answer``, geometry for points, ...). Every example is a pure function of (task, seed, index).
 
+A question about an image may be followed by more questions about the same image, each with its
+answer (``[image] q1 Answer: a1 q2 Answer: a2 ...``), as vision-language training data asks
+several questions per picture: one image then teaches several answers for little more than the
+cost of reading it once. `prompts` lists the later questions' spans, which are prompt (weight 0
+under `train.prompt_loss_weight`) like the first; metrics score the first answer only, whose
+prompt is the same as without the follow-ups.
+
 A task dataset is an ordinary prepared dataset (`omnibyte.data.write_dataset`) plus:
 
     tasks.json      what was built: each task's example count, seed and options
@@ -30,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +59,7 @@ class Example:
     segments: list[Segment]
     answer_start: int  # ids from BOS (included) before the first id the model must produce
     meta: dict = field(default_factory=dict)  # "kind", "answer" and whatever the metric needs
+    prompts: list[tuple[int, int]] = field(default_factory=list)  # later questions' [start, end) from BOS
 
     def document(self) -> Document:
         return Document(list(self.segments))
@@ -63,15 +71,23 @@ def example_rng(task: str, seed: int, index: int) -> np.random.Generator:
 
 
 def qa_example(question: str, media: Segment, answer: str, kind: str, question_last: bool = False,
-               **meta) -> Example:
+               more: Sequence[tuple[str, str]] = (), **meta) -> Example:
     """``question\\n [media] Answer: answer\\n`` — a text answer about an image or a clip; with
-    `question_last`, ``[media] question\\n Answer: answer\\n`` (the question right before the answer)."""
+    `question_last`, ``[media] question\\n Answer: answer\\n`` (the question right before the answer).
+    `more` (question, answer) pairs follow as ``question\\n Answer: answer\\n`` each."""
     q = TextSegment.from_str(question + "\n")
     prefix = ANSWER_PREFIX.encode()
     segs = [media, q] if question_last else [q, media]
-    segs.append(TextSegment(prefix + answer.encode() + b"\n"))
     start = 1 + len(q.data) + len(media.ids()) + len(prefix)
-    return Example(segs, start, {"kind": kind, "answer": answer, **meta})
+    tail = prefix + answer.encode() + b"\n"
+    prompts = []
+    for q2, a2 in more:
+        at = start - len(prefix) + len(tail)
+        tail += q2.encode() + b"\n" + prefix
+        prompts.append((at, start - len(prefix) + len(tail)))
+        tail += a2.encode() + b"\n"
+    segs.append(TextSegment(tail))
+    return Example(segs, start, {"kind": kind, "answer": answer, **meta}, prompts)
 
 
 def media_example(prompt: str, media: Segment, kind: str, answer_offset: int = 0, **meta) -> Example:
@@ -102,7 +118,8 @@ def write_task_dataset(items: Iterable[tuple[str, Document | Example]], out: str
             if isinstance(item, Example):
                 doc = item.document()
                 records[_doc_key(document_array(doc))] = {"task": task, "answer_start": item.answer_start,
-                                                          **item.meta}
+                                                          **item.meta,
+                                                          **({"prompts": item.prompts} if item.prompts else {})}
                 yield doc
             else:
                 yield item
@@ -122,6 +139,8 @@ def write_task_dataset(items: Iterable[tuple[str, Document | Example]], out: str
             if rec is None:
                 continue
             answer[s:s + rec["answer_start"]] = 0
+            for a, b in rec.get("prompts", ()):
+                answer[s + a:s + b] = 0
             if split == "val":
                 heldout.append({"task": rec["task"], "kind": rec["kind"], "start": int(s), "length": int(e + 1 - s),
                                 **{k: v for k, v in rec.items() if k not in ("task", "kind")}})

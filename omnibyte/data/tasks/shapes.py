@@ -1,6 +1,10 @@
 """Counting and pointing: coloured shapes on a canvas.
 
 - count: "How many circles are there?" → ``3`` (0 happens: the asked-for kind may be absent).
+  With ``questions`` > 1 the canvas is asked about other kinds as well, one after another
+  (training data: one canvas then teaches several counts; metrics score the first answer).
+  ``describe`` adds "How many of each shape are there?" → ``circles 1, squares 0, triangles 2,
+  diamonds 0`` after them, a caption of the whole canvas.
 - point: "Point to the red circle." → Molmo's point format, percent coordinates with one
   decimal: ``<point x="52.9" y="43.9" alt="red circle">red circle</point>``, or for several
   matches ``<points x1="…" y1="…" x2="…" y2="…" alt="red circles">red circles</points>``.
@@ -40,6 +44,12 @@ class ShapesConfig:
     max_radius: float = 0.14
     supersample: int = 4  # drawn this many times larger, then downsampled (antialiasing)
     question_last: bool = False  # the question after the media block, right before the answer
+    # questions per canvas: the first as always, then up to questions - 1 more of the same sort
+    # (count: the other shape kinds; point: other colour-and-kind groups), each with its answer
+    questions: int = 1
+    # then "How many of each shape are there?" → "circles 1, squares 0, triangles 2, diamonds 0": a
+    # dense caption of the canvas (training data; Molmo trains on such descriptions before questions)
+    describe: bool = False
 
     def __post_init__(self):
         if not 16 <= self.size <= 1024:
@@ -50,6 +60,8 @@ class ShapesConfig:
             raise ValueError(f"shapes.point is a share in [0, 1], got {self.point}")
         if not 0 < self.min_radius <= self.max_radius <= 0.3:
             raise ValueError(f"need 0 < min_radius ≤ max_radius ≤ 0.3, got {self.min_radius}, {self.max_radius}")
+        if not 1 <= self.questions <= 8:
+            raise ValueError(f"shapes.questions must be in 1..8, got {self.questions}")
         if not 1 <= self.supersample <= 8:
             raise ValueError(f"shapes supersample must be in 1..8, got {self.supersample}")
 
@@ -158,16 +170,42 @@ def make_example(index: int, seed: int, cfg: ShapesConfig) -> Example:
     geometry = {"width": cfg.size, "height": cfg.size, "shapes": [s.to_dict() for s in shapes]}
     if rng.random() < cfg.point:
         pick = shapes[int(rng.integers(len(shapes)))]
-        targets = [s for s in shapes if s.kind == pick.kind and s.colour == pick.colour]
-        alt = f"{pick.colour} {plural(pick.kind, len(targets))}"
-        question = f"Point to the {alt}."
-        answer = point_answer(targets, cfg.size, cfg.size, alt)
-        return qa_example(question, seg, answer, "point", cfg.question_last,
+        question, answer, targets = point_question(shapes, pick.colour, pick.kind, cfg)
+        groups = sorted({(s.colour, s.kind) for s in shapes} - {(pick.colour, pick.kind)})
+        more = [point_question(shapes, *groups[i], cfg)[:2] for i in follow_ups(rng, len(groups), cfg)]
+        more += [describe_question(shapes)] if cfg.describe else []
+        return qa_example(question, seg, answer, "point", cfg.question_last, more,
                           targets=[s.to_dict() for s in targets], **geometry)
     kind = KINDS[int(rng.integers(len(KINDS)))]
-    count = sum(s.kind == kind for s in shapes)
-    return qa_example(f"How many {kind}s are there?", seg, str(count), "count", cfg.question_last,
-                      shape=kind, count=count, **geometry)
+    question, answer = count_question(shapes, kind)
+    others = [k for k in KINDS if k != kind]
+    more = [count_question(shapes, others[i]) for i in follow_ups(rng, len(others), cfg)]
+    more += [describe_question(shapes)] if cfg.describe else []
+    return qa_example(question, seg, answer, "count", cfg.question_last, more,
+                      shape=kind, count=int(answer), **geometry)
+
+
+def follow_ups(rng: np.random.Generator, n: int, cfg: ShapesConfig) -> list[int]:
+    """Which of n further questions to ask after the first (none, and no random draw, for questions 1)."""
+    if cfg.questions == 1 or n == 0:
+        return []
+    return [int(i) for i in rng.permutation(n)[:cfg.questions - 1]]
+
+
+def count_question(shapes: list[Shape], kind: str) -> tuple[str, str]:
+    return f"How many {kind}s are there?", str(sum(s.kind == kind for s in shapes))
+
+
+def describe_question(shapes: list[Shape]) -> tuple[str, str]:
+    """The count of every kind, in KINDS order: ``circles 1, squares 0, triangles 2, diamonds 0``."""
+    return "How many of each shape are there?", ", ".join(
+        f"{k}s {sum(s.kind == k for s in shapes)}" for k in KINDS)
+
+
+def point_question(shapes: list[Shape], colour: str, kind: str, cfg: ShapesConfig) -> tuple[str, str, list[Shape]]:
+    targets = [s for s in shapes if s.kind == kind and s.colour == colour]
+    alt = f"{colour} {plural(kind, len(targets))}"
+    return f"Point to the {alt}.", point_answer(targets, cfg.size, cfg.size, alt), targets
 
 
 def examples(n: int, seed: int, cfg: ShapesConfig):
