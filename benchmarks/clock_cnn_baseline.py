@@ -38,6 +38,7 @@ from torch import nn
 from omnibyte.data.tasks.clocks import ClocksConfig, render_clock
 from omnibyte.data.tasks.common import example_rng
 from omnibyte.data.tasks.shapes import KINDS, ShapesConfig, place_shapes, render_shapes
+from omnibyte.models.base import OmniModel
 from omnibyte.nn.image_encoder import ImageEncoder
 
 
@@ -88,12 +89,13 @@ class SmallCNN(nn.Module):
 
 
 class EncoderHeads(nn.Module):
-    """omnibyte's ImageEncoder (width 32, a 64-wide summary) under one linear head per answer."""
+    """omnibyte's ImageEncoder (width 32, a 64-wide summary; or a trained BLT's, frozen) under one
+    linear head per answer."""
 
-    def __init__(self, heads: tuple[int, ...], gain: float):
+    def __init__(self, heads: tuple[int, ...], gain: float, encoder: ImageEncoder | None = None):
         super().__init__()
-        self.encoder = ImageEncoder(32, 64, gain=gain)
-        self.heads = nn.ModuleList(nn.Linear(64, k) for k in heads)
+        self.encoder = ImageEncoder(32, 64, gain=gain) if encoder is None else encoder.requires_grad_(False)
+        self.heads = nn.ModuleList(nn.Linear(self.encoder.out.out_features, k) for k in heads)
 
     def forward(self, x):
         h = self.encoder.encode(x)
@@ -134,9 +136,16 @@ def main() -> int:
     ap.add_argument("--questions", type=int, default=1, choices=[1, 4],
                     help="--net question: answers taught per canvas (1: the asked kind's; 4: every kind's)")
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--gain", type=float, default=1.0, help="--net omnibyte: the encoder's output gain")
+    ap.add_argument("--probe", metavar="RUN",
+                    help="--net omnibyte: take the image encoder of the BLT saved in RUN and train only the "
+                         "linear heads (a linear probe: what its summary tells about the image)")
+    ap.add_argument("--gain", type=float, default=1.0, help="--net omnibyte or question: the encoder's output gain")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    if args.probe and args.net != "omnibyte":
+        ap.error("--probe needs --net omnibyte")
+    if args.net == "question" and args.task != "shapes":
+        ap.error("--net question needs --task shapes")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.task == "clocks":
@@ -150,12 +159,13 @@ def main() -> int:
         xe, ce, asked = canvases(300, 1, cfg)
         he = ce[torch.arange(300), asked]
         heads = (cfg.max_shapes + 1,) * len(KINDS)
-    if args.net == "question" and args.task != "shapes":
-        ap.error("--net question needs --task shapes")
     if args.net == "plain":
         model = SmallCNN(x.shape[1], args.size, heads)
     elif args.net == "omnibyte":
-        model = EncoderHeads(heads, args.gain)
+        trained = OmniModel.from_pretrained(args.probe).image_encoder if args.probe else None
+        if args.probe and trained is None:
+            ap.error(f"{args.probe} has no image encoder (model.image_encoder is 0)")
+        model = EncoderHeads(heads, args.gain, trained)
     else:
         model = QuestionHead(len(KINDS), cfg.max_shapes + 1, args.gain)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
@@ -193,7 +203,8 @@ def main() -> int:
         acc = (pred == he).float().mean().item()
     mode = args.mode if args.task == "clocks" else "rgb"
     print(json.dumps({"task": args.task, "size": args.size, "mode": mode, "n_train": args.n_train,
-                      "net": args.net, **({"gain": args.gain} if args.net != "plain" else {}),
+                      "net": args.net, **({"gain": args.gain} if args.net != "plain" and not args.probe else {}),
+                      **({"probe": args.probe} if args.probe else {}),
                       **({"questions": args.questions} if args.net == "question" else {}), "lr": args.lr,
                       "steps": steps, "batch": args.batch, "passes": round(steps * args.batch / len(x), 2),
                       "train_minutes": round((time.time() - t0) / 60, 2), "threads": args.threads,
