@@ -37,7 +37,7 @@ from torch import nn
 
 from omnibyte.data.tasks.clocks import ClocksConfig, render_clock
 from omnibyte.data.tasks.common import example_rng
-from omnibyte.data.tasks.shapes import KINDS, ShapesConfig, place_shapes, render_shapes
+from omnibyte.data.tasks.shapes import KINDS, ShapesConfig, count_of, place_shapes, render_shapes
 from omnibyte.models.base import OmniModel
 from omnibyte.nn.image_encoder import ImageEncoder
 
@@ -66,7 +66,7 @@ def canvases(n: int, seed: int, cfg: ShapesConfig) -> tuple[torch.Tensor, torch.
         img = render_shapes(shapes, rng, cfg)
         rng.random()  # (the task's draw of point-or-count)
         asked.append(int(rng.integers(len(KINDS))))
-        counts.append([sum(s.kind == k for s in shapes) for k in KINDS])
+        counts.append([count_of(shapes, k) for k in KINDS])
         imgs.append(np.asarray(img, dtype=np.float32).transpose(2, 0, 1))
     return torch.from_numpy(np.stack(imgs)) / 127.5 - 1.0, torch.tensor(counts), torch.tensor(asked)
 

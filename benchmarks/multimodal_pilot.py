@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 import zlib
@@ -78,7 +77,6 @@ def main() -> int:
     over = args.model + ("" if args.train == "{}" else args.train)  # the names of earlier runs stay the same
     name = f"run-{tag}-w{args.media_loss_weight:g}{prompt}-s{args.steps}-{zlib.crc32(over.encode()):08x}"
     t0 = time.time()
-    shutil.rmtree(args.out / name, ignore_errors=True)  # the trainer would append to an earlier run's metrics
     run = mm.train_run(preset, mix, args.out / name, args.steps, args.threads)
     model = OmniModel.from_pretrained(args.out / name).eval()
     scores = score_examples(run_examples(model, ev, n=args.n_eval))

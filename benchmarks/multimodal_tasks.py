@@ -109,6 +109,9 @@ def run_config(preset: dict, data: Path, steps: int, threads: int) -> dict:
 
 
 def train_run(preset: dict, data: Path, run_dir: Path, steps: int, threads: int) -> dict:
+    """Train a fresh run in `run_dir`. An earlier run there is removed first: the trainer would append
+    to its metrics file, and a rate or loss curve read from it would mix the two runs."""
+    shutil.rmtree(run_dir, ignore_errors=True)
     torch.manual_seed(0)
     trainer = Trainer(resolve(run_config(preset, data, steps, threads)), run_dir, quiet=True)
     t0 = time.perf_counter()
@@ -121,10 +124,7 @@ def train_run(preset: dict, data: Path, run_dir: Path, steps: int, threads: int)
 def calibrate_steps(preset: dict, data: Path, scratch: Path, threads: int) -> tuple[int, float]:
     """Steps that fill `minutes` per run, from the bytes/s of a short run's steps: the median of
     its per-step rates after the first two (the run's wall time also holds start-up, evaluation
-    and saving, and made the runs stop at about 70% of the minutes asked for). The probe starts from an
-    empty folder: the trainer appends to an existing metrics file, and an earlier probe's rates (another
-    model or thread count) would be read as this one's."""
-    shutil.rmtree(scratch / "probe", ignore_errors=True)
+    and saving, and made the runs stop at about 70% of the minutes asked for)."""
     probe = train_run(preset, data, scratch / "probe", 8, threads)
     logged = [json.loads(line) for line in (scratch / "probe" / "metrics.jsonl").read_text().splitlines()]
     rates = [r["bytes_per_s"] for r in logged if "bytes_per_s" in r and r["step"] > 2]
@@ -150,7 +150,6 @@ def score(run_dir: Path, preset: dict, eval_set: Path, text_set: Path | None) ->
 def train_and_score(preset: dict, mix_path: Path, run_dir: Path, steps: int, threads: int, work: Path) -> tuple:
     """One mix end to end (a worker of --parallel runs it in its own process)."""
     torch.set_num_threads(threads)
-    shutil.rmtree(run_dir, ignore_errors=True)
     run = train_run(preset, mix_path, run_dir, steps, threads)
     return run, score(run_dir, preset, work / "eval", work / "text-eval")
 

@@ -78,13 +78,14 @@ def qa_example(question: str, media: Segment, answer: str, kind: str, question_l
     q = TextSegment.from_str(question + "\n")
     prefix = ANSWER_PREFIX.encode()
     segs = [media, q] if question_last else [q, media]
-    start = 1 + len(q.data) + len(media.ids()) + len(prefix)
+    at = 1 + len(q.data) + len(media.ids())  # where the text after the question and media begins
+    start = at + len(prefix)
     tail = prefix + answer.encode() + b"\n"
     prompts = []
     for q2, a2 in more:
-        at = start - len(prefix) + len(tail)
+        begin = at + len(tail)
         tail += q2.encode() + b"\n" + prefix
-        prompts.append((at, start - len(prefix) + len(tail)))
+        prompts.append((begin, at + len(tail)))
         tail += a2.encode() + b"\n"
     segs.append(TextSegment(tail))
     return Example(segs, start, {"kind": kind, "answer": answer, **meta}, prompts)

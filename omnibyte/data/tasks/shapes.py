@@ -192,14 +192,17 @@ def follow_ups(rng: np.random.Generator, n: int, cfg: ShapesConfig) -> list[int]
     return [int(i) for i in rng.permutation(n)[:cfg.questions - 1]]
 
 
+def count_of(shapes: list[Shape], kind: str) -> int:
+    return sum(s.kind == kind for s in shapes)
+
+
 def count_question(shapes: list[Shape], kind: str) -> tuple[str, str]:
-    return f"How many {kind}s are there?", str(sum(s.kind == kind for s in shapes))
+    return f"How many {kind}s are there?", str(count_of(shapes, kind))
 
 
 def describe_question(shapes: list[Shape]) -> tuple[str, str]:
     """The count of every kind, in KINDS order: ``circles 1, squares 0, triangles 2, diamonds 0``."""
-    return "How many of each shape are there?", ", ".join(
-        f"{k}s {sum(s.kind == k for s in shapes)}" for k in KINDS)
+    return "How many of each shape are there?", ", ".join(f"{k}s {count_of(shapes, k)}" for k in KINDS)
 
 
 def point_question(shapes: list[Shape], colour: str, kind: str, cfg: ShapesConfig) -> tuple[str, str, list[Shape]]:
