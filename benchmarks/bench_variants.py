@@ -13,11 +13,11 @@ Each variant is NAME=JSON. The JSON's keys `model` and `train` are deep-merged i
 other key is a [patcher] field. Thresholds come from
 `omnibyte patch calibrate MODEL --data data/kjv --target-bytes-per-patch X [--relative]`:
 
-    .venv/bin/python benchmarks/bench_variants.py \\
+    .venv/bin/python -m benchmarks.bench_variants \\
         'bench={}' \\
         'global-5.1={"threshold": 2.59589, "bytes_per_patch": 5.1}' \\
         'relative-5.1={"threshold": 1.04615, "relative": true, "bytes_per_patch": 5.1}'
-    .venv/bin/python benchmarks/bench_variants.py --base blt-space --budget 2e12 \\
+    .venv/bin/python -m benchmarks.bench_variants --base blt-space --budget 2e12 \\
         'local64={"model": {"dim_local": 64}}' 'lr5e-3={"train": {"lr": 5e-3}}'
 
 Runs land in --out/BASE-BUDGET/NAME (default runs/bench-variants); a variant whose run finished is reused.
@@ -29,18 +29,13 @@ import argparse
 import copy
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, header  # noqa: E402
-from common import write_section as _write  # noqa: E402
-
-from omnibyte.eval.bench import budget_steps  # noqa: E402
-from omnibyte.models.registry import build_model  # noqa: E402
-from omnibyte.train import Trainer, load_run_config  # noqa: E402
+from benchmarks.common import REPO, header, train_run, write_section
+from omnibyte.eval.bench import budget_steps
+from omnibyte.models.registry import build_model
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -99,7 +94,7 @@ def main() -> int:
     args = ap.parse_args()
     base_file = args.bench / "runs" / f"{args.base}-{args.budget}" / "run.json"
     if not base_file.is_file():
-        sys.exit(f"error: no {base_file}: run benchmarks/eval_bench.py (or omnibyte bench) first")
+        sys.exit(f"error: no {base_file}: run `.venv/bin/python -m benchmarks.eval_bench` (or omnibyte bench) first")
     base = json.loads(base_file.read_text())
     data = base["data"]["path"] if args.base == "bpe" else args.data
     budget = float(args.budget)
@@ -113,11 +108,9 @@ def main() -> int:
             rows.append(json.loads(done.read_text()))
         else:
             raw, steps = plan(base, over, budget, data, args.threads)
-            torch.manual_seed(raw["train"]["seed"])
-            t0 = time.perf_counter()
-            result = Trainer(load_run_config(None, raw), run_dir, quiet=True).fit()
+            result = train_run(raw, run_dir)
             rows.append({"variant": name, "change": over, "steps": steps, "val_bpb": result["val_bpb"],
-                         "wall_s": round(time.perf_counter() - t0, 1)})
+                         "wall_s": round(result["wall_s"], 1)})
             done.write_text(json.dumps(rows[-1], indent=2) + "\n")
         print(f"{name}: {rows[-1]['steps']} steps, val {rows[-1]['val_bpb']:.4f} bits/byte", flush=True)
     lines = header(f"{args.base} variants at {args.budget} training FLOPs")
@@ -130,7 +123,7 @@ def main() -> int:
         lines.append(f"| {r['variant']} | `{json.dumps(r['change'])}` | {r['steps']} | {r['val_bpb']:.4f} | {wall} |")
     print("\n".join(lines))
     if args.section:
-        _write(args.results, args.section, lines, "benchmarks")
+        write_section(args.results, args.section, lines)
     return 0
 
 

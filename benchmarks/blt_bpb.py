@@ -7,8 +7,8 @@ then scored on the same validation split. The entropy model of BLT-entropy is tr
 its threshold calibrated to space patching's mean patch length (its cost is reported apart, as in the paper).
 Finished runs in --out are reused, so an interrupted sweep resumes.
 
-    .venv/bin/python benchmarks/blt_bpb.py            # preset small: ≈ 20 minutes on a 2-core CPU
-    .venv/bin/python benchmarks/blt_bpb.py --quick    # preset quick: about a minute, prints only
+    .venv/bin/python -m benchmarks.blt_bpb            # preset small: ≈ 20 minutes on a 2-core CPU
+    .venv/bin/python -m benchmarks.blt_bpb --quick    # preset quick: about a minute, prints only
 """
 
 from __future__ import annotations
@@ -19,19 +19,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from blt_common import REPO, header, write_section  # noqa: E402
+from benchmarks.common import HERE, REPO, header, results_file, results_option, write_section
 
 MODELS = "transformer,blt-static,blt-space,blt-entropy"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="the bench's quick preset; print only")
+    ap.add_argument("--quick", action="store_true", help="the bench's quick preset; prints only (unless --results)")
     ap.add_argument("--data", default="data/kjv", help="prepared dataset (data/kjv is built on first use)")
     ap.add_argument("--budgets", help="training FLOPs per run, comma-separated (default: the preset's)")
     ap.add_argument("--out", help="sweep folder (default benchmarks/out/blt-bpb[-quick])")
+    results_option(ap, "results_blt.md")
     args = ap.parse_args()
     preset = "quick" if args.quick else "small"
     out = Path(args.out or HERE / "out" / f"blt-bpb{'-quick' if args.quick else ''}")
@@ -52,8 +51,9 @@ def main() -> int:
     print("\n".join(lines))
     if summary.get("skipped"):
         print(f"skipped: {summary['skipped']}")
-    if not args.quick:
-        write_section("blt-bpb", lines)
+    out_md = results_file(args, "results_blt.md")
+    if out_md:
+        write_section(out_md, "blt-bpb", lines)
     return 0
 
 

@@ -1,42 +1,53 @@
 """BLT speed on this CPU, against the byte transformer and against itself without a cache.
 
-1. Training throughput (bytes/s of forward + backward + AdamW, median step after a warm-up):
-   the byte transformer (width 256, 4 layers) vs BLT with the same latent width and depth over
-   patches of ~4.5 bytes, at two local widths. Patches are variable-length, as entropy patching
-   makes them: precomputed per-byte scores (here random) thresholded so the mean patch is 4.5
-   bytes — exactly the training path, where the trainer passes precomputed entropies. Steps of
-   the models are interleaved so they share whatever else the machine is doing.
+1. Training throughput (bytes/s of forward + backward + AdamW): the byte transformer (width 256,
+   4 layers) vs BLT with the same latent width and depth over patches of ~4.5 bytes, at two local
+   widths. Patches are variable-length, as entropy patching makes them: precomputed per-byte
+   scores (here random) thresholded so the mean patch is 4.5 bytes — exactly the training path,
+   where the trainer passes precomputed entropies. All models live in this process; after one
+   warm-up step each, every round runs one step of each model, in an order rotated per round
+   (`benchmarks.common.compare`), so they share whatever else the machine is doing.
 2. Generation (greedy, batch 1, 2,000 new bytes after a short prompt): `omnibyte.generate`
    (KV caches in encoder, latent and decoder; patches decided online) vs re-running the full
-   forward for every byte. Both pick the same bytes (checked). Static patches of 4, and entropy
-   patching with a small (random) windowed entropy model that then also runs cached.
+   forward for every byte, interleaved the same way, one whole generation per side and round.
+   Both pick the same bytes (checked). Static patches of 4, and entropy patching with a small
+   (random) windowed entropy model that then also runs cached.
 
-    .venv/bin/python benchmarks/blt_speed.py            # ≈ 6 minutes on a 2-core CPU
-    .venv/bin/python benchmarks/blt_speed.py --quick    # seconds, prints only
+Tables give the median over rounds and the range (min–max); a speed-up is the ratio of medians
+with the range of the per-round ratios.
+
+    .venv/bin/python -m benchmarks.blt_speed            # ≈ 8 minutes on a 2-core CPU
+    .venv/bin/python -m benchmarks.blt_speed --quick    # seconds, prints only
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from blt_common import full_rerun, header, median, timed, write_section  # noqa: E402
-
-from omnibyte.format import BOS, N_BYTES  # noqa: E402
-from omnibyte.generate import SamplingConfig, generate  # noqa: E402
-from omnibyte.models import build_model  # noqa: E402
-from omnibyte.models.blt import BLT, BLTConfig, LatentConfig, LocalConfig  # noqa: E402
-from omnibyte.patching import PatcherConfig, mean_patch_len, patch_starts  # noqa: E402
+from benchmarks.common import (
+    compare,
+    fmt_rate,
+    fmt_speedup,
+    full_rerun,
+    header,
+    results_file,
+    results_option,
+    train_step,
+    write_section,
+)
+from omnibyte.format import BOS, N_BYTES
+from omnibyte.generate import SamplingConfig, generate
+from omnibyte.models import build_model
+from omnibyte.models.blt import BLT, BLTConfig, LatentConfig, LocalConfig
+from omnibyte.patching import PatcherConfig, mean_patch_len, patch_starts
 
 FULL = dict(batch_size=4, seq_len=2048, dim_global=256, n_layers=4, n_heads=4, local_dims=(64, 128),
-            local_heads=2, enc_layers=1, dec_layers=2, window=128, bytes_per_patch=4.5, steps=5,
-            gen_bytes=2000, entropy_model=dict(dim=64, n_layers=2, n_heads=4, window=64))
-QUICK = dict(FULL, batch_size=2, seq_len=256, dim_global=64, n_layers=2, local_dims=(32,), window=64, steps=2,
-             gen_bytes=40, entropy_model=dict(dim=32, n_layers=1, n_heads=2, window=32))
+            local_heads=2, enc_layers=1, dec_layers=2, window=128, bytes_per_patch=4.5, steps=7,
+            gen_bytes=2000, gen_repeats=3, entropy_model=dict(dim=64, n_layers=2, n_heads=4, window=64))
+QUICK = dict(FULL, batch_size=2, seq_len=256, dim_global=64, n_layers=2, local_dims=(32,), window=64, steps=3,
+             gen_bytes=40, gen_repeats=2, entropy_model=dict(dim=32, n_layers=1, n_heads=2, window=32))
 PROMPT = [BOS, *b"In the beginning God created the heaven and the earth."]
 
 
@@ -67,41 +78,26 @@ def training(p: dict) -> list[str]:
     starts = patch_starts(ids[:, :-1], patcher, scores)
 
     torch.manual_seed(0)
-    runs = {"byte transformer": (build_model("transformer", dict(dim=p["dim_global"], n_layers=p["n_layers"],
-                                                                 n_heads=p["n_heads"])), {})}
+    models = {"byte transformer": (build_model("transformer", dict(dim=p["dim_global"], n_layers=p["n_layers"],
+                                                                   n_heads=p["n_heads"])), {})}
     for dl in p["local_dims"]:
-        runs[f"BLT, dim_local {dl}"] = (blt(p, dl, patcher, entropy_model(p)), {"entropies": scores})
-    opts = {name: torch.optim.AdamW([q for q in m.parameters() if q.requires_grad], lr=1e-4)
-            for name, (m, _) in runs.items()}
+        models[f"BLT, dim_local {dl}"] = (blt(p, dl, patcher, entropy_model(p)), {"entropies": scores})
+    steps = {name: train_step(model, ids, extra=extra) for name, (model, extra) in models.items()}
+    times = compare(steps, repeats=p["steps"], warmup=1, log=True)
 
-    def step(name):
-        model, extra = runs[name]
-        loss = model(ids[:, :-1], ids[:, 1:], **extra).loss
-        loss.backward()
-        opts[name].step()
-        opts[name].zero_grad(set_to_none=True)
-
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for i in range(p["steps"] + 1):  # interleaved; step 0 is warm-up
-        for name in runs:
-            dt, _ = timed(lambda name=name: step(name))
-            if i > 0:
-                times[name].append(dt)
-            print(f"  step {i} {name}: {dt:.2f}s", flush=True)
-
-    base = b * t / median(times["byte transformer"])
-    lines = [f"Training throughput, batch {b} × {t} random bytes, forward + backward + AdamW, median of "
-             f"{p['steps']} interleaved steps after one warm-up. BLT patches: mean "
+    base = times["byte transformer"]
+    lines = [f"Training throughput, batch {b} × {t} random bytes, forward + backward + AdamW: median (min–max) of "
+             f"{p['steps']} interleaved rounds of one step per model after one warm-up step. BLT patches: mean "
              f"{mean_patch_len(starts):.2f} bytes (variable length, precomputed scores as in entropy-patched "
              f"training); latent {p['dim_global']} × {p['n_layers']} layers = the byte transformer's width and "
              f"depth; encoder {p['enc_layers']} / decoder {p['dec_layers']} layers, window {p['window']}.", "",
              "| model | params (trainable) | train FLOPs/byte | bytes/s | vs byte transformer |",
              "| --- | ---: | ---: | ---: | ---: |"]
-    for name, (model, _) in runs.items():
-        bps = b * t / median(times[name])
+    for name, (model, _) in models.items():
         n = sum(q.numel() for q in model.parameters() if q.requires_grad)
         fl = model.flops_per_byte(t)["train"]
-        lines.append(f"| {name} | {n / 1e6:.2f}M | {fl / 1e6:.1f}M | {bps:,.0f} | {bps / base:.2f}× |")
+        ratio = fmt_speedup(times[name], base) if times[name] is not base else "–"
+        lines.append(f"| {name} | {n / 1e6:.2f}M | {fl / 1e6:.1f}M | {fmt_rate(times[name], b * t)} | {ratio} |")
     return lines
 
 
@@ -112,7 +108,8 @@ def generation(p: dict) -> list[str]:
     n = p["gen_bytes"]
     dl = p["local_dims"][-1]
     lines = [f"Greedy generation of {n} bytes after a {len(PROMPT)}-id prompt, batch 1, BLT with dim_local {dl} "
-             f"(same sizes as above): cached `omnibyte.generate` vs the full forward re-run per byte.", "",
+             f"(same sizes as above): cached `omnibyte.generate` vs the full forward re-run per byte; median "
+             f"(min–max) of {p['gen_repeats']} interleaved rounds.", "",
              "| patching | cached bytes/s | full re-run bytes/s | speed-up | same bytes |",
              "| --- | ---: | ---: | ---: | ---: |"]
     em = entropy_model(p)
@@ -126,26 +123,31 @@ def generation(p: dict) -> list[str]:
         torch.manual_seed(0)
         model = blt(p, dl, patcher, ent).eval()
         cfg = SamplingConfig(max_new=n, temperature=0, stop_at_eos=False)
-        t_cached, cached = timed(lambda model=model, cfg=cfg: generate(model, [PROMPT], cfg)[0])
-        print(f"  {label}: cached {t_cached:.1f}s", flush=True)
-        t_full, full = timed(lambda model=model: full_rerun(model, PROMPT, n))
-        print(f"  {label}: full re-run {t_full:.1f}s", flush=True)
+        generate(model, [PROMPT], SamplingConfig(max_new=8, temperature=0, stop_at_eos=False))  # warm-up
+        full_rerun(model, PROMPT, 8)
+        times = compare({"cached": lambda model=model, cfg=cfg: generate(model, [PROMPT], cfg)[0],
+                         "full re-run": lambda model=model: full_rerun(model, PROMPT, n)},
+                        repeats=p["gen_repeats"], warmup=0, log=True)
+        cached, full = times["cached"].values[-1], times["full re-run"].values[-1]
         same = next((i for i, (a, b) in enumerate(zip(cached, full)) if a != b), n)
-        lines.append(f"| {label} | {n / t_cached:,.0f} | {n / t_full:,.1f} | {t_full / t_cached:.1f}× | "
-                     f"{same} / {n} |")
+        lines.append(f"| {label} | {fmt_rate(times['cached'], n)} | {fmt_rate(times['full re-run'], n, '{:,.1f}')} | "
+                     f"{fmt_speedup(times['cached'], times['full re-run'], '{:.1f}')} | {same} / {n} |")
     return lines
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny sizes, seconds; print only")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, seconds; prints only (unless --results)")
     ap.add_argument("--skip", choices=["training", "generation"], help="leave one part out")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    ap.add_argument("--steps", type=int, help="timed training steps (default 5; quick 2)")
+    ap.add_argument("--steps", type=int, help="timed rounds of training steps (default 7; quick 3)")
+    ap.add_argument("--gen-repeats", type=int, help="timed rounds of generation (default 3; quick 2)")
+    ap.add_argument("--gen-bytes", type=int, help="bytes to generate (default 2000; quick 40)")
     ap.add_argument("--window", type=int, help="local attention window in bytes (default 128; quick 64)")
+    results_option(ap, "results_blt.md")
     args = ap.parse_args()
     p = dict(QUICK if args.quick else FULL)
-    for key in ("steps", "window"):
+    for key in ("steps", "gen_repeats", "gen_bytes", "window"):
         if getattr(args, key):
             p[key] = getattr(args, key)
     torch.set_num_threads(args.threads)
@@ -157,9 +159,10 @@ def main() -> int:
         print("generation ...", flush=True)
         lines += generation(p)
     print("\n".join(lines))
-    if not args.quick:  # a part run alone gets its own section, so --skip never erases the other part
+    out = results_file(args, "results_blt.md")
+    if out:  # a part run alone gets its own section, so --skip never erases the other part
         only = {"training": "-generation", "generation": "-training"}.get(args.skip, "")
-        write_section("blt-speed" + only, lines)
+        write_section(out, "blt-speed" + only, lines)
     return 0
 
 

@@ -1,8 +1,13 @@
 """omnibyte BLT vs Hugging Face transformers' `BltForCausalLM` at the same tiny size, on this CPU.
 
-Training throughput (bytes/s of forward + backward + AdamW, median step after a warm-up) of the
-same configuration on the same random bytes, each side in its own process and virtual
-environment: omnibyte's .venv for ours, benchmarks/.venv-peers for theirs (random weights both).
+Training throughput (bytes/s of forward + backward + AdamW) of the same configuration on the same
+random bytes (random weights both). transformers lives in its own virtual environment
+(benchmarks/.venv-peers), so the sides cannot share a process; the comparison is interleaved by
+rounds instead: each round starts one fresh worker process per side (omnibyte's in .venv), in an
+order that alternates between rounds, and each worker builds its model, runs one warm-up step and
+then --steps timed steps; their median is the round's sample (process start-up is not timed).
+Tables give the median over rounds and the range (min–max); the ratio is the ratio of medians
+with the range of the per-round ratios.
 
 Fair settings (shared/PEERS.md): theirs with `use_cache=False` (its cached path breaks a training
 forward), no entropy patcher inside (`patch_in_forward=False`), fixed patches passed as
@@ -14,8 +19,8 @@ MLP widths, local window, cross-attention k, and one cross-attention in the deco
 Set up the peer environment once (torch pinned in the same pip command):
     python3 -m venv benchmarks/.venv-peers
     benchmarks/.venv-peers/bin/pip install torch==2.13.0 transformers==5.23.0
-Run (≈ 3 minutes on a 2-core CPU; --quick ≈ 10 s, prints only):
-    .venv/bin/python benchmarks/blt_vs_hf.py [--quick]
+Run (≈ 3 minutes on a 2-core CPU; --quick ≈ 30 s, prints only):
+    .venv/bin/python -m benchmarks.blt_vs_hf [--quick]
 """
 
 from __future__ import annotations
@@ -23,20 +28,29 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import statistics
-import subprocess
 import sys
-import time
-from pathlib import Path
 
-from common import HERE, PEER_PYTHON, require_peer_env  # stdlib only, so the peer worker imports it too
+# stdlib at import time (torch and the models are imported where used), so the peer worker imports it too
+from benchmarks.common import (
+    Measured,
+    compare,
+    fmt_rate,
+    fmt_speedup,
+    header,
+    require_peer_env,
+    results_file,
+    results_option,
+    run_worker,
+    train_step,
+    write_section,
+)
 
 FULL = dict(batch_size=4, seq_len=2048, patch_size=4, dim_local=128, dim_global=256, local_heads=2,
             global_heads=4, enc_layers=1, dec_layers=2, global_layers=4, windows=[512, 128], cross_attn_k=2,
-            hash_buckets=4096, ngram_sizes=[3, 4, 5, 6, 7, 8], steps=5, threads=2, lr=1e-4)
+            hash_buckets=4096, ngram_sizes=[3, 4, 5, 6, 7, 8], steps=2, rounds=4, threads=2, lr=1e-4)
 QUICK = dict(FULL, batch_size=2, seq_len=256, dim_local=32, dim_global=64, global_layers=2, windows=[64],
-             hash_buckets=256, steps=2)
+             hash_buckets=256, rounds=2)
+SIDES = {"omnibyte": "omnibyte", "hf": "transformers"}
 
 
 def mlp_hidden(dim: int, ratio: float = 8 / 3, multiple_of: int = 32) -> int:
@@ -95,6 +109,7 @@ def hf_model(job: dict):
 
 
 def worker(side: str, job: dict) -> dict:
+    """One round's measurement of one side: a warm-up step, then job["steps"] timed steps."""
     import torch
 
     torch.set_num_threads(job["threads"])
@@ -102,79 +117,68 @@ def worker(side: str, job: dict) -> dict:
     model, loss_fn = omnibyte_model(job) if side == "omnibyte" else hf_model(job)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 256, (job["batch_size"], job["seq_len"] + 1), generator=g)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=job["lr"])
     model.train()
-    times, losses = [], []
-    for _ in range(job["steps"] + 1):  # the first step is warm-up
-        t0 = time.perf_counter()
-        loss = loss_fn(ids)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t0)
-        losses.append(loss.item())
-    return {"bytes_per_s": job["batch_size"] * job["seq_len"] / statistics.median(times[1:]),
-            "step_s": times[1:], "params": sum(p.numel() for p in params), "losses": losses}
+    t = compare({side: train_step(model, ids, loss=loss_fn, lr=job["lr"])}, repeats=job["steps"], warmup=1)[side]
+    return {"step_s": t.median, "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "losses": [float(v["loss"]) for v in t.values]}
 
 
 # --------------------------------------------------------------------------- orchestrator
 
 
-def run_worker(python: Path, side: str, job: dict, timeout: float) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(job["threads"]))
-    cmd = [str(python), str(Path(__file__).resolve()), "--worker", side, json.dumps(job)]
-    proc = subprocess.run(cmd, env=env, timeout=timeout, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"error: the {side} worker failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny sizes, seconds; print only")
-    ap.add_argument("--steps", type=int, help="timed steps (default 5; quick 2)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, seconds; prints only (unless --results)")
+    ap.add_argument("--steps", type=int, help="timed steps per worker, after one warm-up step (default 2)")
+    ap.add_argument("--rounds", type=int, help="rounds, each running one worker per side (default 4; quick 2)")
     ap.add_argument("--windows", help="local attention windows to compare, comma-separated (default 512,128)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds allowed per worker")
-    ap.add_argument("--worker", choices=["omnibyte", "hf"], help=argparse.SUPPRESS)
+    results_option(ap, "results_blt.md")
+    ap.add_argument("--worker", choices=list(SIDES), help=argparse.SUPPRESS)
     ap.add_argument("job", nargs="?", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, json.loads(args.job))))
         return 0
-    require_peer_env("transformers==5.23.0")
+    pythons = {"omnibyte": sys.executable, "hf": require_peer_env("transformers==5.23.0")}
     job = dict(QUICK if args.quick else FULL)
-    if args.steps:
-        job["steps"] = args.steps
+    for key in ("steps", "rounds"):
+        if getattr(args, key):
+            job[key] = getattr(args, key)
     if args.windows:
         job["windows"] = [int(w) for w in args.windows.split(",")]
 
-    sys.path.insert(0, str(HERE))
-    from blt_common import header, write_section
+    def side(name: str, window: int):
+        def measure() -> Measured:
+            r = run_worker(pythons[name], "benchmarks.blt_vs_hf",
+                           ["--worker", name, json.dumps(dict(job, window=window))], job["threads"], args.timeout)
+            return Measured(r["step_s"], r)
+        return measure
 
     lines = header("BLT vs transformers BltForCausalLM" + (" (quick)" if args.quick else "")) + [
-        f"Batch {job['batch_size']} × {job['seq_len']} random bytes, forward + backward + AdamW, median of "
-        f"{job['steps']} steps after one warm-up, {job['threads']} threads, fp32. Both: static patches of "
-        f"{job['patch_size']}, latent {job['dim_global']} × {job['global_layers']} layers ({job['global_heads']} "
-        f"heads), local width {job['dim_local']} ({job['local_heads']} heads), encoder {job['enc_layers']} / decoder "
-        f"{job['dec_layers']} layers, k = {job['cross_attn_k']}, {job['hash_buckets']} hash buckets × n-grams "
-        f"{job['ngram_sizes']}; the local attention window varies.", "",
+        f"Batch {job['batch_size']} × {job['seq_len']} random bytes, forward + backward + AdamW, {job['threads']} "
+        f"threads, fp32: median (min–max) over {job['rounds']} rounds; in each round one fresh process per side "
+        f"(order alternating) runs a warm-up step and {job['steps']} timed steps, whose median is its sample. Both: "
+        f"static patches of {job['patch_size']}, latent {job['dim_global']} × {job['global_layers']} layers "
+        f"({job['global_heads']} heads), local width {job['dim_local']} ({job['local_heads']} heads), encoder "
+        f"{job['enc_layers']} / decoder {job['dec_layers']} layers, k = {job['cross_attn_k']}, {job['hash_buckets']} "
+        f"hash buckets × n-grams {job['ngram_sizes']}; the local attention window varies.", "",
         "| local window | params omnibyte / transformers | omnibyte bytes/s | transformers bytes/s | "
         "omnibyte / transformers | loss first → last (ours; theirs) |",
         "| ---: | ---: | ---: | ---: | ---: | --- |"]
+    step_bytes = job["batch_size"] * job["seq_len"]
     for window in job["windows"]:
-        res = {}
-        for side, python in (("omnibyte", Path(sys.executable)), ("hf", PEER_PYTHON)):
-            print(f"window {window}: running the {side} worker ...", file=sys.stderr, flush=True)
-            res[side] = run_worker(python, side, dict(job, window=window), args.timeout)
-        ours, theirs = res["omnibyte"], res["hf"]
-        lines.append(f"| {window} | {ours['params'] / 1e6:.2f}M / {theirs['params'] / 1e6:.2f}M | "
-                     f"{ours['bytes_per_s']:,.0f} | {theirs['bytes_per_s']:,.0f} | "
-                     f"{ours['bytes_per_s'] / theirs['bytes_per_s']:.2f}× | {ours['losses'][0]:.3f} → "
-                     f"{ours['losses'][-1]:.3f}; {theirs['losses'][0]:.3f} → {theirs['losses'][-1]:.3f} |")
+        print(f"window {window} ...", flush=True)
+        t = compare({SIDES[n]: side(n, window) for n in SIDES}, repeats=job["rounds"], warmup=0, log=True)
+        ours, theirs = t["omnibyte"], t["transformers"]
+        a, b = ours.values[-1], theirs.values[-1]
+        lines.append(f"| {window} | {a['params'] / 1e6:.2f}M / {b['params'] / 1e6:.2f}M | "
+                     f"{fmt_rate(ours, step_bytes)} | {fmt_rate(theirs, step_bytes)} | {fmt_speedup(ours, theirs)} | "
+                     f"{a['losses'][0]:.3f} → {a['losses'][-1]:.3f}; {b['losses'][0]:.3f} → {b['losses'][-1]:.3f} |")
     print("\n".join(lines))
-    if not args.quick:
-        write_section("blt-vs-hf", lines)
+    out = results_file(args, "results_blt.md")
+    if out:
+        write_section(out, "blt-vs-hf", lines)
     return 0
 
 

@@ -2,9 +2,9 @@
 model) gets on the same images in a few CPU minutes. It tells whether a task is hard at this size
 and data, or hard for a byte-level model.
 
-    .venv/bin/python benchmarks/clock_cnn_baseline.py --size 32 --mode gray --n-train 20000 --minutes 6
-    .venv/bin/python benchmarks/clock_cnn_baseline.py --task shapes --size 24 --n-train 30000 --minutes 2
-    .venv/bin/python benchmarks/clock_cnn_baseline.py --net omnibyte --batch 15 --steps 1463
+    .venv/bin/python -m benchmarks.clock_cnn_baseline --size 32 --mode gray --n-train 20000 --minutes 6
+    .venv/bin/python -m benchmarks.clock_cnn_baseline --task shapes --size 24 --n-train 30000 --minutes 2
+    .venv/bin/python -m benchmarks.clock_cnn_baseline --net omnibyte --batch 15 --steps 1463
 
 `--net omnibyte` trains omnibyte's own `ImageEncoder` (the BLT's `model.image_encoder`, with its
 output gain `--gain`) under one linear head per answer instead of the plain CNN: whether that

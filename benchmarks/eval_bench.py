@@ -1,7 +1,7 @@
 """Models at equal training FLOPs on the default corpus: `omnibyte bench --preset small`.
 
-    .venv/bin/python benchmarks/eval_bench.py            # full: ≈20 min on a 2-core CPU; writes results_eval.md
-    .venv/bin/python benchmarks/eval_bench.py --quick    # the quick preset on 60 kB of KJV (seconds), writes nothing
+    .venv/bin/python -m benchmarks.eval_bench            # full: ≈20 min on a 2-core CPU; writes results_eval.md
+    .venv/bin/python -m benchmarks.eval_bench --quick    # the quick preset on 60 kB of KJV (seconds), writes nothing
 
 Full: the byte transformer, the BPE transformer (4,096-id tokenizer learned on the train split),
 MEGABYTE and BLT with static, space and entropy patching, each trained at 2e12 and 6e12 FLOPs on
@@ -18,17 +18,26 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_common import OUT, REPO, header, quick_corpus, table_lines, write_section  # noqa: E402
-
-from omnibyte.eval.bench import MODELS, Bench  # noqa: E402
+from benchmarks.common import (
+    HERE,
+    OUT,
+    REPO,
+    header,
+    quick_corpus,
+    results_file,
+    results_option,
+    table_lines,
+    write_section,
+)
+from omnibyte.eval.bench import MODELS, Bench
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny models on a tiny corpus, writes nothing")
+    ap.add_argument("--quick", action="store_true", help="tiny models on a tiny corpus; writes only with --results")
     ap.add_argument("--out", help="bench folder (default runs/bench-small, or benchmarks/out/eval_bench-quick)")
     ap.add_argument("--models", default=",".join(MODELS))
+    results_option(ap, "results_eval.md")
     args = ap.parse_args()
     OUT.mkdir(exist_ok=True)
     if args.quick:
@@ -45,14 +54,17 @@ def main() -> int:
     minutes = (time.perf_counter() - t0) / 60
     print((out / "results.md").read_text())
     print(f"done in {minutes:.1f} min; plot: {out / 'bpb_vs_flops.png'}")
-    if args.quick:
+    results = results_file(args, "results_eval.md")
+    if results is None:
         return 0
-    png = Path(__file__).resolve().parent / "eval_bench.png"
-    shutil.copy(out / "bpb_vs_flops.png", png)
-    write_section("eval_bench", [*header("Bits per byte at equal training FLOPs (omnibyte bench --preset small)"),
-                                 f"- wall time of this invocation: {minutes:.1f} min (runs already finished in "
-                                 f"{out.name} are reused, not retrained; each run's own time is in the table)", "",
-                                 *table_lines(out / "results.md"), "", f"![bpb against FLOPs]({png.name})"])
+    png = HERE / "eval_bench.png"
+    if not args.quick:
+        shutil.copy(out / "bpb_vs_flops.png", png)
+    notes = [f"wall time of this invocation: {minutes:.1f} min (runs already finished in {out.name} are reused, not "
+             "retrained; each run's own time is in the table)"]
+    write_section(results, "eval_bench", [
+        *header(f"Bits per byte at equal training FLOPs (omnibyte bench --preset {preset})", notes),
+        *table_lines(out / "results.md"), "", f"![bpb against FLOPs]({png.name})"])
     return 0
 
 

@@ -1,11 +1,11 @@
 """Character-level tasks (CUTE-style): byte models against the BPE baseline, trained on the same
 task mix at equal FLOPs, scored by greedy exact match on questions about held-out words.
 
-    .venv/bin/python benchmarks/eval_cute.py            # full: ≈20 min on a 2-core CPU; writes results_eval.md
-    .venv/bin/python benchmarks/eval_cute.py --quick    # 700 questions, tiny models (seconds), writes nothing
-    .venv/bin/python benchmarks/eval_cute.py --models bpe,blt-space --budgets 3e13 --section eval_cute_3e13
+    .venv/bin/python -m benchmarks.eval_cute            # full: ≈20 min on a 2-core CPU; writes results_eval.md
+    .venv/bin/python -m benchmarks.eval_cute --quick    # 700 questions, tiny models (seconds), writes nothing
+    .venv/bin/python -m benchmarks.eval_cute --models bpe,blt-space --budgets 3e13 --section eval_cute_3e13
                                                         # a larger budget for two models, in its own section
-    .venv/bin/python benchmarks/eval_cute.py --n-train 100000 --models bpe --budgets 3e13 --section eval_cute_100k
+    .venv/bin/python -m benchmarks.eval_cute --n-train 100000 --models bpe --budgets 3e13 --section eval_cute_100k
                                                         # more training questions (data/cute-100000,
                                                         # runs/bench-cute-100000): fewer epochs per budget
 
@@ -20,21 +20,19 @@ import argparse
 import shutil
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_common import OUT, REPO, header, table_lines, write_section  # noqa: E402
-
-from omnibyte.data import is_dataset  # noqa: E402
-from omnibyte.data.tasks.cute import DEFAULT_WORDS, load_words, write_cute  # noqa: E402
-from omnibyte.eval.bench import MODELS, Bench  # noqa: E402
+from benchmarks.common import OUT, REPO, header, results_file, results_option, table_lines, write_section
+from omnibyte.data import is_dataset
+from omnibyte.data.tasks.cute import DEFAULT_WORDS, load_words, write_cute
+from omnibyte.eval.bench import MODELS, Bench
 
 N_TRAIN = 20000
 
 
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a small task set and tiny models, writes nothing")
+    ap.add_argument("--quick", action="store_true", help="a small task set and tiny models; writes only with --results")
     ap.add_argument("--words", default=DEFAULT_WORDS)
     ap.add_argument("--budgets", default="6e12")
     ap.add_argument("--models", default=",".join(MODELS))
@@ -43,6 +41,7 @@ def main() -> int:
     ap.add_argument("--n-train", type=int, default=N_TRAIN,
                     help=f"training questions (default {N_TRAIN:,}; another count gets its own data and run folders)")
     ap.add_argument("--threads", type=int, help="torch threads per training run (default: the preset's, 1)")
+    results_option(ap, "results_eval.md")
     args = ap.parse_args()
     OUT.mkdir(exist_ok=True)
     if args.quick:
@@ -65,17 +64,16 @@ def main() -> int:
     print((out / "results.md").read_text())
     print("\n".join(per_task))
     print(f"done in {minutes:.1f} min")
-    if not args.quick:
+    results = results_file(args, "results_eval.md")
+    if results:
         title = (f"Character-level tasks: greedy exact match on held-out words ({args.budgets} training FLOPs, "
                  f"{n_train:,} training questions)")
-        write_section(args.section, [*header(title),
-                                    f"- wall time of this invocation: {minutes:.1f} min (finished runs in {out.name} "
-                                    "are reused, not retrained; each run's own time is in the table)",
-                                    f"- training: {bench.preset.jobs} run(s) at a time, "
-                                    f"{bench.preset.threads or 'default'} torch thread(s) each (the machine line "
-                                    "gives the main process's threads)", "",
-                                    *table_lines(out / "results.md"), "",
-                                    "Accuracy per task:", "", *per_task])
+        notes = [f"wall time of this invocation: {minutes:.1f} min (finished runs in {out.name} are reused, not "
+                 "retrained; each run's own time is in the table)",
+                 f"training: {bench.preset.jobs} run(s) at a time, {bench.preset.threads or 'default'} torch thread(s) "
+                 "each (the machine line gives the main process's threads)"]
+        write_section(results, args.section, [*header(title, notes), *table_lines(out / "results.md"), "",
+                                              "Accuracy per task:", "", *per_task])
     return 0
 
 

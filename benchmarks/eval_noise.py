@@ -2,8 +2,8 @@
 (random case, dropped, repeated, upper-cased and swapped characters, each at rate 0.1) for every
 model of the bench; degradation = noisy bpb / clean bpb.
 
-    .venv/bin/python benchmarks/eval_noise.py            # full: writes results_eval.md
-    .venv/bin/python benchmarks/eval_noise.py --quick    # tiny models on 60 kB of KJV (seconds), writes nothing
+    .venv/bin/python -m benchmarks.eval_noise            # full: writes results_eval.md
+    .venv/bin/python -m benchmarks.eval_noise --quick    # tiny models on 60 kB of KJV (seconds), writes nothing
 
 Full reuses the trained runs of eval_bench.py (runs/bench-small): ≈3 min when those exist, else
 it trains them first (≈20 min more on a 2-core CPU).
@@ -15,19 +15,17 @@ import argparse
 import shutil
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_common import OUT, REPO, header, quick_corpus, table_lines, write_section  # noqa: E402
-
-from omnibyte.eval.bench import MODELS, Bench  # noqa: E402
+from benchmarks.common import OUT, REPO, header, quick_corpus, results_file, results_option, table_lines, write_section
+from omnibyte.eval.bench import MODELS, Bench
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny models on a tiny corpus, writes nothing")
+    ap.add_argument("--quick", action="store_true", help="tiny models on a tiny corpus; writes only with --results")
     ap.add_argument("--rate", type=float, default=0.1)
     ap.add_argument("--models", default=",".join(MODELS))
+    results_option(ap, "results_eval.md")
     args = ap.parse_args()
     OUT.mkdir(exist_ok=True)
     if args.quick:
@@ -42,9 +40,10 @@ def main() -> int:
     minutes = (time.perf_counter() - t0) / 60
     print((out / "results.md").read_text())
     print(f"done in {minutes:.1f} min")
-    if not args.quick:
-        write_section("eval_noise", [*header(f"Noise robustness: noisy / clean bits per byte at rate {args.rate}"),
-                                     *table_lines(out / "results.md")])
+    results = results_file(args, "results_eval.md")
+    if results:
+        title = f"Noise robustness: noisy / clean bits per byte at rate {args.rate}"
+        write_section(results, "eval_noise", [*header(title), *table_lines(out / "results.md")])
     return 0
 
 

@@ -7,19 +7,23 @@ Checks (each prints PASS or FAIL; the exit status is 1 if any failed):
      the full forward re-run per byte; a batch of two prompts gives each row what it gets alone.
   2. the command line on CUDA: train (bf16 autocast; then with torch.compile), torchrun with
      NCCL, eval, text generation and a generated image block.
-Figures (written as a markdown section to --results):
+Figures (written as a markdown section to --results), each a median (min–max) over repeated
+calls timed by `benchmarks.common.compare`:
   3. training throughput in bf16: byte transformer vs BLT (~4.5 bytes per patch) vs MEGABYTE
-     (patches of 8) with the same global width and depth, eager and compiled;
-  4. BLT greedy generation on the GPU: cached vs the full forward re-run per byte.
+     (patches of 8) with the same global width and depth, eager and compiled. The models run one
+     after another, not interleaved: each model's peak memory is then its own, and the GPU is
+     not shared with other work;
+  4. BLT greedy generation on the GPU: cached vs the full forward re-run per byte, interleaved.
 
-    python benchmarks/gpu_check.py --data .gpu/kjv --results /tmp/results_gpu.md
-    python benchmarks/gpu_check.py --quick          # tiny sizes; runs on a CPU too (no CLI part)
+    python -m benchmarks.gpu_check --data .gpu/kjv --results /tmp/results_gpu.md
+    python -m benchmarks.gpu_check --quick --skip cli   # tiny sizes; runs on a CPU too
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import os
 import re
 import subprocess
@@ -30,16 +34,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from blt_common import full_rerun  # noqa: E402
-from common import REPO, header, median, write_section  # noqa: E402
-
-from omnibyte.format import BOS, N_BYTES  # noqa: E402
-from omnibyte.generate import SamplingConfig, generate  # noqa: E402
-from omnibyte.models import build_model  # noqa: E402
-from omnibyte.models.blt import BLT, BLTConfig, LatentConfig, LocalConfig  # noqa: E402
-from omnibyte.patching import PatcherConfig, mean_patch_len, patch_starts  # noqa: E402
-from omnibyte.patching.calibrate import calibrate_threshold  # noqa: E402
+from benchmarks.common import REPO, compare, fmt_rate, fmt_speedup, full_rerun, header, train_step, write_section
+from omnibyte.format import BOS, N_BYTES
+from omnibyte.generate import SamplingConfig, generate
+from omnibyte.models import build_model
+from omnibyte.models.blt import BLT, BLTConfig, LatentConfig, LocalConfig
+from omnibyte.patching import PatcherConfig, mean_patch_len, patch_starts
+from omnibyte.patching.calibrate import calibrate_threshold
 
 FAILED: list[str] = []
 TEXT = (b"In the beginning God created the heaven and the earth. And the earth was without form, and void; "
@@ -235,15 +236,13 @@ def sync(dev):
         torch.cuda.synchronize()
 
 
-def train_step(fwd, opt, ids: torch.Tensor, extra: dict, dev: torch.device):
-    """One optimizer step of `fwd` on `ids` (bf16 autocast on CUDA), as a closure."""
-    def step():
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            loss = fwd(ids[:, :-1], ids[:, 1:], **extra).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return step
+def synced(fn, dev):
+    """`fn` followed by a device synchronisation, so a wall-clock timing covers its kernels."""
+    def call():
+        out = fn()
+        sync(dev)
+        return out
+    return call
 
 
 def throughput(p: dict, dev: torch.device, deadline: float, modes=("eager", "compiled")) -> list[str]:
@@ -266,8 +265,8 @@ def throughput(p: dict, dev: torch.device, deadline: float, modes=("eager", "com
                                                           "local_heads": p["local_heads"]}),
     }
     lines = [f"Training throughput on the GPU: batch {b} × {t} random bytes, bf16 autocast, forward + backward + "
-             f"fused AdamW, median of {p['steps']} steps after warm-up. Global width {dg} × {nl} layers for all "
-             f"three; BLT patches of mean {mean_patch_len(starts):.2f} bytes (variable length from precomputed "
+             f"fused AdamW, median (min–max) of {p['steps']} steps after warm-up. Global width {dg} × {nl} layers for "
+             f"all three; BLT patches of mean {mean_patch_len(starts):.2f} bytes (variable length from precomputed "
              f"scores, as in entropy-patched training), local width {p['local']}, encoder 1 / decoder "
              f"{p['dec_layers']} layers, window {p['window']}; MEGABYTE local {p['local']} × {p['dec_layers']}.", "",
              "| model | mode | params | train FLOPs/byte | bytes/s | vs byte transformer (same mode) | peak memory |",
@@ -286,26 +285,22 @@ def throughput(p: dict, dev: torch.device, deadline: float, modes=("eager", "com
                 fwd = torch.compile(model) if mode == "compiled" else model
                 extra = {"entropies": scores} if name.startswith("BLT") else {}
 
-                step = train_step(fwd, opt, ids, extra, dev)
-
+                autocast = functools.partial(torch.autocast, dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+                step = train_step(model, ids, opt=opt, autocast=autocast,
+                                  loss=lambda ids, fwd=fwd, extra=extra: fwd(ids[:, :-1], ids[:, 1:], **extra).loss)
                 if dev.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
-                times = []
-                for i in range(p["steps"] + p["warmup"]):
-                    sync(dev)
-                    t0 = time.perf_counter()
-                    step()
-                    sync(dev)
-                    if i >= p["warmup"]:
-                        times.append(time.perf_counter() - t0)
-                bps = b * t / median(times)
-                base = base or bps if name == "byte transformer" else base
+                sync(dev)
+                timing = compare({name: synced(step, dev)}, repeats=p["steps"], warmup=p["warmup"])[name]
+                base = base or timing if name == "byte transformer" else base
                 mem = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if dev.type == "cuda" else "–"
                 n = sum(q.numel() for q in model.parameters() if q.requires_grad)
                 fl = model.flops_per_byte(t)["train"]
-                ratio = f"{bps / base:.2f}×" if base else "–"
-                lines.append(f"| {name} | {mode} | {n / 1e6:.1f}M | {fl / 1e6:.0f}M | {bps:,.0f} | {ratio} | {mem} |")
-                print(f"  {name} {mode}: {bps:,.0f} bytes/s ({median(times) * 1e3:.0f} ms/step)", flush=True)
+                ratio = f"{base.median / timing.median:.2f}×" if base else "–"
+                lines.append(f"| {name} | {mode} | {n / 1e6:.1f}M | {fl / 1e6:.0f}M | {fmt_rate(timing, b * t)} | "
+                             f"{ratio} | {mem} |")
+                print(f"  {name} {mode}: {b * t / timing.median:,.0f} bytes/s ({timing.median * 1e3:.0f} ms/step)",
+                      flush=True)
                 del model, opt, fwd, step
             except Exception as e:  # noqa: BLE001 - a figure that fails is reported in its row
                 traceback.print_exc()
@@ -324,20 +319,18 @@ def generation(p: dict, dev: torch.device) -> list[str]:
     prompt = [BOS, *TEXT[:55]]
     cfg = SamplingConfig(max_new=n, temperature=0, stop_at_eos=False)
     generate(model, [prompt], SamplingConfig(max_new=8, temperature=0, stop_at_eos=False))  # warm-up
+    full_rerun(model, prompt, 8)
     sync(dev)
-    t0 = time.perf_counter()
-    cached = generate(model, [prompt], cfg)[0]
-    sync(dev)
-    t_cached = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    full = full_rerun(model, prompt, n)
-    sync(dev)
-    t_full = time.perf_counter() - t0
+    t = compare({"cached": synced(lambda: generate(model, [prompt], cfg)[0], dev),
+                 "full re-run": synced(lambda: full_rerun(model, prompt, n), dev)}, repeats=p["gen_repeats"], warmup=0)
+    cached, full = t["cached"].values[-1], t["full re-run"].values[-1]
     same = next((i for i, (a, b) in enumerate(zip(cached, full)) if a != b), n)
     return [f"Greedy generation of {n} bytes on the GPU (fp32, batch 1) by the BLT of `blt_speed.py` (latent 256 × 4, "
-            "local 64, static patches of 4): cached `omnibyte.generate` vs the full forward re-run per byte.", "",
+            "local 64, static patches of 4): cached `omnibyte.generate` vs the full forward re-run per byte; median "
+            f"(min–max) of {p['gen_repeats']} interleaved rounds.", "",
             "| cached bytes/s | full re-run bytes/s | speed-up | same bytes |", "| ---: | ---: | ---: | ---: |",
-            f"| {n / t_cached:,.0f} | {n / t_full:,.1f} | {t_full / t_cached:.1f}× | {same} / {n} |"]
+            f"| {fmt_rate(t['cached'], n)} | {fmt_rate(t['full re-run'], n, '{:,.1f}')} | "
+            f"{fmt_speedup(t['cached'], t['full re-run'], '{:.1f}')} | {same} / {n} |"]
 
 
 def main() -> None:
@@ -373,9 +366,9 @@ def main() -> None:
     if "figures" not in skip:
         torch.backends.cuda.matmul.allow_tf32 = True
         p = (dict(batch=2, seq_len=256, dim=64, layers=2, heads=4, local=32, local_heads=2, dec_layers=2, window=32,
-                  bpp=4.5, steps=2, warmup=1, gen_bytes=16) if args.quick else
+                  bpp=4.5, steps=2, warmup=1, gen_bytes=16, gen_repeats=2) if args.quick else
              dict(batch=8, seq_len=8192, dim=768, layers=12, heads=12, local=256, local_heads=4, dec_layers=2,
-                  window=512, bpp=4.5, steps=5, warmup=3, gen_bytes=300))
+                  window=512, bpp=4.5, steps=5, warmup=3, gen_bytes=300, gen_repeats=3))
         table = throughput(p, dev, start + args.budget, modes=("eager",))
         gen = generation(p, dev)
         modes = () if "compile" in skip else ("compiled",)

@@ -7,7 +7,7 @@
 #     bash benchmarks/media_conv_gpu_pilots.sh 2 $OUT    # second sweep
 set -u
 SWEEP=$1 OUT=$2
-P="python3 benchmarks/multimodal_pilot.py"
+P="python3 -m benchmarks.multimodal_pilot"
 C='{"media_conv": 32}'
 T='{"device": "cuda"}'
 F='{"root": ".gpu/fmnist"}'

@@ -9,14 +9,13 @@
   std 0.02 like the other matrices instead of 0.002, and one full projection from the whole
   global output to all P local slots instead of w^GL per slot.
 
-    .venv/bin/python benchmarks/megabyte_variants.py            # ≈ 15 minutes on 2 cores
-    .venv/bin/python benchmarks/megabyte_variants.py --quick    # 20 steps, prints only
+    .venv/bin/python -m benchmarks.megabyte_variants            # ≈ 15 minutes on 2 cores
+    .venv/bin/python -m benchmarks.megabyte_variants --quick    # 20 steps, prints only
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
@@ -24,13 +23,9 @@ import torch
 from einops import rearrange
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import HERE, REPO, header, write_section  # noqa: E402
-
-from omnibyte.models.megabyte import Megabyte, MegabyteConfig  # noqa: E402
-from omnibyte.models.registry import register  # noqa: E402
-from omnibyte.train.config import load_run_config  # noqa: E402
-from omnibyte.train.trainer import Trainer  # noqa: E402
+from benchmarks.common import REPO, header, results_file, results_option, train_run, write_section
+from omnibyte.models.megabyte import Megabyte, MegabyteConfig
+from omnibyte.models.registry import register
 
 
 @register
@@ -80,7 +75,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", nargs="+", choices=list(VARIANTS), help="run these only (prints, writes nothing)")
+    ap.add_argument("--only", nargs="+", choices=list(VARIANTS),
+                    help="run these only (prints; writes only with --results)")
+    results_option(ap, "results_megabyte.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     steps = 20 if args.quick else 300
@@ -89,20 +86,19 @@ def main() -> int:
         for name, model in VARIANTS.items():
             if args.only and name not in args.only:
                 continue
-            cfg = load_run_config(REPO / "configs" / "megabyte-tiny.toml", {
-                "model": dict(model), "data": {"path": str(REPO / "data" / "kjv")},
-                "train": {"steps": steps, "eval_every": 0, "save_every": 0, "eval_batches": 0}})
-            trainer = Trainer(cfg, Path(tmp) / name, quiet=True)
-            result = trainer.fit()
-            rows.append((name, trainer.model.num_params(), result["val_bpb"]))
+            raw = {"model": dict(model), "data": {"path": str(REPO / "data" / "kjv")},
+                   "train": {"steps": steps, "eval_every": 0, "save_every": 0, "eval_batches": 0}}
+            result = train_run(raw, Path(tmp) / name, base=REPO / "configs" / "megabyte-tiny.toml")
+            rows.append((name, result["params"], result["val_bpb"]))
             print(f"{name}: {rows[-1][1]:,} params, val {rows[-1][2]:.4f} bits/byte", flush=True)
     lines = header("MEGABYTE design variants" + (" (quick)" if args.quick else ""))
     lines += [f"`configs/megabyte-tiny.toml`, {steps} steps each, same seed and batches; bits per byte over the whole "
               "KJV validation split.", "", "| variant | params | val bpb |", "| --- | ---: | ---: |"]
     lines += [f"| {n} | {p:,} | {b:.4f} |" for n, p, b in rows]
     print("\n".join(lines))
-    if not args.quick and not args.only:
-        write_section(HERE / "results_megabyte.md", "megabyte-variants", lines, "MEGABYTE")
+    out = results_file(args, "results_megabyte.md") if not args.only or args.results else None
+    if out:
+        write_section(out, "megabyte-variants", lines)
     return 0
 
 

@@ -2,8 +2,8 @@
 fixed number of steps, for trying a recipe (loss weight of media bytes, task options, model
 changes) in minutes before spending an hour on the full mix (multimodal_tasks.py).
 
-    .venv/bin/python benchmarks/multimodal_pilot.py fashion --steps 450 --media-loss-weight 0
-    .venv/bin/python benchmarks/multimodal_pilot.py fashion --steps 450 --media-loss-weight 0.1 \
+    .venv/bin/python -m benchmarks.multimodal_pilot fashion --steps 450 --media-loss-weight 0
+    .venv/bin/python -m benchmarks.multimodal_pilot fashion --steps 450 --media-loss-weight 0.1 \
         --model '{"ngram_sizes": []}'
 
 Trains multimodal_tasks.py's BLT and batch (8 × 2048 ids, whole documents per window) on
@@ -22,16 +22,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import multimodal_tasks as mm  # noqa: E402
-
-from omnibyte.data import ShardDataset  # noqa: E402
-from omnibyte.data.modality import ANSWER_AUX  # noqa: E402
-from omnibyte.data.tasks import build_mix  # noqa: E402
-from omnibyte.eval.multimodal import run_examples, score_examples  # noqa: E402
-from omnibyte.models.base import OmniModel  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
+from benchmarks import multimodal_tasks as mm
+from benchmarks.common import REPO, steps_for_minutes, train_run
+from omnibyte.data import ShardDataset
+from omnibyte.data.modality import ANSWER_AUX
+from omnibyte.data.tasks import build_mix
+from omnibyte.eval.multimodal import run_examples, score_examples
+from omnibyte.models.base import OmniModel
 
 
 def main() -> int:
@@ -71,13 +68,13 @@ def main() -> int:
     preset["model"] = {**preset["model"], **model_over}
     rate = None
     if args.minutes:
-        args.steps, rate = mm.calibrate_steps({**preset, "minutes": args.minutes}, mix, args.out / "probe",
-                                              args.threads)
+        args.steps, rate = steps_for_minutes(mm.run_config(preset, mix, 8, args.threads), args.out / "probe",
+                                             args.minutes)
     prompt = "" if args.prompt_loss_weight == 1 else f"-p{args.prompt_loss_weight:g}"
     over = args.model + ("" if args.train == "{}" else args.train)  # the names of earlier runs stay the same
     name = f"run-{tag}-w{args.media_loss_weight:g}{prompt}-s{args.steps}-{zlib.crc32(over.encode()):08x}"
     t0 = time.time()
-    run = mm.train_run(preset, mix, args.out / name, args.steps, args.threads)
+    run = train_run(mm.run_config(preset, mix, args.steps, args.threads), args.out / name)
     model = OmniModel.from_pretrained(args.out / name).eval()
     scores = score_examples(run_examples(model, ev, n=args.n_eval))
     result = {"task": args.task, "steps": args.steps, "media_loss_weight": args.media_loss_weight,

@@ -2,9 +2,9 @@
 and the early-fusion question — do image and audio bytes get easier or harder to predict when
 text shares the training mix (at equal training FLOPs)?
 
-    .venv/bin/python benchmarks/multimodal_tasks.py            # full: ~2 h on a 2-core CPU, writes
+    .venv/bin/python -m benchmarks.multimodal_tasks            # full: ~2 h on a 2-core CPU, writes
                                                                 # benchmarks/results_multimodal.md
-    .venv/bin/python benchmarks/multimodal_tasks.py --quick    # smoke run, ~2 min: tiny everything
+    .venv/bin/python -m benchmarks.multimodal_tasks --quick    # smoke run, ~2 min: tiny everything
 
 Steps:
 1. Two training mixes built with `build_mix` from the same seed: *with text* (KJV + tasks) and
@@ -32,7 +32,6 @@ import argparse
 import json
 import multiprocessing as mp
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -41,19 +40,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, machine, write_section  # noqa: E402
+from benchmarks.common import HERE, header, steps_for_minutes, train_run, write_section
+from omnibyte.data import write_dataset
+from omnibyte.data.tasks import build_mix, parse_mix, text_documents
+from omnibyte.data.tasks.fashion import DEFAULT_ROOT
+from omnibyte.data.tasks.speech import espeak_available
+from omnibyte.eval.multimodal import evaluate_by_modality, json_safe, run_examples, score_examples
+from omnibyte.models.base import OmniModel
 
-from omnibyte.data import write_dataset  # noqa: E402
-from omnibyte.data.tasks import build_mix, parse_mix, text_documents  # noqa: E402
-from omnibyte.data.tasks.fashion import DEFAULT_ROOT  # noqa: E402
-from omnibyte.data.tasks.speech import espeak_available  # noqa: E402
-from omnibyte.eval.multimodal import evaluate_by_modality, json_safe, run_examples, score_examples  # noqa: E402
-from omnibyte.models.base import OmniModel  # noqa: E402
-from omnibyte.train.config import resolve  # noqa: E402
-from omnibyte.train.trainer import Trainer  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results_multimodal.md"
+RESULTS = HERE / "results_multimodal.md"
 BLT = {"arch": "blt", "cross_attn_k": 2, "patcher": {"kind": "static", "patch_size": 4}}
 FULL = {
     "text": "kjv:0.3", "tasks": "clocks:2000,shapes:2000,fashion:8000,speech:1000",
@@ -108,31 +103,6 @@ def run_config(preset: dict, data: Path, steps: int, threads: int) -> dict:
     return {"model": json.loads(json.dumps(preset["model"])), "data": {"path": str(data)}, "train": train}
 
 
-def train_run(preset: dict, data: Path, run_dir: Path, steps: int, threads: int) -> dict:
-    """Train a fresh run in `run_dir`. An earlier run there is removed first: the trainer would append
-    to its metrics file, and a rate or loss curve read from it would mix the two runs."""
-    shutil.rmtree(run_dir, ignore_errors=True)
-    torch.manual_seed(0)
-    trainer = Trainer(resolve(run_config(preset, data, steps, threads)), run_dir, quiet=True)
-    t0 = time.perf_counter()
-    trainer.fit()
-    wall = time.perf_counter() - t0
-    return {"steps": steps, "wall_s": wall, "bytes": steps * trainer.bytes_per_step,
-            "flops": steps * trainer.bytes_per_step * trainer.flops_per_byte, "params": trainer.model.num_params()}
-
-
-def calibrate_steps(preset: dict, data: Path, scratch: Path, threads: int) -> tuple[int, float]:
-    """Steps that fill `minutes` per run, from the bytes/s of a short run's steps: the median of
-    its per-step rates after the first two (the run's wall time also holds start-up, evaluation
-    and saving, and made the runs stop at about 70% of the minutes asked for)."""
-    probe = train_run(preset, data, scratch / "probe", 8, threads)
-    logged = [json.loads(line) for line in (scratch / "probe" / "metrics.jsonl").read_text().splitlines()]
-    rates = [r["bytes_per_s"] for r in logged if "bytes_per_s" in r and r["step"] > 2]
-    rate = statistics.median(rates) if rates else probe["bytes"] / probe["wall_s"]
-    bytes_per_step = preset["train"]["batch_size"] * preset["train"]["seq_len"]
-    return max(10, int(preset["minutes"] * 60 * rate / bytes_per_step)), rate
-
-
 def score(run_dir: Path, preset: dict, eval_set: Path, text_set: Path | None) -> dict:
     model = OmniModel.from_pretrained(run_dir).eval()
     seq_len = preset["train"]["seq_len"]
@@ -150,7 +120,7 @@ def score(run_dir: Path, preset: dict, eval_set: Path, text_set: Path | None) ->
 def train_and_score(preset: dict, mix_path: Path, run_dir: Path, steps: int, threads: int, work: Path) -> tuple:
     """One mix end to end (a worker of --parallel runs it in its own process)."""
     torch.set_num_threads(threads)
-    run = train_run(preset, mix_path, run_dir, steps, threads)
+    run = train_run(run_config(preset, mix_path, steps, threads), run_dir)
     return run, score(run_dir, preset, work / "eval", work / "text-eval")
 
 
@@ -184,25 +154,23 @@ def model_summary(model: dict) -> str:
 def report(preset: dict, quick: bool, notes: list[str], mixes: dict, runs: dict, scores: dict,
            total_s: float) -> list[str]:
     title = "Multimodal tasks: smoke run (--quick)" if quick else "Multimodal tasks: BLT on a CPU budget"
-    lines = [f"## {title}", "", f"- command: `{command_line()}`",
-             f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}", f"- machine: {machine()}",
-             f"- model: BLT, {runs['with text']['params']:,} parameters, {model_summary(preset['model'])}; batch "
-             f"{preset['train']['batch_size']} × {preset['train']['seq_len']} ids; "
-             f"{runs['with text']['steps']} steps per run ({runs['with text']['flops']:.3g} training FLOPs each)",
-             f"- training recipe: whole documents per window (`align_docs` {preset['train'].get('align_docs', False)}),"
-             f" image/audio targets weighted {preset['train'].get('media_loss_weight', 1.0)} and task examples' "
-             f"prompts (question and input media) {preset['train'].get('prompt_loss_weight', 1.0)} in the loss "
-             "(bits per byte below are unweighted)",
-             f"- training mixes: with text `{mixes['with text']['spec']}`; without text "
-             f"`{mixes['without text']['spec']}`; task options {json.dumps(preset['task_opts'])}",
-             f"- evaluation: new examples `{preset['eval_tasks']}` (seed + 1, Fashion-MNIST test images), up to "
-             f"{preset['eval_n']} per kind; bits per byte over {preset['bpb_batches']} batches of 4 windows",
-             f"- total wall time {total_s / 60:.1f} min"]
-    lines += [f"- note: {n}" for n in notes]
+    lines = header(title, [
+        f"model: BLT, {runs['with text']['params']:,} parameters, {model_summary(preset['model'])}; batch "
+        f"{preset['train']['batch_size']} × {preset['train']['seq_len']} ids; {runs['with text']['steps']} steps per "
+        f"run ({runs['with text']['flops']:.3g} training FLOPs each)",
+        f"training recipe: whole documents per window (`align_docs` {preset['train'].get('align_docs', False)}), "
+        f"image/audio targets weighted {preset['train'].get('media_loss_weight', 1.0)} and task examples' prompts "
+        f"(question and input media) {preset['train'].get('prompt_loss_weight', 1.0)} in the loss (bits per byte "
+        "below are unweighted)",
+        f"training mixes: with text `{mixes['with text']['spec']}`; without text `{mixes['without text']['spec']}`; "
+        f"task options {json.dumps(preset['task_opts'])}",
+        f"evaluation: new examples `{preset['eval_tasks']}` (seed + 1, Fashion-MNIST test images), up to "
+        f"{preset['eval_n']} per kind; bits per byte over {preset['bpb_batches']} batches of 4 windows",
+        f"total wall time {total_s / 60:.1f} min", *(f"note: {n}" for n in notes)])
     if quick:
-        lines += ["", "A smoke run: a tiny model trained for a few steps. It checks the pipeline; its numbers say "
-                  "nothing about what the model can learn."]
-    lines += ["", "### Training", "", "| run | text / image / audio share of training bytes | steps | wall (min) |",
+        lines += ["A smoke run: a tiny model trained for a few steps. It checks the pipeline; its numbers say "
+                  "nothing about what the model can learn.", ""]
+    lines += ["### Training", "", "| run | text / image / audio share of training bytes | steps | wall (min) |",
               "| --- | --- | --- | --- |"]
     for name, r in runs.items():
         share = " / ".join(f"{100 * mixes[name]['share'].get(k, 0):.0f} %" for k in ("text", "image", "audio"))
@@ -231,9 +199,10 @@ def report(preset: dict, quick: bool, notes: list[str], mixes: dict, runs: dict,
     return lines
 
 
-def write_results(key: str, lines: list[str]) -> None:
-    """Replace the `key` section of results_multimodal.md (quick and full keep separate sections)."""
-    write_section(RESULTS, key, lines, "Multimodal benchmarks")
+def write_results(args: argparse.Namespace, key: str, lines: list[str]) -> None:
+    """Replace the `key` section of results_multimodal.md or --results (quick and full runs keep
+    separate sections)."""
+    write_section(args.results or RESULTS, key, lines, "Multimodal benchmarks")
 
 
 def rescore(args) -> int:
@@ -258,7 +227,7 @@ def rescore(args) -> int:
     (work / "results.json").write_text(json.dumps(json_safe({**saved, "scores": scores, "notes": notes}),
                                                   indent=2, default=str) + "\n")
     print("\n".join(lines))
-    write_results(args.section or "full", lines)
+    write_results(args, args.section or "full", lines)
     return 0
 
 
@@ -284,6 +253,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="keep data, runs and results.json here (default: a temporary folder)")
     ap.add_argument("--score-only", action="store_true",
                     help="score the finished runs in --out again (after a metric changed) and rewrite the report")
+    ap.add_argument("--results", type=Path, help="write the section into this file (default "
+                    "benchmarks/results_multimodal.md, which records the --quick section too)")
     args = ap.parse_args()
     if args.score_only:
         return rescore(args)
@@ -329,7 +300,8 @@ def main() -> int:
         if args.quick:
             steps = preset["steps"]
         else:
-            steps, rate = calibrate_steps(preset, mixes["with text"]["path"], work, args.threads)
+            probe = run_config(preset, mixes["with text"]["path"], 8, args.threads)
+            steps, rate = steps_for_minutes(probe, work / "probe", preset["minutes"])
             print(f"{rate:,.0f} bytes/s → {steps} steps per run ({preset['minutes']:.0f} min)", flush=True)
         runs, scores = {}, {}
         jobs = {name: (preset, mix["path"], work / f"run-{name.replace(' ', '-')}", steps, args.threads, work)
@@ -350,7 +322,7 @@ def main() -> int:
             {"preset": preset, "runs": runs, "scores": scores, "notes": notes, "total_s": time.perf_counter() - t_start,
              "specs": {k: v["spec"] for k, v in mixes.items()}}), indent=2, default=str) + "\n")
         print("\n".join(lines))
-        write_results(args.section or ("quick" if args.quick else "full"), lines)
+        write_results(args, args.section or ("quick" if args.quick else "full"), lines)
     finally:
         if args.out is None:
             shutil.rmtree(work, ignore_errors=True)
