@@ -8,9 +8,11 @@ from pathlib import Path
 import torch
 
 from omnibyte.data import prepare
+from omnibyte.format import BOS
 from omnibyte.models.transformer import Transformer, TransformerConfig
 
 WORDS = ("the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "red", "door", "in", "sun")
+TEXT_WORDS = ("in", "the", "beginning", "god", "created", "heaven", "and", "earth", "a", "of")
 
 # A tiny byte transformer: dim 32, 2 layers, 4 heads of 8.
 TINY_MODEL = {"arch": "transformer", "dim": 32, "n_layers": 2, "n_heads": 4}
@@ -53,3 +55,16 @@ def tiny_model(seed: int = 0, **cfg) -> Transformer:
     fields = {k: v for k, v in TINY_MODEL.items() if k != "arch"}
     fields.update(cfg)
     return Transformer(TransformerConfig(**fields)).eval()
+
+
+def text_ids(n_rows: int, length: int, seed: int = 0) -> torch.Tensor:
+    """(n_rows, length) ids of words and spaces, a BOS at a different place in each row (two
+    documents per row), so that rows patch differently."""
+    rng = random.Random(seed)
+    rows = []
+    for r in range(n_rows):
+        text = " ".join(rng.choice(TEXT_WORDS) for _ in range(length)).encode()[:length]
+        row = list(text)
+        row[(7 * r + 3) % length] = BOS
+        rows.append(row)
+    return torch.tensor(rows)

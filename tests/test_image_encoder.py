@@ -1,12 +1,13 @@
-"""ImageEncoder: which image blocks count as finished, and the CNN's summary of each."""
+"""The image_encoder adapter: which image blocks count as finished, and the CNN's summary of each
+(its contract under every model is in tests/test_model_contract.py)."""
 
 import numpy as np
 import pytest
 import torch
 
+from omnibyte.adapters.image_encoder import ImageEncoder, ImageEncoderConfig, finished_images
 from omnibyte.format import BOI, EOI, EOS, Document, ImageSegment, TextSegment, encode
-from omnibyte.nn.image_encoder import ImageEncoder, finished_images
-from omnibyte.patching.core import IMAGE_PAYLOAD
+from omnibyte.media.layout import IMAGE_PAYLOAD, document_ids
 
 
 def pixels(w: int, h: int, c: int, seed: int) -> np.ndarray:
@@ -23,7 +24,7 @@ def doc_ids(*images: np.ndarray) -> list[int]:
 
 def encoder(seed: int = 0) -> ImageEncoder:
     torch.manual_seed(seed)
-    return ImageEncoder(4, 6).eval()
+    return ImageEncoder(ImageEncoderConfig(width=4, gain=0.1), 6).eval()
 
 
 def as_input(pix: np.ndarray) -> torch.Tensor:
@@ -58,7 +59,7 @@ def test_summaries_read_each_image_in_its_own_shape():
     rows = [doc_ids(gray, rgb), doc_ids(small, rgb)]
     width = max(map(len, rows))
     ids = torch.tensor([r + [EOS] * (width - len(r)) for r in rows])
-    b, t, vec = m(ids)
+    b, t, vec = m.summaries(ids)
     got = {(int(r), int(p)): v for r, p, v in zip(b, t, vec)}
     with torch.no_grad():
         for r, images in enumerate(((gray, rgb), (small, rgb))):
@@ -70,8 +71,8 @@ def test_summaries_read_each_image_in_its_own_shape():
     with torch.no_grad():
         torch.testing.assert_close(m.encode(as_input(gray)), m.encode(as_input(np.repeat(gray, 3, axis=2))))
     # lo skips images that closed before it; a row of text alone gives nothing
-    assert m(ids, lo=int(t.max()))[0].numel() == 1
-    assert m(torch.tensor([list(b"no image here")]))[2].shape == (0, 6)
+    assert m.summaries(ids, lo=int(t.max()))[0].numel() == 1
+    assert m.summaries(torch.tensor([list(b"no image here")]))[2].shape == (0, 6)
 
 
 def test_summary_depends_on_where_things_are():
@@ -83,16 +84,16 @@ def test_summary_depends_on_where_things_are():
         assert not torch.allclose(m.encode(as_input(a)), m.encode(as_input(a[::-1, ::-1].copy())))
 
 
-def test_bad_width():
+def test_bad_config():
     with pytest.raises(ValueError, match="width"):
-        ImageEncoder(0, 8)
+        ImageEncoderConfig(width=0)
+    with pytest.raises(ValueError, match="gain"):
+        ImageEncoderConfig(gain=0.0)
 
 
 def test_context_holds_the_last_image_of_the_document():
     """Each position gets the last image finished at or before it in its document; a new document
     starts empty; `lo` with a carry gives the same as the whole sequence."""
-    from omnibyte.models.blt import document_ids
-
     m = encoder()
     a, b = pixels(3, 2, 1, 0), pixels(2, 2, 3, 1)
     ids = torch.tensor([doc_ids(a, b) + doc_ids(b)])

@@ -1,19 +1,27 @@
-"""MediaConv: causal 2-D / 1-D convolution features of image and audio payload bytes."""
+"""The media_conv adapter: causal 2-D / 1-D convolution features of image and audio payload bytes
+(its contract under every model is in tests/test_model_contract.py)."""
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from omnibyte.adapters.media_conv import MediaConv, MediaConvConfig, image_taps, payload_values
 from omnibyte.format import AUDIO_MULAW8, BOA, BOI, AudioSegment, Document, ImageSegment, TextSegment, encode
 from omnibyte.media.audio import mulaw_decode
-from omnibyte.nn.media_conv import MediaConv, image_taps, media_values
-from omnibyte.patching.core import AUDIO_PAYLOAD, IMAGE_PAYLOAD
+from omnibyte.media.layout import AUDIO_PAYLOAD, IMAGE_PAYLOAD
 
 
-def conv(channels=4, seed=0, **kw) -> MediaConv:
+class Features(MediaConv):
+    """MediaConv called as a plain feature function of the ids (what the tests below read)."""
+
+    def __call__(self, ids, start=0):
+        return self.features(ids, start)
+
+
+def conv(channels=4, seed=0, kernel=5, **kw) -> MediaConv:
     torch.manual_seed(seed)
-    m = MediaConv(channels, 6, **kw)
+    m = Features(MediaConvConfig(channels, kernel), 6, **kw)
     torch.nn.init.normal_(m.out.weight)  # (it starts at zero)
     return m
 
@@ -114,38 +122,14 @@ def test_pixel_above_is_a_neighbour_and_far_rows_are_not():
 
 def test_values_and_bad_sizes():
     ids, pix, p0 = image_doc(2, 2, 1)
-    v = media_values(torch.tensor([ids]))[0]
+    x = torch.tensor([ids])
+    img = torch.zeros_like(x, dtype=torch.bool)
+    img[0, p0:p0 + 4] = True
+    v = payload_values(x, img, torch.zeros_like(img))[0]
     torch.testing.assert_close(v[p0:p0 + 4], torch.tensor(pix.ravel() / 127.5 - 1.0, dtype=torch.float32))
     assert v[:p0].abs().sum() == 0
     assert image_taps(3) == [(1, -1), (1, 0), (1, 1), (0, -1), (0, 0)]
-    with pytest.raises(ValueError, match="MediaConv"):
-        MediaConv(4, 8, image_kernel=4)
-    with pytest.raises(ValueError, match="MediaConv"):
-        MediaConv(0, 8)
-
-
-@pytest.mark.parametrize("w,h,c,bands", [(5, 4, 1, 2), (3, 5, 3, 4), (6, 3, 3, 8)])
-def test_position_features_add_row_column_and_channel_vectors(w, h, c, bands):
-    m = conv(positions=bands)
-    ids, pix, p0 = image_doc(w, h, c)
-    out = m(torch.tensor([ids]))[0]
-    pos = torch.zeros(h, w, c, m.channels)
-    for r in range(h):
-        for col in range(w):
-            for ch in range(c):
-                # bands of equal height/width: row r of h falls in band r·bands // h
-                pos[r, col, ch] = (m.image_pos.weight[r * bands // h] + m.image_pos.weight[bands + col * bands // w]
-                                   + m.image_pos.weight[2 * bands + ch])
-    plain = reference_image(m, pix)
-    want = (plain + m.out(pos)).reshape(h * w * c, -1)
-    with torch.no_grad():
-        torch.testing.assert_close(out[p0:p0 + h * w * c], want, atol=1e-5, rtol=1e-4)
-    assert out[:p0].abs().sum() == 0 and out[p0 + h * w * c:].abs().sum() == 0
-    # the features of the later bytes alone (decoding) are the same
-    torch.testing.assert_close(m(torch.tensor([ids]), start=p0 + 7)[0], out[p0 + 7:], atol=1e-6, rtol=1e-5)
-
-
-def test_position_features_are_optional_and_checked():
-    assert not hasattr(conv(), "image_pos")
-    with pytest.raises(ValueError, match="positions"):
-        MediaConv(4, 6, positions=-1)
+    with pytest.raises(ValueError, match="kernel"):
+        MediaConvConfig(4, kernel=4)
+    with pytest.raises(ValueError, match="channels"):
+        MediaConvConfig(0)

@@ -1,6 +1,7 @@
 """Lazy row updates of the hash n-gram tables: RowAdamW = AdamW where every row is read, unread
 rows untouched, the global clip over sparse and dense gradients, and the trainer with sparse
-tables (learns, resumes exactly, refuses a checkpoint of the other kind)."""
+tables (learns, resumes exactly, refuses a checkpoint of the other kind); the tables' own learning
+rate and weight decay, from the model's parameter groups."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from omnibyte.models import OmniModel
 from omnibyte.train import Trainer, load_run_config
 from omnibyte.train.optim import CombinedOptimizer, RowAdamW, clip_grad_norm
 
-BLT = {"arch": "blt", "dim_local": 16, "dim_global": 32, "hash_buckets": 97, "ngram_sizes": [3, 5],
-       "encoder": {"n_layers": 1, "n_heads": 2, "window": 16}, "latent": {"n_layers": 1, "n_heads": 2},
-       "decoder": {"n_layers": 1, "n_heads": 2, "window": 16}}
+BLT = {"arch": "blt", "ngrams": {"buckets": 97, "sizes": [3, 5]},
+       "encoder": {"dim": 16, "n_layers": 1, "n_heads": 2, "window": 16}, "latent": {"dim": 32, "n_layers": 1,
+                                                                                     "n_heads": 2},
+       "decoder": {"dim": 16, "n_layers": 1, "n_heads": 2, "window": 16}}
 
 
 def twin_tables(rows: int = 6, dim: int = 4) -> tuple[nn.Embedding, nn.Embedding]:
@@ -112,9 +114,11 @@ def test_clip_grad_norm_over_sparse_and_dense_gradients():
         torch.testing.assert_close(ga, b.grad, atol=1e-7, rtol=1e-5)
 
 
-def blt_overrides(data, **train) -> dict:
+def blt_overrides(data, ngrams: dict | None = None, **train) -> dict:
+    """The tiny BLT on `data` with quick train settings; `ngrams` adds to its table settings."""
     over = tiny_overrides(data, **train)
     over["model"] = json.loads(json.dumps(BLT))
+    over["model"]["ngrams"].update(ngrams or {})
     return over
 
 
@@ -139,22 +143,27 @@ def test_trainer_updates_blt_tables_sparsely_and_resumes_exactly(data, tmp_path)
     compiled = Trainer(load_run_config(None, blt_overrides(data, steps=6, compile=True)), tmp_path / "k", quiet=True)
     assert isinstance(compiled.optimizer, torch.optim.AdamW) and not any(t.sparse for t in compiled.model.embed.ngrams)
     # a run trained with dense updates cannot resume with sparse ones (and the error says how)
-    dense = blt_overrides(data, steps=6, sparse_embeddings=False)
+    dense = blt_overrides(data, {"sparse": False}, steps=6)
     d = Trainer(load_run_config(None, dense), tmp_path / "c", quiet=True)
     assert isinstance(d.optimizer, torch.optim.AdamW) and not any(t.sparse for t in d.model.embed.ngrams)
     d.fit(stop_after=2)
-    with pytest.raises(OmnibyteError, match="sparse_embeddings false"):
+    tampered = tmp_path / "c" / "checkpoint" / "config.json"  # as if saved with sparse updates on
+    cfg = json.loads(tampered.read_text())
+    cfg["model"]["ngrams"]["sparse"] = True
+    tampered.write_text(json.dumps(cfg))
+    with pytest.raises(OmnibyteError, match="ngrams.sparse false"):
         Trainer(load_run_config(None, over), tmp_path / "c", resume=True, quiet=True)
-    # and the other way round
-    with pytest.raises(OmnibyteError, match="sparse_embeddings true"):
-        Trainer(load_run_config(None, dense), tmp_path / "b", resume=True, quiet=True)
+    # and the other way round: a sparse run resumed where sparse updates are not available
+    with pytest.raises(OmnibyteError, match="sparse table updates"):
+        Trainer(load_run_config(None, blt_overrides(data, steps=6, compile=True)), tmp_path / "b", resume=True,
+                quiet=True)
 
 
 def test_sparse_and_dense_tables_learn_alike(data, tmp_path):
     """Lazy updates change the optimiser's trajectory, not what it learns: both settings lower the
     loss from the same start by a similar amount."""
     def run(name, sparse):
-        t = Trainer(load_run_config(None, blt_overrides(data, steps=30, sparse_embeddings=sparse)),
+        t = Trainer(load_run_config(None, blt_overrides(data, {"sparse": sparse}, steps=30)),
                     tmp_path / name, quiet=True)
         t.fit()
         rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
@@ -168,12 +177,11 @@ def test_sparse_and_dense_tables_learn_alike(data, tmp_path):
 
 @pytest.mark.parametrize("sparse", [True, False])
 def test_table_lr_scale_scales_only_the_tables_first_step(data, tmp_path, sparse):
-    """Adam's first step moves each weight by about lr: with table_lr_scale 4 the n-gram tables
+    """Adam's first step moves each weight by about lr: with ngrams.lr_scale 4 the n-gram tables
     move 4 times as far and every other weight as far as before."""
     def moved(scale):
-        t = Trainer(load_run_config(None, blt_overrides(data, steps=1, sparse_embeddings=sparse,
-                                                        table_lr_scale=scale)), tmp_path / f"{sparse}-{scale}",
-                    quiet=True)
+        t = Trainer(load_run_config(None, blt_overrides(data, {"sparse": sparse, "lr_scale": scale}, steps=1)),
+                    tmp_path / f"{sparse}-{scale}", quiet=True)
         before = {k: v.clone() for k, v in t.model.state_dict().items()}
         t.fit()
         return {k: float((v - before[k]).abs().max()) for k, v in t.model.state_dict().items()}
@@ -189,17 +197,18 @@ def test_table_lr_scale_scales_only_the_tables_first_step(data, tmp_path, sparse
 @pytest.mark.parametrize("sparse", [True, False])
 def test_table_weight_decay_applies_to_the_tables_only(sparse):
     """With zero gradients AdamW only decays: w ← w·(1 - lr·wd). The tables decay by
-    table_weight_decay, the other 2-D weights by weight_decay, vectors not at all."""
+    ngrams.weight_decay, the other 2-D weights by weight_decay, vectors not at all."""
     from omnibyte.models.registry import build_model
+    from omnibyte.nn.hash_ngram import NgramConfig
     from omnibyte.train.config import TrainConfig
-    from omnibyte.train.optim import make_optimizer, ngram_tables
+    from omnibyte.train.optim import make_optimizer
 
     torch.manual_seed(0)
-    model = build_model("blt", {k: v for k, v in BLT.items() if k != "arch"})
-    for t in ngram_tables(model):
-        t.sparse = sparse
-    cfg = TrainConfig(lr=0.1, weight_decay=0.5, table_weight_decay=2.0)
-    opt = make_optimizer(model, cfg, torch.device("cpu"))
+    model = build_model("blt", {**{k: v for k, v in BLT.items() if k != "arch"},
+                                "ngrams": {**BLT["ngrams"], "weight_decay": 2.0}})
+    cfg = TrainConfig(lr=0.1, weight_decay=0.5)
+    opt = make_optimizer(model, cfg, torch.device("cpu"), sparse=sparse)
+    assert all(t.sparse == sparse for t in model.embed.ngrams)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     rows = torch.tensor([[0, 3, 5]])
     for n, p in model.named_parameters():
@@ -213,5 +222,5 @@ def test_table_weight_decay_applies_to_the_tables_only(sparse):
     for n, p in model.named_parameters():
         factor = 1 - 0.1 * (2.0 if ".ngrams." in n else 0.5 if p.dim() >= 2 else 0.0)
         torch.testing.assert_close(p.detach(), before[n] * factor, msg=n)
-    with pytest.raises(ValueError, match="table_weight_decay"):
-        TrainConfig(table_weight_decay=-1.0)
+    with pytest.raises(ValueError, match="ngrams.weight_decay"):
+        NgramConfig(weight_decay=-1.0)

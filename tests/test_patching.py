@@ -26,13 +26,14 @@ from omnibyte.format import (
     encode,
     is_segment_start,
 )
+from omnibyte.media.layout import segment_starts
 from omnibyte.patching import (
     PatcherConfig,
     StreamingPatcher,
+    decide_threshold,
     patch_ids,
     patch_lengths,
     patch_starts,
-    segment_starts,
 )
 
 
@@ -292,10 +293,10 @@ from omnibyte.models.transformer import Transformer, TransformerConfig  # noqa: 
 from omnibyte.patching.calibrate import calibrate, calibrate_threshold  # noqa: E402
 from omnibyte.patching.entropy import (  # noqa: E402
     CALIBRATION_FILE,
+    calibrated,
     compute_entropies,
     ensure_entropies,
     entropy_from_logits,
-    load_entropy_model,
     stream_entropies,
     write_calibration,
 )
@@ -386,19 +387,30 @@ def test_ensure_entropies_computes_once(tmp_path, monkeypatch):
     assert ensure_entropies(ds, other, tmp_path / "em2", splits=["val"], progress=False) != name
 
 
+def threshold_of(path, relative=False):
+    entry = calibrated(path, relative)
+    return None if entry is None else entry["threshold"]
+
+
 def test_stored_threshold_round_trip_and_staleness(tmp_path):
     model = _tiny_entropy_model()
     model.save_pretrained(tmp_path / "em")
-    assert load_entropy_model(tmp_path / "em")[1] is None
+    assert threshold_of(tmp_path / "em") is None
     write_calibration(tmp_path / "em", "global", {"threshold": 1.25})
     write_calibration(tmp_path / "em", "relative", {"threshold": 0.5})
-    assert load_entropy_model(tmp_path / "em")[1] == 1.25
-    assert load_entropy_model(tmp_path / "em", relative=True)[1] == 0.5
+    assert threshold_of(tmp_path / "em") == 1.25
+    assert threshold_of(tmp_path / "em", relative=True) == 0.5
+    # the one place that decides: the config's own threshold first, else the calibration's
+    em = str(tmp_path / "em")
+    assert decide_threshold(PatcherConfig("entropy", entropy_model=em), em) == (1.25, None)
+    assert decide_threshold(PatcherConfig("entropy", threshold=3.0, relative=True), em) == (3.0, None)
     # calibrated for other weights: ignored
     data = (tmp_path / "em" / CALIBRATION_FILE).read_text()
     _tiny_entropy_model(9).save_pretrained(tmp_path / "em")
     (tmp_path / "em" / CALIBRATION_FILE).write_text(data)
-    assert load_entropy_model(tmp_path / "em")[1] is None
+    assert threshold_of(tmp_path / "em") is None
+    with pytest.raises(OmnibyteError, match="patch calibrate"):
+        decide_threshold(PatcherConfig("entropy", entropy_model=em), em)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -429,7 +441,7 @@ def test_cli_calibrate_stores_threshold(tmp_path, capsys):
     line = capsys.readouterr().out.splitlines()[0]
     achieved = float(line.split(": ")[1].split(" bytes/patch")[0])
     assert abs(achieved / 4 - 1) < 0.05
-    _, thr = load_entropy_model(tmp_path / "em")
+    thr = threshold_of(tmp_path / "em")
     assert thr is not None and f"{thr:.6g}" in line
     # the stored threshold is now used by show
     assert main(["patch", str(tmp_path / "em"), "--text", "the cat sat", "--out", str(tmp_path / "v")]) == 0

@@ -188,7 +188,7 @@ def test_empty_corpus(tmp_path, capsys):
     (["--train.steps", "abc"], "'train.steps' must be an integer"),
     (["--train.compile", "3"], "'train.compile' must be true or false"),
     (["--train.lr", "-1"], "train.lr must be > 0"),
-    (["--train.table_lr_scale", "0"], "train.table_lr_scale must be > 0"),
+    (["--train.min_lr_ratio", "2"], "train.min_lr_ratio must be in [0, 1]"),
     (["--model.arch", "gpt"], "unknown model arch 'gpt'"),
     (["--model.dim", "30"], "heads"),
 ])

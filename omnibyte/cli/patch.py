@@ -68,8 +68,9 @@ def run(args) -> int:
 
 def calibrate(args, model_path: str | None) -> int:
     from omnibyte.errors import OmnibyteError
+    from omnibyte.models.registry import load_model
     from omnibyte.patching.calibrate import calibrate as run_calibration
-    from omnibyte.patching.entropy import load_entropy_model, write_calibration
+    from omnibyte.patching.entropy import write_calibration
 
     if model_path is None:
         raise OmnibyteError("calibrate needs ENTROPY_MODEL (a trained entropy model's run or model dir)")
@@ -79,10 +80,11 @@ def calibrate(args, model_path: str | None) -> int:
         raise OmnibyteError("--text, --file and --kind belong to `omnibyte patch show`, not calibrate")
     if args.sample_bytes < 2:
         raise OmnibyteError(f"--sample-bytes must be ≥ 2, got {args.sample_bytes}")
-    model, _ = load_entropy_model(model_path)
-    if _blt_patcher(model) is not None:
+    model = load_model(model_path)
+    patcher = _patcher_of(model)
+    if patcher is not None:
         raise OmnibyteError(f"{model_path} is a BLT model: calibrate its entropy model instead "
-                            f"({_blt_patcher(model).entropy_model or 'none set'})")
+                            f"({patcher.cfg.entropy_model or 'none set'})")
     relative, cap = bool(args.relative), args.max_patch_len or 0
     c = run_calibration(model, args.data, args.target_bytes_per_patch, relative=relative, max_patch_len=cap,
                         sample_bytes=args.sample_bytes, split=args.split, progress=True)
@@ -100,58 +102,56 @@ def calibrate(args, model_path: str | None) -> int:
 # --------------------------------------------------------------------------- show
 
 
-def _blt_patcher(model):
-    """A BLT-like model exposes its patcher config as model.cfg.patcher."""
-    from omnibyte.patching.core import PatcherConfig
+def _patcher_of(model):
+    """A BLT-like model's built patcher; None for a model that does not patch (an entropy model)."""
+    from omnibyte.patching import Patcher
 
-    patcher = getattr(getattr(model, "cfg", None), "patcher", None)
-    return patcher if isinstance(patcher, PatcherConfig) else None
+    patcher = getattr(model, "patcher", None)
+    return patcher if isinstance(patcher, Patcher) else None
 
 
 def _resolve(args, model_path: str | None):
-    """(patcher config, entropy model or None, threshold or None) from MODEL and the flags."""
+    """The patcher MODEL and the flags describe, built: a BLT model's own (its embedded entropy
+    model), an entropy model's (threshold from the flags or its calibration), or a plain rule."""
     from dataclasses import replace
     from pathlib import Path
 
     from omnibyte.errors import OmnibyteError
-    from omnibyte.patching.core import PatcherConfig
-    from omnibyte.patching.entropy import load_entropy_model, stored_threshold
+    from omnibyte.models.registry import load_model
+    from omnibyte.patching import Patcher, PatcherConfig, decide_threshold
 
-    entropy_model, stored, calibrate_path = None, None, model_path
+    entropy_model, calibration_dir, threshold = None, model_path, args.threshold
     if model_path is None:
         if args.kind in (None, "entropy"):
             raise OmnibyteError("give MODEL (an entropy or BLT model), or --kind static / --kind space")
         base = PatcherConfig(args.kind)
     else:
-        model, stored = load_entropy_model(model_path, relative=bool(args.relative))
-        base = _blt_patcher(model)
-        if base is None:  # an entropy model
+        model = load_model(model_path)
+        own = _patcher_of(model)
+        if own is None:  # an entropy model
             entropy_model, base = model, PatcherConfig("entropy", entropy_model=str(model_path))
-        else:  # a BLT model: its patcher, its (embedded) entropy model
-            entropy_model = getattr(model, "entropy_model", None)
-            stored, calibrate_path = None, base.entropy_model or "ENTROPY_MODEL"
+        else:  # a BLT model: its patcher, its embedded entropy model
+            entropy_model, base = own.entropy_model, own.cfg
+            calibration_dir = base.entropy_model if base.entropy_model and Path(base.entropy_model).exists() else None
             if args.relative is not None and args.relative != base.relative:
                 base = replace(base, threshold=None)  # its threshold is for the other mode
-                if base.entropy_model and Path(base.entropy_model).exists():
-                    stored = stored_threshold(base.entropy_model, relative=args.relative)
-            if entropy_model is None and base.entropy_model:
-                entropy_model, stored = load_entropy_model(base.entropy_model, relative=base.relative
-                                                           if args.relative is None else args.relative)
-    overrides = {k: v for k, v in (("kind", args.kind), ("patch_size", args.patch_size),
-                                   ("threshold", args.threshold), ("relative", args.relative),
-                                   ("max_patch_len", args.max_patch_len)) if v is not None}
+    overrides = {k: v for k, v in (("kind", args.kind), ("patch_size", args.patch_size), ("threshold", threshold),
+                                   ("relative", args.relative), ("max_patch_len", args.max_patch_len)) if v is not None}
     try:
         cfg = replace(base, **overrides)
     except ValueError as e:
         raise OmnibyteError(str(e)) from None
-    if cfg.kind == "entropy" and entropy_model is None:
+    if cfg.kind != "entropy":
+        return Patcher(cfg)
+    if entropy_model is None:
         raise OmnibyteError(f"entropy patching needs an entropy model; {model_path} has none")
-    threshold = cfg.threshold if cfg.threshold is not None else stored
-    if cfg.kind == "entropy" and threshold is None:
+    try:
+        cfg = replace(cfg, threshold=decide_threshold(cfg, calibration_dir)[0])
+    except OmnibyteError:
         raise OmnibyteError(f"no calibrated threshold for {model_path} ({'relative' if cfg.relative else 'global'}"
-                            f" mode): pass --threshold X or run `omnibyte patch calibrate {calibrate_path} "
-                            f"--data DIR --target-bytes-per-patch 4.5`")
-    return cfg, entropy_model, threshold
+                            f" mode): pass --threshold X or run `omnibyte patch calibrate "
+                            f"{calibration_dir or 'ENTROPY_MODEL'} --data DIR --target-bytes-per-patch 4.5`") from None
+    return Patcher(cfg, entropy_model)
 
 
 def show(args, model_path: str | None) -> int:
@@ -177,14 +177,15 @@ def show(args, model_path: str | None) -> int:
         if not file.is_file():
             raise OmnibyteError(f"no such file: {file}")
         data, name = file.read_bytes(), file.name
-    cfg, entropy_model, threshold = _resolve(args, model_path)
+    patcher = _resolve(args, model_path)
+    cfg, threshold = patcher.cfg, patcher.cfg.threshold
 
     ids = encode(data)  # BOS, bytes, EOS: what a model sees
     entropies = None
-    if entropy_model is not None:
-        entropies = torch.from_numpy(stream_entropies(entropy_model, ids))
+    if patcher.entropy_model is not None:
+        entropies = torch.from_numpy(stream_entropies(patcher.entropy_model, ids))
     x = torch.tensor([ids])
-    starts = patch_starts(x, cfg, None if entropies is None else entropies[None], threshold)[0]
+    starts = patch_starts(x, cfg, None if entropies is None else entropies[None])[0]
 
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty()
                                        and not os.environ.get("NO_COLOR"))

@@ -39,12 +39,11 @@ from omnibyte.data.loader import (
     ShardDataset,
     is_dataset,
     read_meta,
-    tmp_sibling,
-    write_json_atomic,
 )
 from omnibyte.data.prepare import MODALITIES, ShardWriter, _check_out, _swap_into_place
 from omnibyte.errors import OmnibyteError
 from omnibyte.format import BOS, EOS, N_BYTES, PAD
+from omnibyte.rundir import resolve_model_dir, tmp_sibling, write_atomic, write_json_atomic
 
 TOKENIZER_FILE = "tokenizer.json"
 SPECIALS = {"<pad>": PAD, "<bos>": BOS, "<eos>": EOS}
@@ -120,8 +119,6 @@ class BpeTokenizer:
         path = Path(path)
         file = path / TOKENIZER_FILE if path.is_dir() else path
         data = self.tok.to_str()
-        from omnibyte.data.loader import write_atomic
-
         write_atomic(file, lambda f: f.write(data.encode()))
         return file
 
@@ -192,8 +189,6 @@ def find_tokenizer(model_path: str | Path) -> BpeTokenizer | None:
 
     Looked up in the model dir, its run dir, then the run's dataset (run.json's data.path).
     """
-    from omnibyte.models.base import resolve_model_dir
-
     model_dir = resolve_model_dir(model_path)
     for folder in (model_dir, model_dir.parent, Path(model_path)):
         if (folder / TOKENIZER_FILE).is_file():

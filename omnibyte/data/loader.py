@@ -12,9 +12,7 @@ every rank draws a disjoint slice of one global batch without talking to the oth
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import torch
 
 from omnibyte.errors import OmnibyteError
 from omnibyte.format import BOS, PAD
+from omnibyte.rundir import write_atomic, write_json_atomic
 
 FORMAT_NAME = "omnibyte-shards"
 FORMAT_VERSION = 1
@@ -59,28 +58,6 @@ def is_dataset(path: str | Path) -> bool:
     except OmnibyteError:
         return False
     return True
-
-
-def tmp_sibling(path: Path, tag: str = "tmp") -> Path:
-    """A hidden, unique name next to `path` to write into before renaming onto `path`."""
-    return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}")
-
-
-def write_atomic(file: Path, write) -> None:
-    """Call `write(f)` on a temporary file, then rename it onto `file`: a crash leaves the old
-    file or the new one, never half of one."""
-    tmp = tmp_sibling(file)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, file)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(file: Path, obj: dict) -> None:
-    write_atomic(file, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
 # ----------------------------------------------------------------------------- dataset

@@ -29,13 +29,12 @@ from omnibyte.data.loader import (
     ID_DTYPE,
     META_FILE,
     is_dataset,
-    tmp_sibling,
-    write_json_atomic,
 )
 from omnibyte.errors import OmnibyteError
 from omnibyte.format import BOS, EOS, VOCAB_SIZE, AudioSegment, Document, ImageSegment, Segment, TextSegment
 from omnibyte.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES
 from omnibyte.progress import progress as tqdm
+from omnibyte.rundir import tmp_sibling, write_json_atomic
 
 DOC_BYTES = 16384
 SHARD_IDS = 64 * 2**20  # 128 MiB shard files

@@ -57,7 +57,6 @@ class BenchPreset:
     task_limit: int = 0  # --task: held-out questions scored (0 = all)
     threads: int = 0  # torch CPU threads while training (0 = torch's default; 1 suits tiny models)
     jobs: int = 1  # runs trained at the same time, each in its own process
-    table_weight_decay: float | None = None  # BLT's hash n-gram tables (None = the trainer's weight decay)
 
 
 PRESETS = {
@@ -66,11 +65,12 @@ PRESETS = {
         budgets=(6e8,), batch_size=4, seq_len=64, lr=3e-3, warmup_steps=2, eval_batches=2, bpe_vocab=320,
         patch_size=4,
         transformer=dict(dim=32, n_layers=1, n_heads=2),
-        megabyte=dict(patch_size=4, global_dim=32, global_layers=1, global_heads=2, local_dim=16,
-                      local_layers=1, local_heads=2),
-        blt=dict(dim_local=16, dim_global=32, encoder={"n_layers": 1, "n_heads": 2, "window": 32},
-                 latent={"n_layers": 1, "n_heads": 2}, decoder={"n_layers": 1, "n_heads": 2, "window": 32},
-                 hash_buckets=256, ngram_sizes=[3, 4]),
+        megabyte=dict(patch_size=4, global_model={"dim": 32, "n_layers": 1, "n_heads": 2},
+                      local_model={"dim": 16, "n_layers": 1, "n_heads": 2}),
+        blt=dict(encoder={"dim": 16, "n_layers": 1, "n_heads": 2, "window": 32},
+                 latent={"dim": 32, "n_layers": 1, "n_heads": 2},
+                 decoder={"dim": 16, "n_layers": 1, "n_heads": 2, "window": 32},
+                 ngrams={"buckets": 256, "sizes": [3, 4]}),
         entropy=dict(dim=16, n_layers=1, n_heads=2, window=32), entropy_steps=5, calibration_bytes=4096,
         task_limit=14, threads=1),
     # about 20 minutes on a 2-core CPU for the six models at two budgets on the KJV corpus: two runs
@@ -81,17 +81,17 @@ PRESETS = {
         # Sizes near each family's best at 6e12 FLOPs on a grid (results_eval.md, "model sizes"): at
         # these budgets smaller models that take more steps win, the BPE transformer most of all.
         transformer=dict(dim=48, n_layers=4, n_heads=4),
-        megabyte=dict(patch_size=4, global_dim=96, global_layers=4, global_heads=4, local_dim=48,
-                      local_layers=2, local_heads=4),
+        megabyte=dict(patch_size=4, global_model={"dim": 96, "n_layers": 4, "n_heads": 4},
+                      local_model={"dim": 48, "n_layers": 2, "n_heads": 4}),
         # BLT: small local models (one encoder and one decoder layer) so that most FLOPs go to steps
         # of the latent, and 1,048,576 rows per hash n-gram table for n = 2..8 (table reads cost no
         # FLOPs; the paper uses 500,002 rows for n = 3..8), their weight decay 1.0 so that rows of
         # n-grams seen once fade instead of memorising a corpus seen more than once (results_blt.md:
         # 6e12 bpb 1.400 with 65,536 rows → 1.381 with these tables → 1.355 with the decay)
-        blt=dict(dim_local=48, dim_global=64, encoder={"n_layers": 1, "n_heads": 4, "window": 64},
-                 latent={"n_layers": 4, "n_heads": 4}, decoder={"n_layers": 1, "n_heads": 4, "window": 64},
-                 hash_buckets=1048576, ngram_sizes=[2, 3, 4, 5, 6, 7, 8]),
-        table_weight_decay=1.0,
+        blt=dict(encoder={"dim": 48, "n_layers": 1, "n_heads": 4, "window": 64},
+                 latent={"dim": 64, "n_layers": 4, "n_heads": 4},
+                 decoder={"dim": 48, "n_layers": 1, "n_heads": 4, "window": 64},
+                 ngrams={"buckets": 1048576, "sizes": [2, 3, 4, 5, 6, 7, 8], "weight_decay": 1.0}),
         entropy=dict(dim=64, n_layers=2, n_heads=4, window=64), entropy_steps=300, calibration_bytes=131072,
         task_limit=0, threads=1, jobs=2),
 }
@@ -253,11 +253,10 @@ class Bench:
         patcher: dict = {"kind": name.split("-", 1)[1], "patch_size": p.patch_size}
         cfg = {"arch": arch, **json.loads(json.dumps(p.blt)), "patcher": patcher}
         if name == "blt-space":
-            cfg["bytes_per_patch"] = self.space_bytes_per_patch()
+            patcher["bytes_per_patch"] = self.space_bytes_per_patch()
         if name == "blt-entropy":
             ent_dir, threshold, achieved = self.entropy_model()
-            patcher.update(entropy_model=str(ent_dir), threshold=threshold)
-            cfg["bytes_per_patch"] = achieved
+            patcher.update(entropy_model=str(ent_dir), threshold=threshold, bytes_per_patch=achieved)
         return cfg
 
     def seq_len(self, name: str) -> int:
@@ -356,8 +355,6 @@ class Bench:
         data = str(self.bpe_dataset().path) if name == "bpe" else self.data
         raw = {"model": {"arch": arch, **model_cfg}, "data": {"path": data},
                "train": {**self.train_settings(max(1, steps), seq_len), "flops": 0.0}}
-        if arch == "blt" and self.preset.table_weight_decay is not None:
-            raw["train"]["table_weight_decay"] = self.preset.table_weight_decay
         return raw, steps
 
     @staticmethod
@@ -373,15 +370,14 @@ class Bench:
         except (OSError, ValueError, OmnibyteError):
             return False
 
-        def model(cfg) -> dict:  # a BLT fills in its entropy model's config when built: not a difference
-            d = {k: v for k, v in to_dict(cfg.model).items() if k != "entropy_model_config"}
+        def model(cfg) -> dict:
+            d = to_dict(cfg.model)
             if (d.get("patcher") or {}).get("entropy_model"):  # --out given relative or absolute: one model
                 d["patcher"] = {**d["patcher"], "entropy_model": str(Path(d["patcher"]["entropy_model"]).resolve())}
             return d
 
         def train(cfg) -> dict:  # the settings that change what is learned (not threads or logging)
-            keys = ("steps", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup_steps", "weight_decay",
-                    "table_weight_decay", "table_lr_scale", "seed")
+            keys = ("steps", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "seed")
             return {k: getattr(cfg.train, k) for k in keys}
 
         planned = load_run_config(None, raw)

@@ -99,8 +99,7 @@ def evaluate_by_modality(model: OmniModel, data: str | Path, split: str = "val",
                          batch_size: int = 8, max_batches: int | None = None) -> dict:
     """Per-modality bpb of `model` on a prepared dataset's split (the model's own extras included)."""
     dataset = ShardDataset(data)
-    prep = getattr(model, "prepare_data", None)
-    extras = prep(dataset) if prep else {}
+    extras = model.prepare_data(dataset)
     batches = modality_batches(dataset, split, batch_size, seq_len, max_batches, aux=tuple(extras.values()))
     return {**bpb_by_modality(model, batches, extras), "data": str(data), "split": split, "seq_len": seq_len}
 

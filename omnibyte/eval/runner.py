@@ -62,8 +62,9 @@ def score_dataset(model, dataset: ShardDataset, split: str, seq_len: int, batch_
         dataset = match_tokenizer(dataset, tokenizer, split, scratch or tmp)
         if split not in dataset.splits or dataset.n_ids(split) < 2:
             raise OmnibyteError(f"dataset {dataset.path} has no '{split}' data to score")
-        prep = getattr(model, "prepare_data", None)
-        extras = prep(dataset) if prep else {}
+        if strided and not model.strided_eval:
+            raise OmnibyteError(f"--strided is MEGABYTE's strided inference; this model is a {model.arch}")
+        extras = model.prepare_data(dataset)
         if strided:
             return strided_bits_per_byte(model, dataset, split, seq_len, batch_size, max_batches)
         if by_modality:
@@ -92,16 +93,13 @@ def strided_bits_per_byte(model, dataset, split: str, seq_len: int, batch_size: 
                           max_batches: int | None) -> dict:
     """Plain bits per byte plus MEGABYTE's strided inference (two passes offset by P/2), keeping
     each byte from the pass where it is early in its patch (the paper) or late in it."""
-    scorer = getattr(model, "strided_nll_sums", None)
-    if scorer is None:
-        raise OmnibyteError(f"--strided is MEGABYTE's strided inference; this model is a {model.arch}")
     device = next(model.parameters()).device
     model.eval()
     result = bits_per_byte(model, eval_batches(dataset, split, batch_size, seq_len, max_batches))
     for half in ("first", "second"):
         bits = n = 0
         for batch in eval_batches(dataset, split, batch_size, seq_len, max_batches):
-            b, k = scorer(batch["ids"].to(device), half=half)
+            b, k = model.strided_nll_sums(batch["ids"].to(device), half=half)
             bits, n = bits + b, n + k
         result[f"strided_{half}_bpb"] = bits / n if n else float("nan")
     return result

@@ -2,10 +2,15 @@
 
 - `forward(ids, targets=None, **extras) -> ModelOutput`: ids (B, T); logits (B, T, V) where
   logits[:, t] predicts the id after ids[:, t] and depends on ids[:, :t+1] only; loss = mean
-  cross-entropy over non-PAD targets when targets are given.
+  cross-entropy over non-PAD targets when targets are given (`loss`).
 - `init_state(batch_size, max_len)` / `step(state, ids) -> logits`: incremental decoding; `step`
   feeds (B, T) new ids to every row and returns (B, T, V) logits for them.
 - `flops_per_byte(seq_len)`: {"train": …, "infer": …} forward+backward and forward FLOPs per byte.
+- `param_groups(weight_decay)`: the optimiser's parameter groups, each with its own weight decay
+  and, where a model wants it, its own learning-rate scale and tables it may update sparsely.
+- `prepare_data(dataset)`: what the model adds to a dataset once before training or scoring
+  (BLT's precomputed entropies), as {forward kwarg: aux array name}.
+- `strided_nll_sums(ids, half)`: strided evaluation, for models that have one (`strided_eval`).
 - `save_pretrained(dir)` / `OmniModel.from_pretrained(dir)`: safetensors + config.json.
 """
 
@@ -13,21 +18,20 @@ from __future__ import annotations
 
 import abc
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from omnibyte.config import from_dict, to_dict
+from omnibyte.config import to_dict
 from omnibyte.errors import OmnibyteError
-
-WEIGHTS, CONFIG = "model.safetensors", "config.json"
+from omnibyte.models import registry
+from omnibyte.nn import lm_loss
+from omnibyte.rundir import CONFIG, WEIGHTS, replace_dir
 
 
 @dataclass
@@ -39,6 +43,7 @@ class ModelOutput:
 class OmniModel(nn.Module, metaclass=abc.ABCMeta):
     arch: ClassVar[str]
     config_cls: ClassVar[type]
+    strided_eval: ClassVar[bool] = False  # whether `strided_nll_sums` is implemented
 
     def __init__(self, cfg):
         super().__init__()
@@ -60,6 +65,33 @@ class OmniModel(nn.Module, metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def flops_per_byte(self, seq_len: int) -> dict[str, float]:
         """{"train": …, "infer": …} FLOPs per byte at this sequence length."""
+
+    # --- interface with defaults --------------------------------------------------------------
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean cross-entropy over non-PAD targets (weighted when `weights` (B, T) is given), plus
+        the config's z-loss."""
+        return lm_loss(logits, targets, self.cfg.z_loss, weights)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Optimiser groups: 2-D weights decay, vectors (norms, biases, pads) do not. A group may add
+        "lr_scale" (× the schedule's lr) and "sparse_tables" (the nn.Embedding modules whose weights
+        it holds, which the trainer may update row-wise from sparse gradients)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+    def prepare_data(self, dataset) -> dict[str, str]:
+        """Arrays the model wants computed once per dataset: {forward kwarg: aux array name}."""
+        return {}
+
+    def strided_nll_sums(self, ids: torch.Tensor, half: str = "first") -> tuple[float, int]:
+        """(NLL bits, byte targets) of windows `ids` (B, L) by the model's strided inference."""
+        raise OmnibyteError(f"strided inference is MEGABYTE's; this model is a {self.arch}")
+
+    def attention_window(self) -> int:
+        """Ids of left context a position sees directly (0 = all of them): how much context a
+        chunk of a long stream needs (the entropy model's entropies)."""
+        return 0
 
     # --- shared -------------------------------------------------------------------------------
     @property
@@ -91,53 +123,4 @@ class OmniModel(nn.Module, metaclass=abc.ABCMeta):
     @staticmethod
     def from_pretrained(path: str | Path, map_location: str | torch.device = "cpu") -> OmniModel:
         """Load any omnibyte model from a model dir or a run dir (uses its checkpoint/)."""
-        from omnibyte.models.registry import build_model, saved_config
-
-        path = resolve_model_dir(path)
-        cfg = read_config(path)
-        model = build_model(cfg["arch"], saved_config(cfg["arch"], cfg.get("model", {})))
-        try:
-            state = load_file(str(path / WEIGHTS), device=str(map_location))
-        except (SafetensorError, OSError) as e:
-            raise OmnibyteError(f"corrupt or unreadable weights {path / WEIGHTS}: {e}") from None
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[0]
-            raise OmnibyteError(f"weights in {path} do not match its config: {first}") from None
-        return model.to(map_location).eval()
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a fully written `tmp` into place; the old `final` is removed only after."""
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def resolve_model_dir(path: str | Path) -> Path:
-    path = Path(path)
-    if (path / CONFIG).is_file() and (path / WEIGHTS).is_file():
-        return path
-    if (path / "checkpoint" / CONFIG).is_file():
-        return path / "checkpoint"
-    if not path.exists():
-        raise OmnibyteError(f"no such model or run directory: {path}")
-    raise OmnibyteError(f"{path} holds no model (expected {CONFIG} + {WEIGHTS}, or checkpoint/)")
-
-
-def read_config(path: Path) -> dict:
-    try:
-        cfg = json.loads((path / CONFIG).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise OmnibyteError(f"corrupt model config {path / CONFIG}: {e}") from None
-    if not isinstance(cfg, dict) or "arch" not in cfg:
-        raise OmnibyteError(f"model config {path / CONFIG} names no 'arch'")
-    return cfg
-
-
-def model_config(cls: type, data: dict, prefix: str = "model"):
-    return from_dict(cls, data, prefix=prefix)
+        return registry.load_model(path, map_location)

@@ -2,12 +2,14 @@
 Transformers"): fixed patches of P bytes, a large global transformer over patches and a small
 local transformer inside each patch.
 
-    bytes ──global embed (local_dim each)──► concat P per patch ──► project to global_dim
+    bytes ──global embed (local dim each)──► concat P per patch ──► project to global dim
           ──► shift one patch (learned pad) ──► global transformer over patches (causal, RoPE)
-          ──► split each patch vector into P slots ──► project slot to local_dim   ─┐
+          ──► split each patch vector into P slots ──► project slot to local dim   ─┐
     bytes ──local embed──► shift one byte (learned pad before byte 0) ───────────── + ┘
-          ──► local transformer inside each patch (batched: (B·n_patches, P, local_dim))
+          ──► local transformer inside each patch (batched: (B·n_patches, P, local dim))
           ──► head ──► next-byte logits
+
+Input adapters (omnibyte.adapters) add their features to each byte's embedding in both stages.
 
 The global input for patch k holds bytes of patches < k only, and the local input at slot p of
 patch k holds byte kP+p-1 (for slot 0, the previous patch's last byte) plus the global output
@@ -29,8 +31,8 @@ patch encoder (the paper's optional extensions). Three more, each a config flag 
 default because it lowered bits per byte at equal steps on the default corpus (measured in
 benchmarks/megabyte_variants.py; all three off is the paper's layout):
 
-- `patch_proj`: bytes are embedded at local_dim and a patch's P embeddings projected to
-  global_dim (as MEGABYTE-pytorch does), instead of global_dim/P dims per byte, concatenated;
+- `patch_proj`: bytes are embedded at the local width and a patch's P embeddings projected to
+  the global width (as MEGABYTE-pytorch does), instead of global dim/P dims per byte, concatenated;
 - `carry_byte`: slot 0 of a patch reads the last byte of the previous patch instead of a learned
   pad, so the first byte of a patch is not predicted from the global model alone (with the pad,
   slot 0 was the worst-predicted slot by about a bit);
@@ -41,77 +43,66 @@ benchmarks/megabyte_variants.py; all three off is the paper's layout):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from omnibyte.adapters import AdaptersConfig, AdapterState, InputAdapters
 from omnibyte.errors import OmnibyteError
 from omnibyte.format import N_BYTES, PAD, VOCAB_SIZE
 from omnibyte.models.base import ModelOutput, OmniModel
 from omnibyte.models.registry import register
-from omnibyte.models.transformer import TransformerConfig, transformer_flops
-from omnibyte.nn import KVCache, TransformerStack, lm_loss
+from omnibyte.nn import KVCache, StackConfig, TransformerStack, stack_flops
 
 
 @dataclass
 class MegabyteConfig:
     vocab_size: int = VOCAB_SIZE  # byte ids + specials; must include PAD (internal padding)
     patch_size: int = 4  # P: bytes per patch
-    global_dim: int = 64  # width of the global model = P × per-byte global embedding
-    global_layers: int = 2
-    global_heads: int = 4
-    local_dim: int = 32
-    local_layers: int = 2
-    local_heads: int = 2
+    global_model: StackConfig = field(default_factory=lambda: StackConfig(dim=64, n_layers=2, n_heads=4))
+    local_model: StackConfig = field(default_factory=lambda: StackConfig(dim=32, n_layers=2, n_heads=2))
     mlp_ratio: float = 8 / 3
     qk_norm: bool = True
     rope_theta: float = 10000.0
     # Three departures from the paper, each on by default because each lowers bits per byte at
-    # equal steps (benchmarks/megabyte_variants.py); all three off = the paper's layout.
-    patch_proj: bool = True  # bytes embedded at local_dim, a patch's P embeddings projected to global_dim
+    # equal steps; all three off = the paper's layout.
+    patch_proj: bool = True  # bytes embedded at local dim, a patch's P embeddings projected to the global dim
     carry_byte: bool = True  # slot 0 of a patch reads the previous patch's last byte, not a learned pad
     token_shift: bool = True  # each sublayer also sees the previous position (patch / byte), as in RWKV
     z_loss: float = 0.0
+    adapters: AdaptersConfig = field(default_factory=AdaptersConfig)  # add to the byte embeddings of both stages
 
     def __post_init__(self):
-        for name in ("patch_size", "global_dim", "global_layers", "global_heads", "local_dim",
-                     "local_layers", "local_heads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.patch_size < 1:
+            raise ValueError(f"patch_size must be ≥ 1, got {self.patch_size}")
         if self.vocab_size <= PAD:
             raise ValueError(f"vocab_size must be > {PAD} (byte ids and PAD), got {self.vocab_size}")
-        if self.global_dim % self.patch_size:
-            raise ValueError(f"global_dim {self.global_dim} must be a multiple of patch_size "
-                             f"{self.patch_size} (each byte gets global_dim/patch_size of it)")
-        for stage in ("global", "local"):
-            dim, heads = getattr(self, f"{stage}_dim"), getattr(self, f"{stage}_heads")
-            if dim % heads or (dim // heads) % 2:
-                raise ValueError(f"{stage}_dim {dim} must split into {heads} heads of even size")
+        self.global_model.check("global_model")
+        self.local_model.check("local_model")
+        if self.global_model.dim % self.patch_size:
+            raise ValueError(f"global_model.dim {self.global_model.dim} must be a multiple of patch_size "
+                             f"{self.patch_size} (each byte gets global_model.dim/patch_size of it)")
         if self.mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
-
-    def stage(self, which: str) -> TransformerConfig:
-        """The global or local stack as a TransformerConfig (for FLOP counting)."""
-        return TransformerConfig(vocab_size=self.vocab_size, dim=getattr(self, f"{which}_dim"),
-                                 n_layers=getattr(self, f"{which}_layers"),
-                                 n_heads=getattr(self, f"{which}_heads"), mlp_ratio=self.mlp_ratio,
-                                 qk_norm=self.qk_norm, rope_theta=self.rope_theta)
+        if self.adapters.any() and not self.patch_proj:
+            raise ValueError("adapters need patch_proj = true (the byte embeddings of both stages at local_model.dim)")
 
 
 @dataclass
 class MegabyteState:
-    """Decoding state after n ids were fed: the active patch a = n // P holds buf (its n % P ids
-    so far); the global cache holds patches 0..a (pad, then completed patches); `g` is the global
-    output for patch a, already split into slots; the local cache holds slots 0..n % P of patch a."""
+    """Decoding state after n ids were fed: the active patch a = n // P holds the global embeddings
+    of its n % P ids so far (`buf`); the global cache holds patches 0..a (pad, then completed
+    patches); `g` is the global output for patch a, already split into slots; the local cache holds
+    slots 0..n % P of patch a."""
 
     global_caches: list[KVCache]
     local_caches: list[KVCache]
-    g: torch.Tensor  # (B, P, local_dim)
-    buf: torch.Tensor  # (B, n % P) ids
+    g: torch.Tensor  # (B, P, local dim)
+    buf: torch.Tensor  # (B, n % P, global embedding width)
+    adapters: AdapterState | None = None
     n: int = 0
 
 
@@ -119,28 +110,25 @@ class MegabyteState:
 class Megabyte(OmniModel):
     arch = "megabyte"
     config_cls = MegabyteConfig
-    # checkpoints saved before these flags existed were trained with the paper's layout
-    saved_defaults: ClassVar[dict] = {"patch_proj": False, "carry_byte": False, "token_shift": False}
+    strided_eval = True
 
     def __init__(self, cfg: MegabyteConfig):
         super().__init__(cfg)
-        P = cfg.patch_size
-        # patch embedder: P byte embeddings side by side make a patch vector, projected to
-        # global_dim (patch_proj) or, in the paper, each byte gets global_dim/P dims of it
-        self.global_embed = nn.Embedding(cfg.vocab_size, cfg.local_dim if cfg.patch_proj else cfg.global_dim // P)
-        self.patch_proj = nn.Linear(P * cfg.local_dim, cfg.global_dim, bias=False) if cfg.patch_proj else None
-        self.global_pad = nn.Parameter(torch.empty(cfg.global_dim))  # stands for "patch -1"
-        self.global_model = TransformerStack(cfg.global_dim, cfg.global_layers, cfg.global_heads,
-                                             cfg.mlp_ratio, cfg.qk_norm, cfg.rope_theta,
-                                             token_shift=cfg.token_shift)
+        P, G, L = cfg.patch_size, cfg.global_model, cfg.local_model
+        stack_args = dict(mlp_ratio=cfg.mlp_ratio, qk_norm=cfg.qk_norm, rope_theta=cfg.rope_theta,
+                          token_shift=cfg.token_shift)
+        # patch embedder: P byte embeddings side by side make a patch vector, projected to the
+        # global width (patch_proj) or, in the paper, each byte gets G.dim/P dims of it
+        self.global_embed = nn.Embedding(cfg.vocab_size, L.dim if cfg.patch_proj else G.dim // P)
+        self.patch_proj = nn.Linear(P * L.dim, G.dim, bias=False) if cfg.patch_proj else None
+        self.global_pad = nn.Parameter(torch.empty(G.dim))  # stands for "patch -1"
+        self.global_model = TransformerStack(G.dim, G.n_layers, G.n_heads, window=G.window, **stack_args)
         # the paper's w^GL: one matrix maps every slot of a global output to the local width
-        self.global_to_local = nn.Linear(cfg.global_dim // P, cfg.local_dim, bias=False)
-        self.local_embed = nn.Embedding(cfg.vocab_size, cfg.local_dim)
-        self.local_pad = nn.Parameter(torch.empty(cfg.local_dim))  # stands for "byte -1" of a patch
-        self.local_model = TransformerStack(cfg.local_dim, cfg.local_layers, cfg.local_heads,
-                                            cfg.mlp_ratio, cfg.qk_norm, cfg.rope_theta,
-                                            token_shift=cfg.token_shift)
-        self.head = nn.Linear(cfg.local_dim, cfg.vocab_size, bias=False)
+        self.global_to_local = nn.Linear(G.dim // P, L.dim, bias=False)
+        self.local_embed = nn.Embedding(cfg.vocab_size, L.dim)
+        self.local_pad = nn.Parameter(torch.empty(L.dim))  # stands for "byte -1" of a patch
+        self.local_model = TransformerStack(L.dim, L.n_layers, L.n_heads, window=L.window, **stack_args)
+        self.head = nn.Linear(L.dim, cfg.vocab_size, bias=False)
         for p in (self.global_embed.weight, self.global_pad, self.local_embed.weight, self.local_pad,
                   self.head.weight, *([self.patch_proj.weight] if cfg.patch_proj else [])):
             nn.init.normal_(p, std=0.02)
@@ -148,17 +136,23 @@ class Megabyte(OmniModel):
         # local model first learns from the bytes it sees (a small effect: 2.161 against 2.173
         # bits/byte with std 0.02, after 300 steps in benchmarks/megabyte_variants.py).
         nn.init.normal_(self.global_to_local.weight, std=0.002)
+        self.adapters = InputAdapters(cfg.adapters, L.dim)
 
     # --- the two stages ---------------------------------------------------------------------
-    def patch_embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, m·P) ids → (B, m, global_dim) patch vectors."""
-        e = rearrange(self.global_embed(ids), "b (m p) d -> b m (p d)", p=self.cfg.patch_size)
+    def embed(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """ids (B, T) → their global and local byte embeddings, and what the adapters add to both."""
+        g, loc = self.global_embed(ids), self.local_embed(ids)
+        return g, loc, self.adapters.extra(ids, loc)
+
+    def patch_vectors(self, e: torch.Tensor) -> torch.Tensor:
+        """(B, m·P, ·) global byte embeddings → (B, m, global dim) patch vectors."""
+        e = rearrange(e, "b (m p) d -> b m (p d)", p=self.cfg.patch_size)
         return self.patch_proj(e) if self.patch_proj is not None else e
 
     def run_global(self, x: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
-        """(B, m, global_dim) global inputs → (B, m, P, local_dim): each patch's output split into
+        """(B, m, global dim) global inputs → (B, m, P, local dim): each patch's output split into
         its P slots and projected to the local width."""
-        g = self.global_model(x, caches=caches)  # (B, m, global_dim)
+        g = self.global_model(x, caches=caches)  # (B, m, global dim)
         return self.global_to_local(rearrange(g, "b m (p d) -> b m p d", p=self.cfg.patch_size))
 
     # --- training / scoring -----------------------------------------------------------------
@@ -167,25 +161,28 @@ class Megabyte(OmniModel):
         P = self.cfg.patch_size
         n = -(-(T + 1) // P)  # patches covering MEGABYTE positions 0..T
         z = F.pad(ids, (0, n * P - T), value=PAD)  # (B, n·P): position T and padding never feed a kept output
+        e_global, e_local, extra = self.embed(z)
+        if extra is not None:
+            e_global, e_local = e_global + extra, e_local + extra
 
         # global: patch k sees patches < k (shift by one patch, learned pad in front)
-        patches = self.patch_embed(z)  # (B, n, global_dim)
+        patches = self.patch_vectors(e_global)  # (B, n, global dim)
         g_in = torch.cat([self.global_pad.expand(B, 1, -1), patches[:, :-1]], dim=1)
-        g = self.run_global(g_in)  # (B, n, P, local_dim)
+        g = self.run_global(g_in)  # (B, n, P, local dim)
 
         # local: slot p of a patch sees bytes 0..p-1 of it (shift by one byte, learned pad in front)
         if self.cfg.carry_byte:  # byte j's local input is byte j-1, across patch boundaries too
-            e = self.local_embed(z)
-            l_in = rearrange(torch.cat([self.local_pad.expand(B, 1, -1), e[:, :-1]], 1), "b (n p) d -> b n p d", p=P)
+            l_in = rearrange(torch.cat([self.local_pad.expand(B, 1, -1), e_local[:, :-1]], 1), "b (n p) d -> b n p d",
+                             p=P)
         else:
-            loc = rearrange(self.local_embed(z), "b (n p) d -> b n p d", p=P)
+            loc = rearrange(e_local, "b (n p) d -> b n p d", p=P)
             l_in = torch.cat([self.local_pad.expand(B, n, 1, -1), loc[:, :, :-1]], dim=2)
         l_in = l_in + g
-        h = self.local_model(rearrange(l_in, "b n p d -> (b n) p d"))  # (B·n, P, local_dim)
+        h = self.local_model(rearrange(l_in, "b n p d -> (b n) p d"))  # (B·n, P, local dim)
 
         h = rearrange(h, "(b n) p d -> b (n p) d", b=B)[:, 1:T + 1]  # positions 1..T ↔ targets ids[1..T]
         logits = self.head(h)  # (B, T, V)
-        loss = lm_loss(logits, targets, self.cfg.z_loss) if targets is not None else None
+        loss = self.loss(logits, targets) if targets is not None else None
         return ModelOutput(logits, loss)
 
     # --- incremental decoding ---------------------------------------------------------------
@@ -197,9 +194,10 @@ class Megabyte(OmniModel):
         state = MegabyteState(
             global_caches=self.global_model.new_caches(batch_size, max_len // P + 1, p.device, p.dtype),
             local_caches=self.local_model.new_caches(batch_size, P, p.device, p.dtype),
-            g=p.new_zeros(0), buf=torch.zeros(batch_size, 0, dtype=torch.long, device=p.device))
+            g=p.new_zeros(0), buf=p.new_zeros(batch_size, 0, self.global_embed.embedding_dim),
+            adapters=self.adapters.init_state(batch_size, max_len, p.device))
         g = self.run_global(self.global_pad.expand(batch_size, 1, -1), state.global_caches)
-        state.g = g[:, 0]  # (B, P, local_dim)
+        state.g = g[:, 0]  # (B, P, local dim)
         self.local_model(self.local_pad + state.g[:, :1], caches=state.local_caches)
         return state
 
@@ -214,16 +212,19 @@ class Megabyte(OmniModel):
         B, T = ids.shape
         P = self.cfg.patch_size
         n, a = state.n, state.n // P
-        full = torch.cat([state.buf, ids], dim=1)  # ids z[aP : n+T]
+        e_global, prev = self.global_embed(ids), self.local_embed(ids)  # (B, T, ·)
+        extra = self.adapters.step_extra(state.adapters, ids, prev)
+        if extra is not None:
+            e_global, prev = e_global + extra, prev + extra
+        full = torch.cat([state.buf, e_global], dim=1)  # embeddings of z[aP : n+T]
         c = (n + T) // P - a  # patches completed by this call
-        g = state.g[:, None]  # (B, 1, P, local_dim): patch a
+        g = state.g[:, None]  # (B, 1, P, local dim): patch a
         if c:
-            g = torch.cat([g, self.run_global(self.patch_embed(full[:, :c * P]), state.global_caches)], 1)
+            g = torch.cat([g, self.run_global(self.patch_vectors(full[:, :c * P]), state.global_caches)], 1)
 
         # local input of position j: previous byte (pad at slot 0) + slot j % P of its patch's g
         j = torch.arange(n + 1, n + T + 1, device=ids.device)
         slot, patch = j % P, j // P - a
-        prev = self.local_embed(ids)  # (B, T, local_dim)
         if not self.cfg.carry_byte:
             prev = torch.where((slot == 0)[:, None], self.local_pad, prev)
         x = prev + g[:, patch, slot]
@@ -248,18 +249,18 @@ class Megabyte(OmniModel):
     def flops_per_byte(self, seq_len: int) -> dict[str, float]:
         """FLOPs per byte for sequences of `seq_len` bytes (multiply-add = 2 FLOPs).
 
-        global: `transformer_flops` of the global stack over ceil(seq_len/P) patches (attention
-        included, no head), divided by P because one patch carries P bytes;
-        projections: 2 · (global_dim/P) · local_dim per byte (w^GL), plus 2 · local_dim · global_dim
-        per byte with `patch_proj` (P·local_dim → global_dim once per patch of P bytes);
-        local: `transformer_flops` of the local stack over a P-byte sequence, with the head.
-        Embedding lookups are free. Training = 3 × forward.
+        global: the global stack over ceil(seq_len/P) patches, divided by P because one patch
+        carries P bytes; projections: 2 · (global dim/P) · local dim per byte (w^GL), plus
+        2 · local dim · global dim per byte with `patch_proj` (P·local dim → global dim once per
+        patch of P bytes); local: the local stack over a P-byte sequence, and the head; the
+        adapters. Embedding lookups are free. Training = 3 × forward.
         """
-        cfg, P = self.cfg, self.cfg.patch_size
-        glob = transformer_flops(cfg.stage("global"), math.ceil(seq_len / P), with_head=False)
-        loc = transformer_flops(cfg.stage("local"), P, with_head=True)
-        proj = 2 * (cfg.global_dim // P) * cfg.local_dim + (2 * cfg.local_dim * cfg.global_dim if cfg.patch_proj else 0)
-        return {k: glob[k] / P + loc[k] + (3.0 if k == "train" else 1.0) * proj for k in ("train", "infer")}
+        cfg, P, G, L = self.cfg, self.cfg.patch_size, self.cfg.global_model, self.cfg.local_model
+        glob = stack_flops(G, cfg.mlp_ratio, math.ceil(seq_len / P)) / P
+        loc = stack_flops(L, cfg.mlp_ratio, P) + 2 * L.dim * cfg.vocab_size
+        proj = 2 * (G.dim // P) * L.dim + (2 * L.dim * G.dim if cfg.patch_proj else 0)
+        fwd = glob + loc + proj + self.adapters.flops_per_byte()
+        return {"train": 3.0 * fwd, "infer": float(fwd)}
 
     def strided_nll_sums(self, ids: torch.Tensor, half: str = "first") -> tuple[float, int]:
         return strided_nll_sums(self, ids, half)

@@ -3,15 +3,19 @@ from omnibyte.nn.layers import (
     Attention,
     Block,
     RMSNorm,
+    StackConfig,
     SwiGLU,
     TransformerStack,
     apply_rope,
     causal_mask,
+    mean_keys,
     mlp_hidden,
     rope_tables,
+    stack_flops,
 )
 from omnibyte.nn.loss import lm_loss, nll_sums
 from omnibyte.nn.window_attention import window_attention
 
-__all__ = ["KVCache", "Attention", "Block", "RMSNorm", "SwiGLU", "TransformerStack", "apply_rope",
-           "causal_mask", "mlp_hidden", "rope_tables", "lm_loss", "nll_sums", "window_attention"]
+__all__ = ["KVCache", "Attention", "Block", "RMSNorm", "StackConfig", "SwiGLU", "TransformerStack", "apply_rope",
+           "causal_mask", "lm_loss", "mean_keys", "mlp_hidden", "nll_sums", "rope_tables", "stack_flops",
+           "window_attention"]

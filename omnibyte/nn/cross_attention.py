@@ -2,7 +2,7 @@
 
 Both directions in BLT attend inside a known group: a patch's queries read that patch's bytes
 (encoder pooling), and a byte's query reads the K vectors of one patch (decoder). So instead of
-a (patches × bytes) mask we gather by group index: pooling is a segment softmax (scatter max /
+a (patches × bytes) mask we gather by group index: pooling is a grouped softmax (scatter max /
 scatter add over the patch index), decoding gathers K keys per byte. Memory and compute are
 linear in the number of bytes, and there is no Python loop over bytes or patches.
 
@@ -19,16 +19,16 @@ from torch import nn
 from omnibyte.nn.layers import RMSNorm
 
 
-def pool_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: torch.Tensor,
+def pool_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: torch.Tensor,
                    n_groups: int) -> torch.Tensor:
-    """Queries of group g attend to the keys whose seg is g.
+    """Queries of group g attend to the keys whose group is g.
 
-    q: (B, G, K, H, D) — K queries per group; k, v: (B, T, H, D); seg: (B, T) in [0, n_groups).
+    q: (B, G, K, H, D) — K queries per group; k, v: (B, T, H, D); group: (B, T) in [0, n_groups).
     Returns (B, G, K, H, D); a group without keys gets zeros.
     """
     b, t, h, d = k.shape
     kq = q.shape[2]
-    idx = seg[:, :, None, None].expand(b, t, kq, h)  # (B, T, K, H)
+    idx = group[:, :, None, None].expand(b, t, kq, h)  # (B, T, K, H)
     qb = q.gather(1, idx[..., None].expand(b, t, kq, h, d))  # each key's group queries
     s = torch.einsum("btkhd,bthd->btkh", qb, k) * d**-0.5  # (B, T, K, H)
     # subtract the group max (no gradient needed: it cancels) so exp never overflows
@@ -102,9 +102,9 @@ class CrossBlock(nn.Module):
     def kv(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.attn.keys_values(self.kv_norm(src))
 
-    def pool(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-        """x: (B, G, K, dim) group queries; k, v from `kv` of (B, T, dim); seg (B, T)."""
-        return x + self.attn.out(pool_attention(self.attn.queries(self.q_norm(x)), k, v, seg, x.shape[1]))
+    def pool(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+        """x: (B, G, K, dim) group queries; k, v from `kv` of (B, T, dim); group (B, T) in [0, G)."""
+        return x + self.attn.out(pool_attention(self.attn.queries(self.q_norm(x)), k, v, group, x.shape[1]))
 
     def read(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """x: (B, T, dim) queries; k, v from `kv` of (B, S, K, dim); idx (B, T) in [0, S)."""

@@ -12,6 +12,7 @@ n-grams "PAD…PAD ids[0..t]". The sum is computed over a sliding view of the id
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,34 @@ from omnibyte.nn.cache import eager_lru_cache
 
 MODULUS = 2**31 - 1  # a Mersenne prime: products of ids and powers fit easily in int64
 DEFAULT_BASE = 1_000_003
+
+
+@dataclass
+class NgramConfig:
+    """The hash n-gram tables of a byte embedding, and how the optimiser treats them: they hold
+    most of a BLT's parameters, yet one step reads few of their rows."""
+
+    sizes: tuple[int, ...] = (3, 4, 5, 6, 7, 8)  # n-gram sizes, one table each (paper: 3..8)
+    buckets: int = 4096  # rows per table (paper: 500,002 at scale)
+    base: int = DEFAULT_BASE  # base of the rolling polynomial hash: part of the model
+    dropout: float = 0.0  # training only: drop each n-gram lookup with this probability
+    lr_scale: float = 1.0  # the tables learn at the schedule's lr × this
+    weight_decay: float | None = None  # the tables' weight decay (None = the trainer's)
+    # sparse gradients and row-wise AdamW (omnibyte/train/optim.py): only the rows a step reads are
+    # updated, each catching up on the steps it missed; used on the CPU in one eager process
+    sparse: bool = True
+
+    def __post_init__(self):
+        if any(n < 2 for n in self.sizes):
+            raise ValueError(f"ngrams.sizes must all be ≥ 2, got {list(self.sizes)}")
+        if self.buckets < 1 or self.base < 1:
+            raise ValueError(f"ngrams.buckets and ngrams.base must be ≥ 1, got {self.buckets} and {self.base}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"ngrams.dropout must be in [0, 1), got {self.dropout}")
+        if not self.lr_scale > 0:
+            raise ValueError(f"ngrams.lr_scale must be > 0, got {self.lr_scale}")
+        if self.weight_decay is not None and not self.weight_decay >= 0:
+            raise ValueError(f"ngrams.weight_decay must be ≥ 0, got {self.weight_decay}")
 
 
 def hash_ngram_ids(ids: torch.Tensor, n: int, buckets: int, base: int = DEFAULT_BASE) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -275,6 +276,46 @@ class Block(nn.Module):
         x = x + self.attn(self.attn_norm(h), pos, mask, cache, window)
         h = token_shift(x, cache, "mlp") if self.shift else x
         return x + self.mlp(self.mlp_norm(h))
+
+
+@dataclass
+class StackConfig:
+    """Size of one `TransformerStack`; every model names its stacks' sizes this way."""
+
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    window: int = 0  # sliding causal attention window in positions; 0 = full causal attention
+
+    def check(self, name: str, min_layers: int = 1) -> None:
+        """ValueError naming the stack (`name`) when its sizes do not make a stack."""
+        if self.dim < 1 or self.n_heads < 1 or self.dim % self.n_heads or (self.dim // self.n_heads) % 2:
+            raise ValueError(f"{name}.dim {self.dim} must split into {name}.n_heads {self.n_heads} heads of even size")
+        if self.n_layers < min_layers:
+            raise ValueError(f"{name}.n_layers must be ≥ {min_layers}, got {self.n_layers}")
+        if self.window < 0:
+            raise ValueError(f"{name}.window must be ≥ 0 (0 = full causal attention), got {self.window}")
+
+
+def mean_keys(seq_len: int, window: int = 0) -> float:
+    """Mean number of keys a causal query sees over positions 0..T-1 (window w caps it at w)."""
+    t = seq_len
+    if window <= 0 or window >= t:
+        return (t + 1) / 2
+    return (window * (window + 1) / 2 + (t - window) * window) / t
+
+
+def stack_flops(stack: StackConfig, mlp_ratio: float, length: int) -> float:
+    """Forward FLOPs per position of a stack over `length` positions (multiply-add = 2).
+
+    Per layer: 2 · (attention and MLP weights) + causal attention, 2 · 2 · dim · (mean keys seen)
+    for QKᵀ and AV. Norms and elementwise work are left out.
+    """
+    if stack.n_layers == 0:
+        return 0.0
+    d, h = stack.dim, mlp_hidden(stack.dim, mlp_ratio)
+    per_layer = 2 * (4 * d * d + 3 * d * h) + 4 * d * mean_keys(length, stack.window)
+    return float(stack.n_layers * per_layer)
 
 
 class TransformerStack(nn.Module):

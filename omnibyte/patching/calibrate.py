@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
+from omnibyte.data.loader import ShardDataset
 from omnibyte.errors import OmnibyteError
-from omnibyte.models.base import OmniModel
 from omnibyte.patching.core import PatcherConfig, patch_starts
 from omnibyte.patching.entropy import compute_entropies, stream_entropies
 
@@ -42,8 +43,6 @@ class Calibration:
 def sample_stream(data, sample_bytes: int = DEFAULT_SAMPLE_BYTES, split: str = "val") -> np.ndarray:
     """The first `sample_bytes` ids of a dataset split (a `ShardDataset` or its folder); falls back
     to the train split when the dataset has no (or an empty) `split`."""
-    from omnibyte.data.loader import ShardDataset
-
     ds = data if isinstance(data, ShardDataset) else ShardDataset(data)
     for name in (split, "train"):
         if name in ds.splits and ds.n_ids(name) > 1:
@@ -88,7 +87,7 @@ def search_threshold(ids: torch.Tensor, entropies: torch.Tensor, target_bytes_pe
     return threshold(best), mean_len(best)
 
 
-def calibrate(model: OmniModel, data, target_bytes_per_patch: float, relative: bool = False,
+def calibrate(model: nn.Module, data, target_bytes_per_patch: float, relative: bool = False,
               max_patch_len: int = 0, sample_bytes: int = DEFAULT_SAMPLE_BYTES, split: str = "val",
               progress: bool = False) -> Calibration:
     """Calibrate on `data`: ids (B, T) tensor, a 1-D id stream (array or list), or a dataset
@@ -107,7 +106,7 @@ def calibrate(model: OmniModel, data, target_bytes_per_patch: float, relative: b
     return Calibration(thr, achieved, target_bytes_per_patch, relative, max_patch_len, ids.numel())
 
 
-def calibrate_threshold(model: OmniModel, data, target_bytes_per_patch: float, relative: bool = False,
+def calibrate_threshold(model: nn.Module, data, target_bytes_per_patch: float, relative: bool = False,
                         max_patch_len: int = 0, **kwargs) -> float:
     """The entropy threshold whose mean patch length on `data` is closest to the target."""
     return calibrate(model, data, target_bytes_per_patch, relative, max_patch_len, **kwargs).threshold

@@ -25,16 +25,26 @@ and every row is patched on its own: nothing leaks across the batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from omnibyte.errors import OmnibyteError
-from omnibyte.format import AUDIO_HEADER_LEN, BOA, BOI, BOS, EOA, EOI, EOS, IMAGE_CHANNELS, IMAGE_HEADER_LEN, N_BYTES
+from omnibyte.format import BOA, BOI, N_BYTES
+from omnibyte.media.layout import (
+    AUDIO_PAYLOAD,
+    CLOSERS,
+    IMAGE_PAYLOAD,
+    MARKERS,
+    image_row_len,
+    isin,
+    last_true,
+    media_layout,
+    segment_starts,
+)
 
 KINDS = ("static", "space", "entropy")
-_MARKERS = (BOS, EOS, BOI, BOA, EOI, EOA)
-_CLOSERS = (EOI, EOA)
+DEFAULT_BYTES_PER_PATCH = 4.5  # BLT's operating point (matches Llama 3 at equal training FLOPs)
 
 
 @dataclass
@@ -46,10 +56,15 @@ class PatcherConfig:
     threshold: float | None = None  # entropy: None = the threshold calibrated with the entropy model
     relative: bool = False  # entropy: threshold the rise H[t] - H[t-1] instead of H[t]
     # any kind: > 0 = an image's pixels are patched by this many whole rows, an audio clip's samples
-    # by frames of this many (a BLT's FLOPs count still assumes its bytes_per_patch: set that for a
-    # mix of mostly media)
+    # by frames of this many (FLOPs counts still assume bytes_per_patch: set it for a mix of mostly media)
     image_rows: int = 0
     audio_frame: int = 0
+    # FLOPs accounting only: mean bytes per patch; 0 = patch_size for static patching, the calibration
+    # target of the entropy model when its threshold comes from calibration, else 4.5
+    bytes_per_patch: float = 0.0
+    # filled when the patcher is built (omnibyte.models.build_patcher), never by hand: the entropy
+    # model's {"arch", "model"}, so a saved model rebuilds it without its run folder
+    entropy_model_config: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -63,13 +78,17 @@ class PatcherConfig:
             raise ValueError(f"max_patch_len must be ≥ 0 (0 = no cap), got {self.max_patch_len}")
         if self.threshold is not None and self.threshold != self.threshold:
             raise ValueError("threshold must be a number, got NaN")
+        if self.bytes_per_patch != 0 and not self.bytes_per_patch >= 1:
+            raise ValueError(f"bytes_per_patch must be ≥ 1 (or 0 = automatic), got {self.bytes_per_patch}")
+
+    def expected_bytes_per_patch(self) -> float:
+        """Mean bytes per patch that FLOPs counts assume (see `bytes_per_patch`)."""
+        if self.bytes_per_patch > 0:
+            return self.bytes_per_patch
+        return float(self.patch_size) if self.kind == "static" else DEFAULT_BYTES_PER_PATCH
 
 
 # --------------------------------------------------------------------------- byte classes
-
-
-def _isin(ids: torch.Tensor, values) -> torch.Tensor:
-    return torch.isin(ids, torch.tensor(values, device=ids.device, dtype=ids.dtype))
 
 
 def is_continuation(ids: torch.Tensor) -> torch.Tensor:
@@ -92,79 +111,14 @@ def is_word_start(ids: torch.Tensor) -> torch.Tensor:
     return _is_alnum(ids) | ((ids >= 0xC0) & (ids < N_BYTES))
 
 
-def segment_starts(ids: torch.Tensor) -> torch.Tensor:
-    """Torch twin of `omnibyte.format.is_segment_start`: markers, and the id after EOI/EOA."""
-    out = _isin(ids, _MARKERS)
-    out[..., 1:] |= _isin(ids[..., :-1], _CLOSERS)
-    return out
-
-
 # --------------------------------------------------------------------------- the rules
-
-
-def _positions(starts: torch.Tensor) -> torch.Tensor:
-    """(B, T) index of the last True at or before each position (column 0 counts as True)."""
-    t = torch.arange(starts.shape[-1], device=starts.device).expand_as(starts)
-    marked = torch.where(starts, t, torch.zeros_like(t))
-    return marked.cummax(dim=-1).values
 
 
 def static_starts(ids: torch.Tensor, patch_size: int) -> torch.Tensor:
     seg = segment_starts(ids)
     seg[..., 0] = True
-    offset = torch.arange(ids.shape[-1], device=ids.device) - _positions(seg)  # (B, T) ids since segment start
+    offset = torch.arange(ids.shape[-1], device=ids.device) - last_true(seg)  # (B, T) ids since segment start
     return seg | (offset % patch_size == 0)
-
-
-IMAGE_PAYLOAD = 1 + IMAGE_HEADER_LEN  # payload offset from the BOI
-AUDIO_PAYLOAD = 1 + AUDIO_HEADER_LEN
-
-
-def _image_row_len(hi: torch.Tensor, lo: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
-    """Bytes per pixel row from an image header's width bytes and channel byte; 0 if the header
-    is not a valid one (a special id in it, a zero width, channels other than 1 or 3)."""
-    width = hi * 256 + lo
-    ok = (hi < N_BYTES) & (lo < N_BYTES) & _isin(channels, IMAGE_CHANNELS) & (width > 0)
-    return torch.where(ok, width * channels, torch.zeros_like(width))
-
-
-def media_layout(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Where image and audio blocks lie, from the ids alone (B, T) → three (B, T) long tensors:
-
-    - opener: the id that opened the current segment (BOI, BOA, BOS...; ids[:, 0] for a window
-      that starts inside a segment, which is then no media block: its header is not in view);
-    - offset: ids since that opener (0 at the opener, 1 + header length at the first payload byte);
-    - row: an image's bytes per pixel row (0 outside images and for an invalid header).
-
-    Each value at t depends on ids[:, :t+1] only, except `row` on the header positions, which is
-    read from the whole header: use it only at payload offsets.
-    """
-    seg = segment_starts(ids)
-    seg[..., 0] = True
-    s = _positions(seg)
-    offset = torch.arange(ids.shape[-1], device=ids.device) - s
-    opener = ids.gather(-1, s)
-    row = torch.where(opener == BOI, _image_row_len(_after(ids, s, 1), _after(ids, s, 2), _after(ids, s, 5)),
-                      torch.zeros_like(ids))
-    return opener, offset, row
-
-
-def _after(ids: torch.Tensor, s: torch.Tensor, k: int) -> torch.Tensor:
-    """The id k positions after each segment start s (the last id where that is past the end): an
-    image's header after BOI is width u16 (k = 1, 2), height u16 (3, 4), channels u8 (5)."""
-    return ids.gather(-1, (s + k).clamp(max=ids.shape[-1] - 1))
-
-
-def media_geometry(ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """`media_layout`'s (opener, offset, row), each position's bytes per pixel (an image's
-    channels, 1 or 3, where `row` > 0; 1 elsewhere) and its image's height in pixel rows (from the
-    header; 0 where `row` is 0), for code that walks an image in 2-D."""
-    opener, offset, row = media_layout(ids)
-    s = (torch.arange(ids.shape[-1], device=ids.device) - offset).clamp_min(0)
-    image = row > 0
-    bpp = torch.where(image, _after(ids, s, IMAGE_HEADER_LEN), torch.ones_like(ids))
-    height = torch.where(image, _after(ids, s, 3) * 256 + _after(ids, s, 4), torch.zeros_like(ids))
-    return opener, offset, row, bpp, height
 
 
 def media_starts(ids: torch.Tensor, image_rows: int, audio_frame: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,15 +180,16 @@ def cap_patches(starts: torch.Tensor, max_patch_len: int) -> torch.Tensor:
         return starts
     starts = starts.clone()
     starts[..., 0] = True
-    offset = torch.arange(starts.shape[-1], device=starts.device) - _positions(starts)
+    offset = torch.arange(starts.shape[-1], device=starts.device) - last_true(starts)
     return starts | (offset % max_patch_len == 0)
 
 
-def resolve_threshold(cfg: PatcherConfig, threshold: float | None) -> float:
+def _threshold(cfg: PatcherConfig, threshold: float | None) -> float:
+    """The threshold to apply: the one given, else the config's (which a built patcher has decided)."""
     thr = threshold if threshold is not None else cfg.threshold
     if thr is None:
-        raise OmnibyteError(f"entropy patching needs a threshold: none given and none calibrated for "
-                            f"{cfg.entropy_model or 'the entropy model'} (run `omnibyte patch calibrate`)")
+        raise OmnibyteError("entropy patching needs a threshold: build the patcher (omnibyte.models.build_patcher) "
+                            "or set patcher.threshold")
     return float(thr)
 
 
@@ -258,7 +213,7 @@ def patch_starts(ids: torch.Tensor, cfg: PatcherConfig, entropies: torch.Tensor 
             raise OmnibyteError("entropy patching needs entropies (B, T) from the entropy model")
         if entropies.shape != ids.shape:
             raise OmnibyteError(f"entropies {tuple(entropies.shape)} do not match ids {tuple(ids.shape)}")
-        starts = entropy_starts(entropies, resolve_threshold(cfg, threshold), cfg.relative)
+        starts = entropy_starts(entropies, _threshold(cfg, threshold), cfg.relative)
     if cfg.image_rows or cfg.audio_frame:
         where, media = media_starts(ids, cfg.image_rows, cfg.audio_frame)
         starts = torch.where(where, media, starts)
@@ -274,7 +229,7 @@ def patch_ids(starts: torch.Tensor) -> torch.Tensor:
 
 def positions_in_patch(starts: torch.Tensor) -> torch.Tensor:
     """(B, T) how many ids precede each position in its patch (0 at a patch's first id)."""
-    return torch.arange(starts.shape[-1], device=starts.device) - _positions(starts)
+    return torch.arange(starts.shape[-1], device=starts.device) - last_true(starts)
 
 
 def patch_lengths(starts: torch.Tensor) -> list[list[int]]:
@@ -306,7 +261,7 @@ class StreamingPatcher:
     def __init__(self, cfg: PatcherConfig, batch_size: int, threshold: float | None = None,
                  device: torch.device | str = "cpu"):
         self.cfg, self.batch_size = cfg, batch_size
-        self.threshold = resolve_threshold(cfg, threshold) if cfg.kind == "entropy" else None
+        self.threshold = _threshold(cfg, threshold) if cfg.kind == "entropy" else None
         self.t = 0
         z = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.prev_id = z.clone()
@@ -321,9 +276,9 @@ class StreamingPatcher:
         if ids.shape[0] != self.batch_size:
             raise OmnibyteError(f"push got {ids.shape[0]} ids for a batch of {self.batch_size}")
         first = self.t == 0
-        seg = _isin(ids, _MARKERS)
+        seg = isin(ids, MARKERS)
         if not first:
-            seg |= _isin(self.prev_id, _CLOSERS)
+            seg |= isin(self.prev_id, CLOSERS)
         seg_offset = torch.where(seg, torch.zeros_like(self.seg_offset), self.seg_offset)
 
         if self.cfg.kind == "static":
@@ -355,6 +310,6 @@ class StreamingPatcher:
         self.opener = torch.where(seg, ids, self.opener)
         for k, col in ((1, 0), (2, 1), (5, 2)):
             self.header[:, col] = torch.where(offset == k, ids, self.header[:, col])
-        row = torch.where(self.opener == BOI, _image_row_len(*self.header.unbind(1)), torch.zeros_like(ids))
+        row = torch.where(self.opener == BOI, image_row_len(*self.header.unbind(1)), torch.zeros_like(ids))
         where, media = _media_rule(self.opener, offset, row, self.cfg.image_rows, self.cfg.audio_frame)
         return torch.where(where, media, start)

@@ -1,5 +1,5 @@
-"""The entropy model's side of BLT patching: next-byte entropies, loading a trained entropy model
-with its calibrated threshold, and entropies precomputed once per dataset split.
+"""The entropy model's side of BLT patching: next-byte entropies, an entropy model's calibration
+file, and entropies precomputed once per dataset split.
 
 Convention (every caller relies on it): entropies[:, t] is the entropy, in nats, of the entropy
 model's distribution for id t given ids < t, i.e. computed from its logits at position t-1;
@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from omnibyte.errors import OmnibyteError
-from omnibyte.models.base import WEIGHTS, OmniModel, resolve_model_dir
 from omnibyte.progress import progress as tqdm
+from omnibyte.rundir import WEIGHTS, resolve_model_dir, write_json_atomic
 
 CALIBRATION_FILE = "patching.json"
 DEFAULT_CHUNK = 2048  # new positions per forward when streaming a long split with full attention
@@ -31,7 +32,7 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def compute_entropies(model: OmniModel, ids: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+def compute_entropies(model: nn.Module, ids: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
     """ids (B, T) → entropies (B, T) float32 on ids' device, one forward per `batch_size` rows.
 
     Each row is read from its own start, so position t sees ids[:, :t] only (for a long stream
@@ -47,13 +48,14 @@ def compute_entropies(model: OmniModel, ids: torch.Tensor, batch_size: int = 16)
     return out
 
 
-def model_context(model: OmniModel) -> int:
-    """Ids of left context a chunk needs: the attention window (0 = full attention: no limit)."""
-    return int(getattr(getattr(model, "cfg", None), "window", 0) or 0)
+def model_context(model: nn.Module) -> int:
+    """Ids of left context a chunk needs: the entropy model's attention window (0 = full attention:
+    no limit); `model` is an omnibyte model."""
+    return model.attention_window()
 
 
 @torch.no_grad()
-def stream_entropies(model: OmniModel, stream, chunk_len: int | None = None, context: int | None = None,
+def stream_entropies(model: nn.Module, stream, chunk_len: int | None = None, context: int | None = None,
                      batch_size: int = 8, progress: bool = False, desc: str = "entropies") -> np.ndarray:
     """Entropies (N,) float32 of a long 1-D id stream, in overlapping chunks run in batches.
 
@@ -125,8 +127,6 @@ def read_calibration(path: str | Path) -> dict:
 
 def write_calibration(path: str | Path, mode: str, entry: dict) -> Path:
     """Store one mode's calibration ("global" or "relative") atomically, keeping the other."""
-    from omnibyte.data.loader import write_json_atomic
-
     model_dir = resolve_model_dir(path)
     data = read_calibration(model_dir)
     data[mode] = {**entry, "weights": weights_fingerprint(model_dir)}
@@ -135,30 +135,21 @@ def write_calibration(path: str | Path, mode: str, entry: dict) -> Path:
     return file
 
 
-def stored_threshold(path: str | Path, relative: bool = False) -> float | None:
-    """The calibrated threshold of a model dir for the mode, None when there is none or it was
-    calibrated for other weights."""
+def calibrated(path: str | Path, relative: bool = False) -> dict | None:
+    """The calibration entry of a model dir for the mode ({"threshold", "target_bytes_per_patch", ...}),
+    None when there is none or it was calibrated for other weights."""
     entry = read_calibration(path).get("relative" if relative else "global")
     if not isinstance(entry, dict) or "threshold" not in entry:
         return None
     if entry.get("weights") != weights_fingerprint(path):
         return None
-    return float(entry["threshold"])
-
-
-def load_entropy_model(path: str | Path, relative: bool = False,
-                       map_location: str | torch.device = "cpu") -> tuple[OmniModel, float | None]:
-    """(model in eval mode, its calibrated threshold for the mode or None) from a model or run dir."""
-    if not str(path):
-        raise OmnibyteError("entropy patching needs entropy_model (a trained entropy model's run or model dir)")
-    model = OmniModel.from_pretrained(path, map_location=map_location)
-    return model, stored_threshold(path, relative)
+    return entry
 
 
 # --------------------------------------------------------------------------- precomputed entropies
 
 
-def entropy_aux_name(model: OmniModel, model_path: str | Path | None = None) -> str:
+def entropy_aux_name(model: nn.Module, model_path: str | Path | None = None) -> str:
     """Aux array name for entropies from this entropy model: identified by its weights."""
     if model_path is not None:
         return f"entropy-{weights_fingerprint(model_path)}"
@@ -169,7 +160,7 @@ def entropy_aux_name(model: OmniModel, model_path: str | Path | None = None) -> 
     return f"entropy-{h.hexdigest()[:16]}"
 
 
-def ensure_entropies(dataset, model: OmniModel, model_path: str | Path | None = None,
+def ensure_entropies(dataset, model: nn.Module, model_path: str | Path | None = None,
                      splits: list[str] | None = None, chunk_len: int | None = None,
                      batch_size: int = 8, progress: bool = True) -> str:
     """Precompute entropies for every split (or `splits`) of a `ShardDataset` once per entropy

@@ -14,6 +14,7 @@ from typing import Any
 
 from omnibyte.config import from_dict, load_toml, merge, parse_overrides, to_dict
 from omnibyte.errors import OmnibyteError
+from omnibyte.models import compat
 from omnibyte.models.registry import build_config
 
 
@@ -55,12 +56,6 @@ class TrainConfig:
     # windows start at a document and hold whole documents (PAD after them) instead of cutting the
     # packed stream anywhere: a task example's question and answer always share a window
     align_docs: bool = False
-    # BLT's hash n-gram tables get sparse gradients and AdamW row updates (only the rows a step
-    # reads are touched; each catches up on the steps it missed: omnibyte/train/optim.py) instead of
-    # dense AdamW over every row. Applies on the CPU in one process without compile; else dense.
-    sparse_embeddings: bool = True
-    table_lr_scale: float = 1.0  # BLT's hash n-gram tables learn at lr × this
-    table_weight_decay: float | None = None  # weight decay of BLT's hash n-gram tables (None = weight_decay)
 
     def __post_init__(self):
         positive = ("steps", "batch_size", "seq_len", "grad_accum", "log_every")
@@ -76,10 +71,6 @@ class TrainConfig:
             raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise ValueError(f"train.dtype must be auto, fp32 or bf16, got {self.dtype!r}")
-        if self.table_lr_scale <= 0:
-            raise ValueError(f"train.table_lr_scale must be > 0, got {self.table_lr_scale}")
-        if self.table_weight_decay is not None and self.table_weight_decay < 0:
-            raise ValueError(f"train.table_weight_decay must be ≥ 0, got {self.table_weight_decay}")
         if self.flops < 0:
             raise ValueError(f"train.flops must be ≥ 0, got {self.flops}")
         for name in ("media_loss_weight", "prompt_loss_weight"):
@@ -136,12 +127,9 @@ def read_run_config(run_dir: Path, overrides: list[str] | dict | None = None) ->
         raw = json.loads(f.read_text())
     except json.JSONDecodeError as e:
         raise OmnibyteError(f"corrupt {f}: {e}") from None
-    model = raw.get("model") if isinstance(raw, dict) else None
-    if isinstance(model, dict) and isinstance(model.get("arch"), str):
-        from omnibyte.models.registry import saved_config
-
-        raw["model"] = {"arch": model["arch"], **saved_config(model["arch"], {k: v for k, v in model.items()
-                                                                               if k != "arch"})}
+    if not isinstance(raw, dict):
+        raise OmnibyteError(f"corrupt {f}: expected a JSON object")
+    raw = compat.run_config(raw)
     if overrides:
         raw = merge(raw, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
     return resolve(raw)

@@ -174,47 +174,36 @@ class CombinedOptimizer:
     def load_state_dict(self, state: dict) -> None:
         saved = state.get("optimizers")
         if not isinstance(saved, list) or len(saved) != len(self.optimizers):
-            raise OmnibyteError("the checkpoint's optimizer state was saved with dense embedding updates: "
-                                "resume with --train.sparse_embeddings false")
+            raise OmnibyteError("the checkpoint's optimizer state was saved with dense table updates: "
+                                "resume with --model.ngrams.sparse false")
         for opt, s in zip(self.optimizers, saved):
             opt.load_state_dict(s)
 
 
-def sparse_tables(model: nn.Module) -> list[nn.Embedding]:
-    """The embedding tables a model updates sparsely (those marked sparse, e.g. BLT's hash n-grams)."""
-    return [m for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse]
-
-
-def ngram_tables(model: nn.Module) -> list[nn.Embedding]:
-    """The hash n-gram tables of every HashNgramEmbedding in the model (BLT's; none elsewhere)."""
-    from omnibyte.nn.hash_ngram import HashNgramEmbedding
-
-    return [t for m in model.modules() if isinstance(m, HashNgramEmbedding) for t in m.ngrams]
-
-
-def make_optimizer(model: nn.Module, cfg, device: torch.device):
-    """AdamW with weight decay on 2-D weights only. Hash n-gram tables learn at lr × table_lr_scale
-    (a group's `lr_scale`, which the trainer applies with its schedule) with their own weight decay
-    (table_weight_decay, default weight_decay); sparse tables get RowAdamW with the same settings,
-    combined with the AdamW of the rest."""
-    scale = cfg.table_lr_scale
-    table_wd = cfg.weight_decay if cfg.table_weight_decay is None else cfg.table_weight_decay
-    own_group = scale != 1 or table_wd != cfg.weight_decay  # else the tables stay in the 2-D group
-    tables = {id(t.weight) for t in ngram_tables(model)} if own_group else set()
-    sparse = {id(m.weight) for m in sparse_tables(model)}
-    params = [p for p in model.parameters() if p.requires_grad]
-    dense = [p for p in params if id(p) not in sparse]
-    groups = [{"params": [p for p in dense if p.dim() >= 2 and id(p) not in tables], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in dense if p.dim() < 2], "weight_decay": 0.0},
-              {"params": [p for p in dense if id(p) in tables], "weight_decay": table_wd, "lr_scale": scale}]
-    groups = [g for g in groups if g["params"]]
-    adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
-    rows = [p for p in params if id(p) in sparse]
+def make_optimizer(model, cfg, device: torch.device, sparse: bool = True):
+    """AdamW over the model's parameter groups (`OmniModel.param_groups`: each with its weight
+    decay and optional `lr_scale`, which the trainer applies with its schedule). A group's
+    `sparse_tables` get sparse gradients and RowAdamW with the group's settings when `sparse` is
+    allowed (CPU, one process, no compile), combined with the AdamW of the rest."""
+    dense, rows, tables = [], [], []
+    for group in model.param_groups(cfg.weight_decay):
+        group = dict(group)
+        sparse_tables = group.pop("sparse_tables", None) or []
+        for table in sparse_tables:
+            table.sparse = sparse
+        if not group["params"]:
+            continue
+        if sparse and sparse_tables:
+            rows.append(group)
+            tables += sparse_tables
+        else:
+            dense.append(group)
+    adamw = torch.optim.AdamW(dense, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
     if not rows:
         return adamw
-    lazy = RowAdamW([{"params": rows, "lr_scale": scale}], lr=cfg.lr * scale, betas=(cfg.beta1, cfg.beta2),
-                    weight_decay=table_wd)
-    for table in sparse_tables(model):
+    # never-read rows decay at the peak lr given here (see RowAdamW._catch_up): the tables' own
+    lazy = RowAdamW(rows, lr=cfg.lr * rows[0].get("lr_scale", 1.0), betas=(cfg.beta1, cfg.beta2))
+    for table in tables:
         lazy.watch(table)
     return CombinedOptimizer([adamw, lazy])
 

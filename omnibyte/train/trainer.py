@@ -26,17 +26,17 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from omnibyte.data import DEFAULT_DATA_DIR, BatchLoader, ShardDataset, eval_batches
+from omnibyte.config import parse_overrides
+from omnibyte.data import DEFAULT_DATA_DIR, BatchLoader, ShardDataset, eval_batches, prepare_kjv
 from omnibyte.data.bpe import TOKENIZER_FILE, dataset_tokenizer
 from omnibyte.data.modality import ANSWER_AUX, MODALITY_AUX, TEXT, LabelledDataset
 from omnibyte.errors import OmnibyteError
 from omnibyte.eval.bpb import bits_per_byte
-from omnibyte.models.base import replace_dir
-from omnibyte.models.registry import build_model
-from omnibyte.nn import lm_loss
+from omnibyte.models.registry import build_model, load_model
 from omnibyte.progress import progress
-from omnibyte.train.config import RunConfig, read_run_config
-from omnibyte.train.optim import clip_grad_norm, make_optimizer, ngram_tables
+from omnibyte.rundir import CHECKPOINT, replace_dir
+from omnibyte.train.config import RunConfig, load_run_config, read_run_config
+from omnibyte.train.optim import clip_grad_norm, make_optimizer
 
 
 @dataclass
@@ -91,8 +91,6 @@ def open_dataset(path: str) -> ShardDataset:
     """The prepared dataset at `path`; the default corpus is built on first use."""
     p = Path(path)
     if not (p / "meta.json").exists() and Path(path) == Path(DEFAULT_DATA_DIR):
-        from omnibyte.data import prepare_kjv
-
         print(f"preparing the default corpus (King James Bible) into {p} ...", flush=True)
         prepare_kjv(p)
     if not p.exists():
@@ -113,7 +111,15 @@ class Trainer:
             self.amp_dtype = torch.bfloat16
 
         torch.manual_seed(tc.seed)
-        self.model = build_model(cfg.arch, cfg.model).to(self.device)
+        if resume:  # the saved model as it was built (its patcher resolved then), not rebuilt from run.json
+            if not (self.run_dir / CHECKPOINT / "trainer.pt").is_file():
+                raise OmnibyteError(f"{self.run_dir} has no checkpoint to resume from")
+            try:
+                self.model = load_model(self.run_dir / CHECKPOINT, map_location=self.device)
+            except OmnibyteError as e:
+                raise OmnibyteError(f"cannot resume from {self.run_dir}: {e}") from None
+        else:
+            self.model = build_model(cfg.arch, cfg.model).to(self.device)
         self.dataset, self.extras = self.rank0_first(self.open_data)
         self.tokenizer = dataset_tokenizer(self.dataset)  # BPE baseline: scored per byte of text
         self.bytes_per_id = self.tokenizer.bytes_per_id if self.tokenizer is not None else None
@@ -132,12 +138,10 @@ class Trainer:
         self.loader = BatchLoader(self.dataset, "train", tc.batch_size, tc.seq_len, tc.seed,
                                   self.dist.rank, self.dist.world_size, aux=aux, align_docs=tc.align_docs)
         self.has_val = self.dataset.n_ids("val") > 1 if "val" in self.dataset.splits else False
-        # hash n-gram tables: sparse gradients and row-wise updates, on the CPU in one eager process
-        # (DDP over NCCL and torch.compile take dense gradients; GPUs are not checked yet)
-        sparse = tc.sparse_embeddings and self.device.type == "cpu" and self.dist.world_size == 1 and not tc.compile
-        for table in ngram_tables(self.model):
-            table.sparse = sparse
-        self.optimizer = make_optimizer(self.model, tc, self.device)
+        # tables a model marks sparse (BLT's hash n-grams): sparse gradients and row-wise updates, on
+        # the CPU in one eager process (DDP over NCCL and torch.compile take dense gradients)
+        sparse = self.device.type == "cpu" and self.dist.world_size == 1 and not tc.compile
+        self.optimizer = make_optimizer(self.model, tc, self.device, sparse)
         self.step = 0
 
         flops = self.model.flops_per_byte(tc.seq_len)
@@ -176,8 +180,7 @@ class Trainer:
         """The dataset (the default corpus is built on first use) and what the model adds to it
         once, e.g. BLT's precomputed entropies: {forward kwarg: aux array name}."""
         dataset = open_dataset(self.cfg.data.path)
-        prepare = getattr(self.model, "prepare_data", None)
-        return dataset, (prepare(dataset) if prepare else {})
+        return dataset, self.model.prepare_data(dataset)
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -198,7 +201,7 @@ class Trainer:
         if self.prompt_weight != 1.0:
             prompt = batch[ANSWER_AUX][:, 1:].to(self.device) < 0.5
             weights = torch.where(prompt, weights * self.prompt_weight, weights)
-        return lm_loss(logits, ids[:, 1:], getattr(self.model.cfg, "z_loss", 0.0), weights)
+        return self.model.loss(logits, ids[:, 1:], weights)
 
     def micro_steps(self, step: int) -> float:
         """Forward + backward over this step's micro-batches; returns the mean loss."""
@@ -235,8 +238,8 @@ class Trainer:
         self.sync_weights()
         if not self.dist.main:
             return
-        final = self.run_dir / "checkpoint"
-        tmp = self.run_dir / "checkpoint.tmp"
+        final = self.run_dir / CHECKPOINT
+        tmp = self.run_dir / f"{CHECKPOINT}.tmp"
         self.model.save_pretrained(tmp)  # writes tmp atomically itself
         if self.tokenizer is not None:  # a BPE model dir carries its tokenizer
             self.tokenizer.save(tmp / TOKENIZER_FILE)
@@ -244,21 +247,16 @@ class Trainer:
         replace_dir(tmp, final)
 
     def load_checkpoint(self) -> None:
-        ckpt = self.run_dir / "checkpoint"
-        if not (ckpt / "trainer.pt").is_file():
-            raise OmnibyteError(f"{self.run_dir} has no checkpoint to resume from")
-        from safetensors.torch import load_file
-
+        """The optimizer state and step of the checkpoint whose weights the model was loaded from."""
+        ckpt = self.run_dir / CHECKPOINT
         try:
-            state = load_file(str(ckpt / "model.safetensors"), device=str(self.device))
-            self.model.load_state_dict(state)
             tstate = torch.load(ckpt / "trainer.pt", map_location=self.device, weights_only=True)
         except Exception as e:  # corrupt files of any kind: say which
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise OmnibyteError(f"cannot resume from corrupt checkpoint in {ckpt}: {first}") from None
         if "optimizers" in tstate["optimizer"] and not hasattr(self.optimizer, "optimizers"):
-            raise OmnibyteError(f"{ckpt} was saved with sparse embedding updates: resume with "
-                                f"--train.sparse_embeddings true on the CPU")
+            raise OmnibyteError(f"{ckpt} was saved with sparse table updates: resume on the CPU in one process "
+                                f"without compile")
         self.optimizer.load_state_dict(tstate["optimizer"])
         self.step = int(tstate["step"])
 
@@ -384,16 +382,19 @@ def plot_metrics(run_dir: Path) -> Path | None:
 
 def train(config: str | None, overrides: list[str], out: str | None, resume: str | None,
           quiet: bool = False) -> dict:
-    """Entry point shared by `omnibyte train` and `python -m omnibyte.train`."""
-    from omnibyte.train.config import load_run_config
-
+    """Entry point of `omnibyte train` (also under torchrun)."""
     if resume:
+        given = overrides if isinstance(overrides, dict) else parse_overrides(overrides or [])
+        changed = set(given) & {"model", "patcher"}
+        if changed:
+            raise OmnibyteError(f"--resume continues the saved model: its [{', '.join(sorted(changed))}] settings "
+                                f"cannot change (start a new run instead)")
         cfg = read_run_config(Path(resume), overrides)
         trainer = Trainer(cfg, resume, resume=True, quiet=quiet)
     else:
         cfg = load_run_config(config, overrides)
         run_dir = out or default_run_dir(config, cfg)
-        if (Path(run_dir) / "checkpoint").exists() or (Path(run_dir) / "run.json").exists():
+        if (Path(run_dir) / CHECKPOINT).exists() or (Path(run_dir) / "run.json").exists():
             raise OmnibyteError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
                                 f"or choose another --out")
         trainer = Trainer(cfg, run_dir, quiet=quiet)

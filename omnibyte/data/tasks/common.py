@@ -43,11 +43,12 @@ from pathlib import Path
 
 import numpy as np
 
-from omnibyte.data.loader import ShardDataset, write_atomic, write_json_atomic
+from omnibyte.data.loader import ShardDataset
 from omnibyte.data.modality import ANSWER_AUX
 from omnibyte.data.prepare import document_array, write_dataset
 from omnibyte.errors import OmnibyteError
 from omnibyte.format import BOS, EOS, Document, Segment, TextSegment
+from omnibyte.rundir import write_atomic, write_json_atomic
 
 ANSWER_PREFIX = "Answer: "
 HELDOUT_FILE = "heldout.jsonl"

@@ -26,7 +26,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from omnibyte.data.loader import META_FILE, read_meta
+from omnibyte.data.prepare import write_dataset
 from omnibyte.errors import OmnibyteError
+from omnibyte.format import Document, TextSegment
+from omnibyte.rundir import write_json_atomic
 
 DEFAULT_WORDS = "/usr/share/dict/american-english"  # Debian: apt-get install wamerican
 HELDOUT_FILE = "questions.jsonl"  # held-out (prompt, answer) pairs
@@ -169,10 +173,6 @@ def write_cute(out: str | Path, words: list[str], n_train: int = 100000, n_heldo
     """Write the task suite at `out`: a prepared byte dataset of training documents (its val split
     is a sample of them, for the training curve) plus `questions.jsonl`, questions on held-out words
     for `omnibyte.eval.tasks`. Returns the dataset meta with a "cute" summary added."""
-    from omnibyte.data.loader import META_FILE, read_meta, write_json_atomic
-    from omnibyte.data.prepare import write_dataset
-    from omnibyte.format import Document, TextSegment
-
     tasks = list(tasks or TASKS)
     train_words, held_words = split_words(words, heldout_fraction, seed)
     train = sample_examples(train_words, n_train, seed + 1, tasks)

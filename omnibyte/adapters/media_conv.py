@@ -1,4 +1,4 @@
-"""Causal convolution features of image and audio payload bytes, for a byte model's input.
+"""Causal convolution features of image and audio payload bytes: an input adapter.
 
 A byte embedding sees an image as a line of unrelated ids: pixel 200 and pixel 201 are two
 different rows of a table, and the pixel above is `width` positions back. `MediaConv` gives each
@@ -8,19 +8,13 @@ still holds):
 
 - image: a masked 2-D convolution (PixelCNN's type B mask) over the block's pixels, same
   channel: the k × k window's rows above the byte, and its own row up to and including it;
-- audio: a causal 1-D convolution over the last k µ-law samples.
+- audio: a causal 1-D convolution over the last k µ-law samples (16 by default).
 
 Two layers, the second dilated (it reads the first layer's features `dilation` pixels or
 samples apart), so the receptive field reaches (1 + dilation)·(k // 2) rows of an image and
-(1 + dilation)·(k − 1) + 1 samples of audio. The output is projected to the byte model's width
-and is zero on every byte that is not image or audio payload; the projection starts at zero, so
-a model with it starts out as the model without it.
-
-With `positions` > 0 an image byte's features also get learned vectors for where it lies in its
-image: its row and its column, each in `positions` equal bands of the image's height and width,
-and its colour channel. A convolution is blind to position, and a transformer over the flat
-sequence sees a pixel's row and column only as its offset divided by the row length; reading a
-clock (where a hand points from the centre) or pointing at a shape needs them.
+(1 + dilation)·(k − 1) + 1 samples of audio. The output is projected to the model's width and is
+zero on every byte that is not image or audio payload; the projection starts at zero, so a model
+with it starts out as the model without it.
 
 The convolutions are gathers over the flat byte sequence (each byte's neighbours lie at offsets
 fixed by the block's header), so a batch may hold any mix of image sizes, gray and RGB, audio and
@@ -29,22 +23,31 @@ text, and decoding can compute the features of new bytes from the ids so far.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from omnibyte.adapters.base import InputAdapter
 from omnibyte.format import BOA, BOI, N_BYTES
 from omnibyte.media.audio import mulaw_decode
-from omnibyte.patching.core import AUDIO_PAYLOAD, IMAGE_PAYLOAD, media_geometry, media_layout
+from omnibyte.media.layout import AUDIO_PAYLOAD, IMAGE_PAYLOAD, media_geometry, segment_starts
 
 _MULAW = torch.from_numpy(mulaw_decode(np.arange(N_BYTES, dtype=np.uint8)))  # code → sample in [-1, 1]
 
 
-def media_values(ids: torch.Tensor) -> torch.Tensor:
-    """(B, T) float: each image payload byte's pixel in [-1, 1], each audio payload byte's µ-law
-    sample in [-1, 1], 0 everywhere else (text, markers, headers, a block whose header is out of view)."""
-    return _values(ids, *_payload(ids, *media_layout(ids)))
+@dataclass
+class MediaConvConfig:
+    channels: int = 32  # feature channels of both layers
+    kernel: int = 5  # an image window of kernel × kernel pixels (odd, ≥ 3)
+
+    def __post_init__(self):
+        if self.channels < 1:
+            raise ValueError(f"adapters.media_conv.channels must be ≥ 1, got {self.channels}")
+        if self.kernel < 3 or self.kernel % 2 == 0:
+            raise ValueError(f"adapters.media_conv.kernel must be odd and ≥ 3, got {self.kernel}")
 
 
 def _payload(ids, opener, offset, row) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +59,9 @@ def _payload(ids, opener, offset, row) -> tuple[torch.Tensor, torch.Tensor]:
     return img, aud
 
 
-def _values(ids, img, aud) -> torch.Tensor:
+def payload_values(ids, img, aud) -> torch.Tensor:
+    """(B, T) float: each image payload byte's pixel in [-1, 1], each audio payload byte's µ-law
+    sample in [-1, 1], 0 elsewhere."""
     byte = ids.clamp(0, N_BYTES - 1)
     pixel = byte.float() / 127.5 - 1.0
     sample = _MULAW.to(ids.device)[byte]
@@ -70,37 +75,57 @@ def image_taps(kernel: int) -> list[tuple[int, int]]:
     return [(dr, dc) for dr in range(h, -1, -1) for dc in range(-h, h + 1) if dr > 0 or dc <= 0]
 
 
-class MediaConv(nn.Module):
-    def __init__(self, channels: int, dim_out: int, image_kernel: int = 5, audio_kernel: int = 16,
-                 dilation: int = 2, audio_dilation: int = 16, positions: int = 0):
+class MediaConv(InputAdapter):
+    def __init__(self, cfg: MediaConvConfig, dim: int, dilation: int = 2, audio_kernel: int = 16,
+                 audio_dilation: int = 16):
         super().__init__()
-        if channels < 1 or image_kernel < 3 or image_kernel % 2 == 0 or audio_kernel < 2 or dilation < 1 \
-                or audio_dilation < 1 or positions < 0:
-            raise ValueError(f"MediaConv: bad sizes (channels {channels}, image kernel {image_kernel} "
-                             f"(odd, ≥ 3), audio kernel {audio_kernel} (≥ 2), dilations {dilation}, {audio_dilation}, "
-                             f"positions {positions} (≥ 0))")
+        channels = cfg.channels
         self.channels, self.dilation, self.audio_dilation = channels, dilation, audio_dilation
-        self.image_taps = image_taps(image_kernel)
+        self.image_taps = image_taps(cfg.kernel)
         self.audio_taps = list(range(audio_kernel))
         ki, ka = len(self.image_taps), audio_kernel
         self.image1 = nn.Linear(ki, channels)
         self.image2 = nn.Linear(ki * channels, channels)
         self.audio1 = nn.Linear(ka, channels)
         self.audio2 = nn.Linear(ka * channels, channels)
-        self.out = nn.Linear(channels, dim_out, bias=False)
+        self.out = nn.Linear(channels, dim, bias=False)
         nn.init.zeros_(self.out.weight)
-        self.positions = positions
-        if positions:  # row band, column band, channel (random, not zero: `out` starts at zero)
-            self.image_pos = nn.Embedding(2 * positions + 3, channels)
-            nn.init.normal_(self.image_pos.weight, std=0.5)
 
-    def forward(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.features(ids).to(x.dtype)
+
+    def init_state(self, batch_size: int, device: torch.device) -> dict:
+        return {"segment": None}  # (B,) where each row's current segment began
+
+    def step(self, state: dict, ids: torch.Tensor, start: int, x: torch.Tensor) -> torch.Tensor:
+        """A block's features read back to its header, never further, so the ids from where each
+        row's segment at `start` - 1 began are enough (not the whole prefix); blocks that open
+        inside the new ids lie after that."""
+        t1 = ids.shape[1]
+        seg = state["segment"]
+        lo = 0 if seg is None else min(int(seg.min()), start)
+        feats = self.features(ids[:, lo:], start=start - lo)
+        # where each row's last segment (as of t1 - 1) began: the last start among the new ids
+        c0 = max(0, start - 1)  # (a segment also starts right after a closing marker)
+        starts = segment_starts(ids[:, c0:t1])
+        starts[:, 0] |= c0 == 0
+        at = torch.arange(c0, t1, device=ids.device)
+        last = torch.where(starts, at, torch.full_like(at, -1)).max(dim=1).values
+        state["segment"] = last if seg is None else torch.maximum(seg, last)
+        return feats.to(x.dtype)
+
+    def flops_per_byte(self) -> float:
+        """The image branch on every byte (audio's 16 taps cost about the same)."""
+        c, ki = self.channels, len(self.image_taps)
+        return 2.0 * (ki * c + ki * c * c + c * self.out.out_features)
+
+    def features(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
         """ids (B, T) → features (B, T - start, dim_out) of positions start..T-1 (the ids before
         `start` are context: decoding passes the ids so far and the first new position)."""
         b, t = ids.shape
-        opener, offset, row, bpp, height = media_geometry(ids)
+        opener, offset, row, bpp, _ = media_geometry(ids)
         img, aud = _payload(ids, opener, offset, row)
-        x = _values(ids, img, aud)
+        x = payload_values(ids, img, aud)
         out = x.new_zeros(b, t - start, self.out.out_features)
         flat = torch.arange(b * t, device=ids.device).view(b, t)
         f1 = x.new_zeros(b * t, self.channels)  # first-layer features of every payload byte
@@ -146,11 +171,6 @@ class MediaConv(nn.Module):
             src = pos[:, None] - back2[keep]
             g = torch.where(ok2[keep][..., None], f1[src.clamp_min(0)], torch.zeros((), device=x.device))
             h = f1[pos] + F.gelu(lin2(g.flatten(1)))
-            if kind == "image" and self.positions:  # band = index · bands // size, channel 0..2
-                n, p, r, c = self.positions, pay[keep], rl[keep], px[keep]
-                yb = ((p // r) * n // height[keep].clamp_min(1)).clamp(max=n - 1)
-                xb = (col[keep] * n // (r // c)).clamp(max=n - 1)
-                h = h + (self.image_pos(yb) + self.image_pos(n + xb) + self.image_pos(2 * n + p % c)).to(h.dtype)
             bi, ti = keep.nonzero(as_tuple=True)
             out = out.index_put((bi, ti - start), self.out(h).to(out.dtype))
         return out

@@ -1,42 +1,46 @@
-"""A whole-image summary for the bytes after an image: a small CNN over each finished image block.
+"""A whole-image summary for the bytes after an image: a small CNN over each finished image block,
+as an input adapter.
 
 A byte model reads an image one pixel at a time in raster order; what a question about the image
 needs (where a clock's hands point, how many circles there are) is a property of the whole picture.
-Even with convolution features of each byte (`MediaConv`), the latent transformer has to gather
-such properties itself from a thousand patches, and on CPU budgets it does not learn to (see
-benchmarks/results_multimodal.md). A plain CNN over the same pixels learns them in seconds.
-
-`ImageEncoder` gives the model such a CNN, as vision-language models give their language model a
-vision encoder's output (Molmo, LLaVA), without breaking the byte model's contract: it reads an
+`ImageEncoder` gives the model a CNN over it, as vision-language models give their language model
+a vision encoder's output (Molmo, LLaVA), without breaking the byte model's contract: it reads an
 image only once the image is complete, at its closing marker (EOI), so only the bytes after the
-image can see it. `context` hands each position the summary of the last image finished at or before
-it in its document; the BLT adds that to the input of every byte from the EOI on, so it reaches both
-the latent model (through the pooled patches) and the local decoder that writes the answer.
-
-Two placements that failed first (benchmarks/results_multimodal.md): the summary at the EOI's patch
-alone (one latent position among an image's hundreds of pixel patches), then added to every later
-patch's latent input. In both, the answer stayed at chance: after 200 steps, zeroing the whole
-latent path changed the answer's probabilities by under 1%, so the local decoder was answering from
-the question's bytes alone and nothing taught the CNN.
+image can see it. Each position gets the summary of the last image finished at or before it in its
+document, added to its byte embedding; in a BLT it so reaches both the latent model (through the
+pooled patches) and the local decoder that writes an answer.
 
 An image counts when its whole block lies in view: BOI, a valid header (width, height, channels 1
 or 3), exactly width × height × channels payload bytes, then EOI. Gray images enter the CNN as
 three equal channels, so gray and RGB share one set of weights; any size works (two 2× max-pools,
 then an adaptive average pool to a 4 × 4 grid, so the grid keeps where things are in the image).
 The grid's features are RMS-normalised before the projection and the summary after it, with a
-learned gain per channel that starts at `gain` (the BLT starts it at a byte embedding's size).
-Unnormalised, Adam grew the summary within 200 steps to 30–200 times the size of what it was added
-to, the same for every image: a constant that drowned the bytes' own content.
+learned gain per channel that starts at `gain`: unnormalised, the optimiser grows the summary into
+a large constant that drowns the bytes' own content.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from omnibyte.adapters.base import InputAdapter
 from omnibyte.format import BOI, EOI
+from omnibyte.media.layout import IMAGE_PAYLOAD, document_ids, media_geometry
 from omnibyte.nn.layers import RMSNorm
-from omnibyte.patching.core import IMAGE_PAYLOAD, media_geometry
+
+
+@dataclass
+class ImageEncoderConfig:
+    width: int = 32  # channels of the CNN's first layers (2 × width after the first pool)
+    gain: float = 0.3  # the summary's RMS at the start, learned per channel (a byte embedding's is ~0.02)
+
+    def __post_init__(self):
+        if self.width < 1 or not self.gain > 0:
+            raise ValueError(f"adapters.image_encoder needs width ≥ 1 and gain > 0, got {self.width} and {self.gain}")
+
 
 GRID = 4  # the CNN's output is average-pooled to GRID × GRID cells before the projection
 
@@ -57,22 +61,45 @@ def finished_images(ids: torch.Tensor, lo: int = 0) -> tuple[torch.Tensor, ...]:
     return b, t, t - n, height[b, prev], row[b, prev], bpp[b, prev]
 
 
-class ImageEncoder(nn.Module):
-    def __init__(self, width: int, dim_out: int, gain: float = 0.1):
+class ImageEncoder(InputAdapter):
+    def __init__(self, cfg: ImageEncoderConfig, dim: int):
         super().__init__()
-        if width < 1:
-            raise ValueError(f"ImageEncoder: width must be ≥ 1, got {width}")
-        w = width
+        w = cfg.width
         self.body = nn.Sequential(
             nn.Conv2d(3, w, 3, padding=1), nn.GELU(), nn.Conv2d(w, w, 3, padding=1), nn.GELU(),
             nn.MaxPool2d(2, ceil_mode=True),
             nn.Conv2d(w, 2 * w, 3, padding=1), nn.GELU(), nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.GELU(),
             nn.MaxPool2d(2, ceil_mode=True), nn.AdaptiveAvgPool2d(GRID), nn.Flatten())
         self.norm = RMSNorm(2 * w * GRID * GRID)
-        self.out = nn.Linear(2 * w * GRID * GRID, dim_out, bias=False)
+        self.out = nn.Linear(2 * w * GRID * GRID, dim, bias=False)
         nn.init.normal_(self.out.weight, std=0.02)
-        self.out_norm = RMSNorm(dim_out)
-        nn.init.constant_(self.out_norm.weight, gain)
+        self.out_norm = RMSNorm(dim)
+        nn.init.constant_(self.out_norm.weight, cfg.gain)
+        self.width = w
+
+    def forward(self, ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.context(ids, document_ids(ids)).to(x.dtype)
+
+    def init_state(self, batch_size: int, device: torch.device) -> dict:
+        # the summary the last id had and that id's document, and each row's current document
+        dtype = self.out.weight.dtype
+        long = dict(dtype=torch.long, device=device)
+        return {"carry": (torch.zeros(batch_size, self.out.out_features, device=device, dtype=dtype),
+                          torch.full((batch_size,), -1, **long)),
+                "doc": torch.zeros(batch_size, **long)}
+
+    def step(self, state: dict, ids: torch.Tensor, start: int, x: torch.Tensor) -> torch.Tensor:
+        """The CNN runs once per image, when its EOI arrives; other steps read the carry."""
+        doc = state["doc"][:, None] + document_ids(ids[:, start:])
+        ctx = self.context(ids, doc, lo=start, carry=state["carry"])
+        state["carry"], state["doc"] = (ctx[:, -1], doc[:, -1]), doc[:, -1]
+        return ctx.to(x.dtype)
+
+    def flops_per_byte(self) -> float:
+        """The CNN per pixel, with the projection spread over a 28 × 28 image."""
+        w = self.width
+        return 2 * 9 * (3 * w + w * w + (w * 2 * w + 4 * w * w) / 4) + 2 * 2 * w * GRID * GRID * \
+            self.out.out_features / 784
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels (N, C, H, W) in [-1, 1], C = 1 or 3 → (N, dim_out)."""
@@ -86,7 +113,7 @@ class ImageEncoder(nn.Module):
         EOI lies in [lo, t] in t's document (doc (B, T - lo): each position's document index), else
         `carry` = (vector (B, dim_out), document (B,)) of the last image before lo, where its document
         is t's, else zero. ids hold whole blocks (from a block's BOI on)."""
-        b, t, vec = self(ids, lo)
+        b, t, vec = self.summaries(ids, lo)
         rows, n = ids.shape[0], ids.shape[1] - lo
         table = [vec.new_zeros(1, vec.shape[-1])] + ([carry[0].to(vec.dtype)] if carry is not None else [])
         first = 1 + (rows if carry is not None else 0)  # index of the first new image in the table
@@ -101,7 +128,7 @@ class ImageEncoder(nn.Module):
             idx = torch.where((last < 0) & (carry[1][:, None] == doc), own, idx)
         return torch.cat(table + [vec])[idx]
 
-    def forward(self, ids: torch.Tensor, lo: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def summaries(self, ids: torch.Tensor, lo: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """ids (B, T) → (rows, EOI positions, vectors (N, dim_out)) for every complete image whose
         EOI lies at or after `lo`, in no particular order."""
         dtype = self.out.weight.dtype
@@ -125,9 +152,3 @@ class ImageEncoder(nn.Module):
         sel = torch.cat(order)
         out = torch.cat(vecs)
         return b[sel], t[sel], out
-
-
-def image_encoder_flops(width: int, dim_out: int) -> float:
-    """FLOPs per pixel (multiply-add = 2) of the CNN, with the projection spread over a 28 × 28 image."""
-    w = width
-    return 2 * 9 * (3 * w + w * w + (w * 2 * w + 4 * w * w) / 4) + 2 * 2 * w * GRID * GRID * dim_out / 784

@@ -1,0 +1,103 @@
+"""A built patcher: a patching rule with everything it needs to run, resolved once before any
+model exists. A BLT receives one ready-made; it never reads files or decides a threshold.
+
+For entropy patching that is a frozen entropy model (a submodule, so its weights are saved with
+the model that patches with it and a checkpoint loads anywhere) and the threshold. Which
+threshold applies is decided here, in `decide_threshold`, and nowhere else. Building from a run
+folder (loading the entropy model) is `omnibyte.models.build_patcher`'s job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from omnibyte.errors import OmnibyteError
+from omnibyte.patching.core import PatcherConfig, StreamingPatcher, patch_starts
+from omnibyte.patching.entropy import calibrated, compute_entropies, ensure_entropies, entropy_from_logits
+
+
+def decide_threshold(cfg: PatcherConfig, model_dir: str | Path | None = None) -> tuple[float, float | None]:
+    """(threshold, the calibration's target bytes per patch or None) of an entropy patcher: the
+    config's own threshold when set, else the one calibrated for the entropy model in `model_dir`
+    for the patcher's mode (global or relative), if calibrated for those very weights."""
+    if cfg.threshold is not None:
+        return float(cfg.threshold), None
+    entry = calibrated(model_dir, cfg.relative) if model_dir else None
+    if entry is None:
+        mode = "relative" if cfg.relative else "global"
+        raise OmnibyteError(f"entropy patching needs a threshold: set patcher.threshold, or calibrate "
+                            f"{model_dir or 'the entropy model'} for the {mode} mode (`omnibyte patch calibrate`)")
+    return float(entry["threshold"]), entry.get("target_bytes_per_patch")
+
+
+@dataclass
+class PatchStream:
+    """Decoding state of a patcher: the rule's own state and, for entropy patching, the entropy
+    model's cache and the entropy of the id that comes next."""
+
+    rule: StreamingPatcher
+    model_state: Any = None
+    next_entropy: torch.Tensor | None = None
+
+
+class Patcher(nn.Module):
+    def __init__(self, cfg: PatcherConfig, entropy_model: nn.Module | None = None):
+        super().__init__()
+        if cfg.kind == "entropy":
+            if entropy_model is None:
+                raise OmnibyteError("entropy patching needs its entropy model: build the model with "
+                                    "omnibyte.models.build_model, which loads patcher.entropy_model")
+            if cfg.threshold is None:
+                raise OmnibyteError("an entropy patcher needs its threshold decided (decide_threshold)")
+            entropy_model.requires_grad_(False)
+            entropy_model.eval()
+        elif entropy_model is not None:
+            raise OmnibyteError(f"a {cfg.kind} patcher takes no entropy model")
+        self.cfg = cfg
+        self.entropy_model = entropy_model
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.entropy_model is not None:
+            self.entropy_model.eval()  # frozen: never in training mode
+        return self
+
+    def forward(self, ids: torch.Tensor, entropies: torch.Tensor | None = None) -> torch.Tensor:
+        """ids (B, T) → patch starts (B, T) bool; `entropies` (B, T) may come precomputed."""
+        if self.entropy_model is not None and entropies is None:
+            entropies = compute_entropies(self.entropy_model, ids)
+        return patch_starts(ids, self.cfg, entropies)
+
+    def prepare_data(self, dataset) -> dict[str, str]:
+        """Entropy patching: entropies of every split computed once and stored with the dataset,
+        named by the entropy model's weights: {forward kwarg: aux array name}."""
+        if self.entropy_model is None:
+            return {}
+        return {"entropies": ensure_entropies(dataset, self.entropy_model)}
+
+    def flops_per_byte(self, seq_len: int) -> float:
+        """The entropy model's inference FLOPs per byte (0 without one)."""
+        return self.entropy_model.flops_per_byte(seq_len)["infer"] if self.entropy_model is not None else 0.0
+
+    # --- decoding: boundaries decided online, from the past only ---------------------------------
+    def stream(self, batch_size: int, max_len: int, device: torch.device) -> PatchStream:
+        state = PatchStream(StreamingPatcher(self.cfg, batch_size, device=device))
+        if self.entropy_model is not None:
+            state.model_state = self.entropy_model.init_state(batch_size, max_len)
+            state.next_entropy = torch.zeros(batch_size, device=device)  # entropies[:, 0] = 0 by convention
+        return state
+
+    def push(self, state: PatchStream, ids: torch.Tensor) -> torch.Tensor:
+        """Feed new ids (B, T); → whether each starts a patch (B, T)."""
+        ent = None
+        if self.entropy_model is not None:  # entropy of id t comes from the logits at t - 1
+            nxt = entropy_from_logits(self.entropy_model.step(state.model_state, ids))  # (B, T): of the id after
+            ent = torch.cat([state.next_entropy[:, None], nxt[:, :-1]], dim=1)
+            state.next_entropy = nxt[:, -1]
+        return torch.stack([state.rule.push(ids[:, i], None if ent is None else ent[:, i])
+                            for i in range(ids.shape[1])], dim=1)
