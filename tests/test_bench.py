@@ -1,4 +1,5 @@
-"""`omnibyte bench`: the quick preset end to end, reuse of finished runs, options, the table."""
+"""`omnibyte bench`: the quick preset end to end, reuse of finished runs, options, presets from TOML,
+the table."""
 
 from __future__ import annotations
 
@@ -8,19 +9,23 @@ from pathlib import Path
 import pytest
 from helpers import write_text_dataset
 
-from omnibyte.cli import main
-from omnibyte.data.tasks.cute import write_cute
-from omnibyte.errors import OmnibyteError
-from omnibyte.eval.bench import (
+from omnibyte.bench import (
     ARCH,
     MODELS,
     Bench,
     arch_available,
-    get_preset,
+    available_memory,
+    fit_jobs,
+    load_preset,
     markdown_table,
     parse_budgets,
     parse_models,
+    run_memory,
 )
+from omnibyte.bench.presets import PRESET_DIR
+from omnibyte.cli import main
+from omnibyte.data.tasks.cute import write_cute
+from omnibyte.errors import OmnibyteError
 
 WORDS = ["cat", "banana", "dog", "house", "zebra", "apple", "quiz", "river", "stone", "melon", "tiger", "plum"]
 
@@ -34,6 +39,51 @@ def test_parse_options():
         parse_budgets("-1")
     with pytest.raises(OmnibyteError, match="unknown bench model"):
         parse_models("transformer,gpt5")
+
+
+def test_preset_from_a_toml_path(tmp_path, capsys):
+    text = (PRESET_DIR / "quick.toml").read_text()
+    assert load_preset(PRESET_DIR / "quick.toml") == load_preset("quick")
+    mine = tmp_path / "mine.toml"
+    mine.write_text(text.replace("budgets = [6e8]", "budgets = [3e8]").replace("bpe_vocab = 320", "bpe_vocab = 300"))
+    preset = load_preset(str(mine))
+    assert preset.budgets == (3e8,) and preset.bpe_vocab == 300 and preset.transformer["dim"] == 32
+    short = tmp_path / "short.toml"
+    short.write_text("budgets = [1e9]\n")
+    with pytest.raises(OmnibyteError, match="missing batch_size, seq_len"):
+        load_preset(short)
+    # and on the command line: the sweep runs with the file's values
+    data = write_text_dataset(tmp_path, n_docs=30, lines=8)
+    out = tmp_path / "bench"
+    rc = main(["bench", "--preset", str(mine), "--data", str(data), "--out", str(out), "--models", "transformer"])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["preset"]["bpe_vocab"] == 300 and [r["budget"] for r in summary["results"]] == [3e8]
+
+
+@pytest.mark.parametrize("line, added, name", [("jobs = 1", "epochs = 3", "epochs"),  # a preset field
+                                               ("ngrams = {", "ngramz = 1", "blt.ngramz")])  # a model's
+def test_unknown_key_in_a_preset_file_is_a_one_line_error(tmp_path, capsys, line, added, name):
+    bad = tmp_path / "bad.toml"
+    bad.write_text((PRESET_DIR / "quick.toml").read_text().replace(line, f"{added}\n{line}", 1))
+    with pytest.raises(OmnibyteError, match=f"unknown config key '{name}'") as e:
+        load_preset(bad)
+    assert str(bad) in str(e.value) and "\n" not in str(e.value)
+    assert main(["bench", "--preset", str(bad), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"unknown config key '{name}'" in err and not (tmp_path / "b").exists()
+
+
+def test_unknown_preset_name_lists_the_known_ones(tmp_path, monkeypatch):
+    with pytest.raises(OmnibyteError, match=r"unknown preset 'huge' \(known: quick, small; or pass a preset"):
+        load_preset("huge")
+    with pytest.raises(OmnibyteError, match="preset file not found"):
+        load_preset(tmp_path / "missing.toml")
+    # installed without the repository's configs/: a name cannot be found, a file still can
+    monkeypatch.setattr("omnibyte.bench.presets.PRESET_DIR", tmp_path / "nowhere")
+    with pytest.raises(OmnibyteError, match="pass a preset file"):
+        load_preset("small")
+    assert load_preset(PRESET_DIR / "small.toml").jobs == 2
 
 
 def test_quick_sweep_end_to_end_and_reuse(tmp_path, capsys):
@@ -84,7 +134,7 @@ def test_quick_sweep_end_to_end_and_reuse(tmp_path, capsys):
     assert info["target_bytes_per_patch"] == space and abs(info["bytes_per_patch"] - space) / space < 0.25
 
     # a changed preset does not reuse a stale run: the model is trained again as the preset says now
-    preset = get_preset("quick")
+    preset = load_preset("quick")
     preset.transformer = {**preset.transformer, "n_layers": 2}
     logs: list[str] = []
     Bench(out, data=str(data), preset=preset, budgets=(3e8,), models=("transformer",), log=logs.append).run()
@@ -163,8 +213,6 @@ def test_entropy_runs_are_reused_across_processes_and_path_spellings(tmp_path, m
 
 def test_parallel_runs_fit_in_memory():
     """`--jobs` runs at a time only while they fit: 12 bytes per parameter plus 0.5 GiB each."""
-    from omnibyte.eval.bench import available_memory, fit_jobs, run_memory
-
     per_run = run_memory(353_000_000)  # the small preset's BLT: about 4.4 GiB
     assert 4.3 * 2**30 < per_run < 4.5 * 2**30
     assert fit_jobs(2, per_run, 24 * 2**30) == 2

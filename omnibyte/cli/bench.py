@@ -1,4 +1,4 @@
-"""omnibyte bench [sweep] [--preset small|quick] [--data DIR] [--budgets 1e13,3e13] [--models ...]
+"""omnibyte bench [sweep] [--preset small|quick|FILE.toml] [--data DIR] [--budgets 1e13,3e13] [--models ...]
                           [--val TEXT] [--task cute] [--noise] [--jobs N] [--out DIR]
    omnibyte bench bpe --data DIR --vocab 4096 --out DIR
    omnibyte bench cute --out DIR [--words FILE]"""
@@ -6,10 +6,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 HELP = """sweep (the default): train each model at each training-FLOPs budget on one dataset, then write
 results.md (params, training FLOPs, inference FLOPs/byte, steps, wall time, validation bits per
-byte), results.json and bpb_vs_flops.png into --out. Finished runs in --out are reused.
+byte), results.json and bpb_vs_flops.png into --out. Finished runs in --out are reused. A preset
+is a name (configs/bench/NAME.toml: small, quick) or the path of a TOML file of the same fields, e.g.
+a copy of configs/bench/small.toml with other model sizes: omnibyte bench --preset my.toml.
 
 bpe: learn a byte-level BPE tokenizer on the train split of a prepared dataset and write its token
 version (same documents and splits) for the BPE baseline: omnibyte train --data OUT --model.vocab_size V.
@@ -20,16 +23,18 @@ contains, swap) from a word list as a dataset plus held-out questions on other w
 
 
 def add_parser(sub) -> None:
-    from omnibyte.eval.bench import MODELS
+    from omnibyte.bench import MODELS
 
     p = sub.add_parser("bench", help="compare models at equal training FLOPs; make BPE and task data",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", nargs="?", choices=["sweep", "bpe", "cute"], default="sweep")
     p.add_argument("--data", help="prepared dataset (default data/kjv, built on first use)")
-    p.add_argument("--out", help="output folder (sweep default: runs/bench-PRESET)")
+    p.add_argument("--out", help="output folder (sweep default: runs/bench-PRESET, for a preset file its name "
+                   "without .toml)")
     sweep = p.add_argument_group("sweep")
     sweep.add_argument("--preset", default="small",
-                       help="small (≈20 min on a 2-core CPU, two runs at a time) or quick (seconds)")
+                       help="small (≈20 min on a 2-core CPU, two runs at a time), quick (seconds), or the path "
+                            "of a preset file (TOML, fields as in configs/bench/small.toml)")
     sweep.add_argument("--budgets", help="training FLOPs per run, comma-separated (default: the preset's)")
     sweep.add_argument("--models", default=",".join(MODELS), help="comma-separated, from: " + ", ".join(MODELS))
     sweep.add_argument("--val", help="score on this text file or folder instead of the dataset's val split")
@@ -61,9 +66,10 @@ def run(args) -> int:
         return make_cute(args)
     if args.words:
         raise OmnibyteError("--words belongs to `omnibyte bench cute`")
-    from omnibyte.eval.bench import Bench, parse_budgets, parse_models
+    from omnibyte.bench import Bench, parse_budgets, parse_models
 
-    bench = Bench(args.out or f"runs/bench-{args.preset}", data=args.data or "data/kjv", preset=args.preset,
+    out = args.out or f"runs/bench-{Path(args.preset).stem}"
+    bench = Bench(out, data=args.data or "data/kjv", preset=args.preset,
                   budgets=parse_budgets(args.budgets) if args.budgets else None, models=parse_models(args.models),
                   val=args.val, task=args.task, noise=args.noise, noise_rate=args.noise_rate, bpe_vocab=args.vocab,
                   seed=args.seed, threads=args.threads, jobs=args.jobs, log=lambda s: print(s, flush=True))
