@@ -34,6 +34,8 @@ demo: setup
 	$(BIN)/omnibyte generate runs/demo --prompt "And God said" --max-bytes 300 --seed 0
 
 test: setup
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 lint: setup

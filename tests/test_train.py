@@ -256,7 +256,7 @@ def test_ctrl_c_saves_checkpoint_and_resume_finishes(data, tmp_path):
     """The real thing: `omnibyte train` in a subprocess, SIGINT once it has logged a step."""
     run = tmp_path / "run"
     args = ["--data", str(data), "--out", str(run), *tiny_override_args(steps=100_000)]
-    proc = subprocess.Popen([sys.executable, "-m", "omnibyte.train", *args], env=env(), cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "omnibyte", "train", *args], env=env(), cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not ((run / "metrics.jsonl").is_file() and len(metrics(run)) >= 2):
@@ -273,7 +273,7 @@ def test_ctrl_c_saves_checkpoint_and_resume_finishes(data, tmp_path):
     assert f"stopped at step {step}" in out and f"--resume {run}" in out
     assert not (run / "loss.png").exists()
     # resume finishes (a shorter run than planned, so the test stays quick)
-    proc = subprocess.run([sys.executable, "-m", "omnibyte.train", "--resume", str(run), "--quiet",
+    proc = subprocess.run([sys.executable, "-m", "omnibyte", "train", "--resume", str(run), "--quiet",
                            "--train.steps", str(step + 3)], env=env(), cwd=tmp_path, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]

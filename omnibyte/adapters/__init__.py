@@ -30,7 +30,7 @@ class AdaptersConfig:
         return any(getattr(self, f.name) is not None for f in dataclasses.fields(self))
 
 
-KINDS: dict[str, type[InputAdapter]] = {"media_conv": MediaConv, "image_encoder": ImageEncoder}
+ADAPTER_KINDS: dict[str, type[InputAdapter]] = {"media_conv": MediaConv, "image_encoder": ImageEncoder}
 
 
 @dataclass
@@ -48,7 +48,7 @@ class InputAdapters(nn.ModuleDict):
     `__call__` and `step` return the embeddings untouched."""
 
     def __init__(self, cfg: AdaptersConfig, dim: int):
-        super().__init__({f.name: KINDS[f.name](getattr(cfg, f.name), dim) for f in dataclasses.fields(cfg)
+        super().__init__({f.name: ADAPTER_KINDS[f.name](getattr(cfg, f.name), dim) for f in dataclasses.fields(cfg)
                           if getattr(cfg, f.name) is not None})
 
     def extra(self, ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:

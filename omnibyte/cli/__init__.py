@@ -1,5 +1,6 @@
 """`omnibyte ...`: a thin shell over the library. Each subcommand lives in its own module here
-with `add_parser(subparsers)` (which sets `func`) so commands stay independent."""
+with `add_parser(subparsers)` (which sets `func`) so commands stay independent. A command imports
+the library inside its `run`, so `omnibyte --help` and argument errors answer without loading torch."""
 
 from __future__ import annotations
 

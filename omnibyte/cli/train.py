@@ -9,7 +9,7 @@ import sys
 HELP = """Train any omnibyte model with the one trainer. Settings come from defaults, then CONFIG.toml,
 then dotted overrides such as --train.steps 300 --model.dim 64 --patcher.kind space.
 Ctrl-C (or SIGTERM) saves a checkpoint and exits; --resume continues exactly.
-Under torchrun (`torchrun --nproc-per-node N -m omnibyte.train CONFIG`) it trains with DDP."""
+Under torchrun (`torchrun --nproc-per-node N -m omnibyte train CONFIG`) it trains with DDP."""
 
 
 def add_parser(sub) -> None:

@@ -22,7 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from omnibyte.data import ShardDataset, read_meta, write_dataset
+from omnibyte.data.bpe import is_token_dataset
 from omnibyte.errors import OmnibyteError
+from omnibyte.eval.runner import load_for_eval, open_eval_data, score_dataset
+from omnibyte.format import Document, TextSegment, decode, split_documents
 
 # --------------------------------------------------------------------------- perturbations
 
@@ -90,8 +94,6 @@ def perturb(text: str | bytes, kind: str, rate: float, seed: int | Sequence[int]
 def perturb_documents(dataset, split: str, kind: str, rate: float, seed: int = 0):
     """Documents of a byte dataset's split with every text segment perturbed (image and audio
     segments unchanged); document k uses seed (seed, k) so documents are independent."""
-    from omnibyte.format import Document, TextSegment, decode, split_documents
-
     stream = np.asarray(dataset.stream(split))
     for k, ids in enumerate(split_documents(stream)):
         doc = decode(ids)
@@ -103,8 +105,6 @@ def perturb_documents(dataset, split: str, kind: str, rate: float, seed: int = 0
 def write_noisy(dataset, split: str, out: str | Path, kind: str, rate: float, seed: int = 0):
     """A byte dataset at `out` whose "train" split is the perturbed copy of `split` (same
     document boundaries). Returns the ShardDataset."""
-    from omnibyte.data import ShardDataset, write_dataset
-
     write_dataset(perturb_documents(dataset, split, kind, rate, seed), out,
                   sources=[f"{dataset.path}:{split} + {kind}@{rate}"], val_fraction=0.0)
     return ShardDataset(out)
@@ -116,19 +116,13 @@ def noise_eval(model_path: str | Path, data: str | Path | None = None, split: st
     """Clean and perturbed validation bpb of a saved model (byte or BPE) → {"clean": {...},
     "noisy": {kind: {"bpb", "bytes", "ratio"}}, ...}. `data` as for `omnibyte eval` (default:
     the run's dataset, val split; a text file or folder is scored whole)."""
-    from omnibyte.eval.runner import load_for_eval, open_eval_data, score_dataset
-
     kinds = list(kinds or PERTURBATIONS)
     for kind in kinds:
         if kind not in PERTURBATIONS:
             raise OmnibyteError(f"unknown perturbation {kind!r} (known: {', '.join(PERTURBATIONS)})")
     model, tokenizer, data, seq_len = load_for_eval(model_path, data, seq_len, device)
     if tokenizer is not None and Path(data).is_dir() and (Path(data) / "meta.json").is_file():
-        from omnibyte.data.bpe import is_token_dataset
-
         if is_token_dataset(data):  # perturb text, not token ids: start from the byte dataset
-            from omnibyte.data import read_meta
-
             data = read_meta(data)["sources"][0]
     with tempfile.TemporaryDirectory(prefix="omnibyte-noise-") as tmp:
         dataset, split = open_eval_data(data, split, tmp)

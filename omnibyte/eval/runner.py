@@ -12,6 +12,7 @@ from omnibyte.data import ShardDataset, eval_batches, is_dataset, prepare
 from omnibyte.data.bpe import find_tokenizer, match_tokenizer
 from omnibyte.errors import OmnibyteError
 from omnibyte.eval.bpb import bits_per_byte
+from omnibyte.eval.multimodal import bpb_by_modality, modality_batches
 from omnibyte.models.base import OmniModel
 
 
@@ -68,8 +69,6 @@ def score_dataset(model, dataset: ShardDataset, split: str, seq_len: int, batch_
         if strided:
             return strided_bits_per_byte(model, dataset, split, seq_len, batch_size, max_batches)
         if by_modality:
-            from omnibyte.eval.multimodal import bpb_by_modality, modality_batches
-
             batches = modality_batches(dataset, split, batch_size, seq_len, max_batches, aux=tuple(extras.values()))
             return bpb_by_modality(model, batches, extras)
         batches = eval_batches(dataset, split, batch_size, seq_len, max_batches, aux=tuple(extras.values()))

@@ -17,6 +17,8 @@ from omnibyte.data.tasks.cute import Example, read_heldout
 from omnibyte.format import BOS, EOS, N_BYTES
 from omnibyte.generate import SamplingConfig, generate
 from omnibyte.generate.constraints import Constraint, TextOnly
+from omnibyte.models.base import OmniModel
+from omnibyte.progress import progress as tqdm
 
 
 class StopAtNewline(Constraint):
@@ -81,8 +83,6 @@ def score_examples(model, examples: Sequence[Example], tokenizer: BpeTokenizer |
     cfg = SamplingConfig(max_new=longest + 4, temperature=0.0)  # " answer\n" then EOS, in bytes or tokens
     right: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     samples = []
-    from omnibyte.progress import progress as tqdm
-
     for start in tqdm(range(0, len(examples), batch_size), desc="tasks", disable=not progress, leave=False):
         batch = examples[start : start + batch_size]
         outs = generate(model, [codec.prompt(ex.prompt) for ex in batch], cfg,
@@ -103,8 +103,6 @@ def evaluate_tasks(model_path: str | Path, data: str | Path, batch_size: int = 3
                    device: str | None = None, progress: bool = False) -> dict:
     """Accuracy of a saved model (byte or BPE) on a task suite's held-out questions (`data`: the
     suite's folder or its questions.jsonl); `limit` scores only the first N."""
-    from omnibyte.models.base import OmniModel
-
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = OmniModel.from_pretrained(model_path, map_location=device)
     examples = read_heldout(data)[: limit or None]

@@ -7,7 +7,7 @@ import functools
 
 import torch
 
-from omnibyte.format import EOS, N_BYTES, VOCAB_SIZE
+from omnibyte.format import BOS, EOS, N_BYTES, PAD, VOCAB_SIZE
 
 
 class Constraint:
@@ -39,8 +39,6 @@ def _text_mask(vocab_size: int) -> torch.Tensor:
 
 @functools.cache
 def default_mask(vocab_size: int = VOCAB_SIZE) -> torch.Tensor:
-    from omnibyte.format import BOS, PAD
-
     m = torch.ones(vocab_size, dtype=torch.bool)
     m[[PAD, BOS]] = False
     return m

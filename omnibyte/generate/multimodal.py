@@ -63,7 +63,7 @@ from omnibyte.media.image import (
 )
 
 IMAGE, AUDIO = "image", "audio"
-KINDS = (IMAGE, AUDIO)
+MEDIA_KINDS = (IMAGE, AUDIO)
 OPEN = {BOI: IMAGE, BOA: AUDIO}
 CLOSE = {IMAGE: EOI, AUDIO: EOA}
 HEADER_LEN = {IMAGE: IMAGE_HEADER_LEN, AUDIO: AUDIO_HEADER_LEN}
@@ -171,12 +171,12 @@ class ModalityConstraint(Constraint):
     inside a block (e.g. after `image_block_prefix`).
     """
 
-    def __init__(self, allow_open: Sequence[str] = KINDS, *, max_image_side: int = 256,
+    def __init__(self, allow_open: Sequence[str] = MEDIA_KINDS, *, max_image_side: int = 256,
                  image_channels: Sequence[int] = IMAGE_CHANNELS,
                  image_header: tuple[int, int, int | None] | None = None,
                  audio_rates: Sequence[int] = (DEFAULT_RATE,), max_audio_samples: int = 30 * DEFAULT_RATE,
                  audio_header: tuple[int, int] | None = None, end_after_block: bool = False):
-        unknown = set(allow_open) - set(KINDS)
+        unknown = set(allow_open) - set(MEDIA_KINDS)
         if unknown:
             raise OmnibyteError(f"unknown block kind(s) {sorted(unknown)} in allow_open (known: image, audio)")
         if not 0 < max_image_side < 65536:

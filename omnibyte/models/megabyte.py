@@ -28,8 +28,7 @@ Departures from the paper: RoPE in both stacks instead of learned absolute posit
 embeddings (byte order inside a patch is the order of the concatenated slots), pre-norm SwiGLU
 blocks with optional QK-norm from `omnibyte.nn`, and no cross-patch attention or convolutional
 patch encoder (the paper's optional extensions). Three more, each a config flag that is on by
-default because it lowered bits per byte at equal steps on the default corpus (measured in
-benchmarks/megabyte_variants.py; all three off is the paper's layout):
+default because it lowers bits per byte at equal steps (all three off is the paper's layout):
 
 - `patch_proj`: bytes are embedded at the local width and a patch's P embeddings projected to
   the global width (as MEGABYTE-pytorch does), instead of global dim/P dims per byte, concatenated;
@@ -133,8 +132,7 @@ class Megabyte(OmniModel):
                   self.head.weight, *([self.patch_proj.weight] if cfg.patch_proj else [])):
             nn.init.normal_(p, std=0.02)
         # The global model's share of a local input starts ~10× below the byte embedding's, so the
-        # local model first learns from the bytes it sees (a small effect: 2.161 against 2.173
-        # bits/byte with std 0.02, after 300 steps in benchmarks/megabyte_variants.py).
+        # local model first learns from the bytes it sees.
         nn.init.normal_(self.global_to_local.weight, std=0.002)
         self.adapters = InputAdapters(cfg.adapters, L.dim)
 

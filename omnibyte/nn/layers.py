@@ -34,8 +34,8 @@ def _rms_normalize(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Ten
 
 class _RMSNormCPU(torch.autograd.Function):
     """RMSNorm with a hand-written backward, for CPU: `F.rms_norm` is a composite there, and
-    autograd through its pieces made RMSNorm about 1.7× slower forward + backward (it runs twice
-    per block, on q and k with QK-norm, and per byte when decoding). Computed in fp32 or wider."""
+    autograd through its pieces records every elementwise step (RMSNorm runs twice per block, on q
+    and k with QK-norm, and per byte when decoding). Computed in fp32 or wider."""
 
     @staticmethod
     def forward(ctx, x, weight, eps):
@@ -62,10 +62,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # weight inside the op (a separate multiply cost 2% of a MEGABYTE training step); computed in
-        # fp32 under autocast. On CPU written out, with our own backward: `F.rms_norm` is a composite
-        # there that copies its input, and when decoding (~30 norms per byte for a BLT, on one
-        # position each) the written-out form takes half the time. Elsewhere the fused op.
+        # weight inside the op (not one more pass over the activations); computed in fp32 under
+        # autocast. On CPU written out, with our own backward: `F.rms_norm` is a composite there
+        # that copies its input, and decoding runs ~30 norms per byte for a BLT, on one position
+        # each, where that copy dominates. Elsewhere the fused op.
         if x.device.type == "cpu":
             if torch.is_grad_enabled():
                 return _RMSNormCPU.apply(x, self.weight, self.eps)
@@ -146,8 +146,8 @@ def apply_rope(x: torch.Tensor, pos: torch.Tensor | None, theta: float = 10000.0
     if not (torch.is_grad_enabled() and x.requires_grad):  # decoding: no autograd.Function overhead
         return _rotate(x32, cos, sin).type_as(x)
     if x.device.type != "cpu" or torch.compiler.is_compiling():
-        # plain ops: under torch.compile on CUDA (torch 2.11) the autograd.Function's backward came
-        # out as zeros, so q and k got no gradient (benchmarks/results_gpu.md); compiled code fuses these anyway
+        # plain ops: under torch.compile on CUDA the autograd.Function's backward can come out as
+        # zeros (seen with torch 2.11), leaving q and k without gradient; compiled code fuses these anyway
         return (x32 * cos + _swap_halves(x32) * sin).type_as(x)
     return _Rope.apply(x32, cos, sin).type_as(x)
 

@@ -43,7 +43,7 @@ from omnibyte.media.layout import (
     segment_starts,
 )
 
-KINDS = ("static", "space", "entropy")
+PATCHER_KINDS = ("static", "space", "entropy")
 DEFAULT_BYTES_PER_PATCH = 4.5  # BLT's operating point (matches Llama 3 at equal training FLOPs)
 
 
@@ -67,8 +67,8 @@ class PatcherConfig:
     entropy_model_config: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"patcher kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.kind not in PATCHER_KINDS:
+            raise ValueError(f"patcher kind must be one of {', '.join(PATCHER_KINDS)}, got {self.kind!r}")
         if self.patch_size < 1:
             raise ValueError(f"patch_size must be ≥ 1, got {self.patch_size}")
         if self.image_rows < 0 or self.audio_frame < 0:

@@ -1,16 +1,16 @@
 """Optimizers: AdamW, plus row-wise AdamW with sparse gradients for the hash n-gram tables.
 
-A BLT's hash n-gram tables hold most of its parameters (6 tables × 65,536 rows × 48 in the bench
-preset: 19M of 19.4M), yet one step of 16 × 256 bytes touches at most 4,096 rows of each. Dense
-AdamW reads and writes every row's weight and both moments each step. On the CPU that was about
-40% of a step. With sparse gradients the tables' update touches only the rows that were read:
+A BLT's hash n-gram tables hold most of its parameters (6 tables × 65,536 rows × 48: 19M), yet
+one step of 16 × 256 bytes touches at most 4,096 rows of each. Dense AdamW reads and writes
+every row's weight and both moments each step, a large share of a CPU step. With sparse
+gradients the tables' update touches only the rows that were read:
 
 - `RowAdamW`: AdamW on the rows a sparse gradient names, catching up on the steps each row sat
   out. Dense AdamW keeps moving a row after its gradient stops: its moments decay (m by β1, v by
   β2 each step) but the update m/√v shrinks only by β1/√β2 ≈ 0.92 per step, so one gradient
   moves a row about 12 times further than its own step. A purely lazy Adam (TensorFlow's
-  LazyAdamOptimizer, torch.optim.SparseAdam) drops that tail, and it cost 0.006 bits per byte at
-  6e12 FLOPs in the bench (results_blt.md). Here, when a row is read again after k steps away, the
+  LazyAdamOptimizer, torch.optim.SparseAdam) drops that tail, and a BLT learns measurably worse
+  without it. Here, when a row is read again after k steps away, the
   k missed steps are applied first in closed form: weight decay (1 - lr·wd)^k, the geometric sum of
   the decaying updates, and moments × β1^k and β2^k. A hook on each table does this for the rows
   a forward is about to read (`watch`), so every value the model computes with is current, and

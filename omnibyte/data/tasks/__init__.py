@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from omnibyte.config import from_dict, parse_value, to_dict
+from omnibyte.data.corpus import kjv_documents
 from omnibyte.data.tasks.common import (
     ANSWER_PREFIX,
     HELDOUT_FILE,
@@ -130,8 +131,6 @@ def parse_mix(spec: str) -> list[tuple[str, float]]:
 def text_documents(name: str, amount: float, seed: int, complement: bool = False) -> list[Document]:
     """A seeded subset of a text corpus (document order kept); with `complement`, the documents
     that subset leaves out (held-out text for a model trained on the mix)."""
-    from omnibyte.data.corpus import kjv_documents
-
     docs = list(kjv_documents())
     k = round(amount * len(docs)) if amount <= 1 else int(amount)
     if k > len(docs):
