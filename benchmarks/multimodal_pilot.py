@@ -4,7 +4,7 @@ changes) in minutes before spending an hour on the full mix (multimodal_tasks.py
 
     .venv/bin/python -m benchmarks.multimodal_pilot fashion --steps 450 --media-loss-weight 0
     .venv/bin/python -m benchmarks.multimodal_pilot fashion --steps 450 --media-loss-weight 0.1 \
-        --model '{"ngram_sizes": []}'
+        --model '{"ngrams": {"sizes": []}}'
 
 Trains multimodal_tasks.py's BLT and batch (8 × 2048 ids, whole documents per window) on
 `--n-train` examples of the task (question after the media by default), on one CPU thread, then
@@ -24,6 +24,7 @@ import torch
 
 from benchmarks import multimodal_tasks as mm
 from benchmarks.common import REPO, steps_for_minutes, train_run
+from omnibyte.config import merge
 from omnibyte.data import ShardDataset
 from omnibyte.data.modality import ANSWER_AUX
 from omnibyte.data.tasks import build_mix
@@ -43,7 +44,8 @@ def main() -> int:
                     help="weight of the prompt (question, input media) in the loss (default 1; 0 = answers only)")
     ap.add_argument("--opts", default="{}", help='task options as JSON (default adds {"question_last": true}; '
                     'fashion also {"draw": 0})')
-    ap.add_argument("--model", default="{}", help="overrides of the BLT's config as JSON")
+    ap.add_argument("--model", default="{}", help='overrides of the BLT\'s config as JSON, merged table by table '
+                    '(e.g. \'{"adapters": {"media_conv": {"channels": 32, "kernel": 7}}}\')')
     ap.add_argument("--train", default="{}", help="overrides of the training settings as JSON (e.g. lr)")
     ap.add_argument("--n-train", type=int, default=20000, help="training examples (default 20,000)")
     ap.add_argument("--n-eval", type=int, default=300, help="scored examples (default 300)")
@@ -65,7 +67,7 @@ def main() -> int:
     preset = dict(mm.FULL)
     preset["train"] = {**preset["train"], "media_loss_weight": args.media_loss_weight,
                        "prompt_loss_weight": args.prompt_loss_weight, **train_over}
-    preset["model"] = {**preset["model"], **model_over}
+    preset["model"] = merge(preset["model"], model_over)
     rate = None
     if args.minutes:
         args.steps, rate = steps_for_minutes(mm.run_config(preset, mix, 8, args.threads), args.out / "probe",
