@@ -42,7 +42,7 @@ from omnibyte.data.loader import (
     tmp_sibling,
     write_json_atomic,
 )
-from omnibyte.data.prepare import MODALITIES, ShardWriter, _check_out, _swap_into_place
+from omnibyte.data.prepare import MODALITIES, ShardWriter, _check_out, _swap_into_place, clean_stale
 from omnibyte.errors import OmnibyteError
 from omnibyte.format import BOS, EOS, N_BYTES, PAD
 
@@ -267,6 +267,7 @@ def tokenize_dataset(source: ShardDataset | str | Path, out: str | Path, tokeniz
     if out.resolve() == src.path.resolve():
         raise OmnibyteError("the token dataset needs its own folder (--out must differ from the source)")
     out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(out)
     tmp = tmp_sibling(out)
     try:
         tmp.mkdir()

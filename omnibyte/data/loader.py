@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -22,6 +21,8 @@ import numpy as np
 import torch
 
 from omnibyte.errors import OmnibyteError
+from omnibyte.files import remove_stale_temps
+from omnibyte.files import temp_sibling as tmp_sibling  # prepare and bpe write through it too
 from omnibyte.format import BOS, PAD
 
 FORMAT_NAME = "omnibyte-shards"
@@ -61,14 +62,10 @@ def is_dataset(path: str | Path) -> bool:
     return True
 
 
-def tmp_sibling(path: Path, tag: str = "tmp") -> Path:
-    """A hidden, unique name next to `path` to write into before renaming onto `path`."""
-    return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}")
-
-
 def write_atomic(file: Path, write) -> None:
     """Call `write(f)` on a temporary file, then rename it onto `file`: a crash leaves the old
-    file or the new one, never half of one."""
+    file or the new one, never half of one; what such a crash left of an earlier write goes now."""
+    remove_stale_temps(file)
     tmp = tmp_sibling(file)
     try:
         with open(tmp, "wb") as f:
