@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from omnibyte.checks import load_weights
 from omnibyte.config import from_dict, to_dict
 from omnibyte.errors import OmnibyteError
 
@@ -100,11 +101,7 @@ class OmniModel(nn.Module, metaclass=abc.ABCMeta):
             state = load_file(str(path / WEIGHTS), device=str(map_location))
         except (SafetensorError, OSError) as e:
             raise OmnibyteError(f"corrupt or unreadable weights {path / WEIGHTS}: {e}") from None
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[0]
-            raise OmnibyteError(f"weights in {path} do not match its config: {first}") from None
+        load_weights(model, state, path / WEIGHTS)  # finite, and each tensor fits the config's model
         return model.to(map_location).eval()
 
 

@@ -133,10 +133,12 @@ def read_run_config(run_dir: Path, overrides: list[str] | dict | None = None) ->
     if not f.is_file():
         raise OmnibyteError(f"{run_dir} is not a run directory (no run.json)")
     try:
-        raw = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
+        raw = json.loads(f.read_text(encoding="utf-8"))
+    except ValueError as e:  # bad JSON or bad UTF-8
         raise OmnibyteError(f"corrupt {f}: {e}") from None
-    model = raw.get("model") if isinstance(raw, dict) else None
+    if not isinstance(raw, dict):
+        raise OmnibyteError(f"corrupt {f}: not a JSON object")
+    model = raw.get("model")
     if isinstance(model, dict) and isinstance(model.get("arch"), str):
         from omnibyte.models.registry import saved_config
 
