@@ -8,6 +8,7 @@ exactly what it would get alone.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,11 @@ import torch
 from omnibyte.errors import OmnibyteError
 from omnibyte.format import EOS, PAD
 from omnibyte.generate.constraints import Constraint, TextOnly, default_mask
+from omnibyte.memory import check_fits, decoding_bytes
+
+# A prompt is fed in chunks of at most this many ids: attention over the cache then scores
+# PREFILL_CHUNK × (prompt + new) pairs at a time, not prompt² (a long prompt fits in memory).
+PREFILL_CHUNK = 512
 
 
 @dataclass
@@ -30,8 +36,8 @@ class SamplingConfig:
     def __post_init__(self):
         if self.max_new < 0:
             raise OmnibyteError(f"max new bytes must be ≥ 0, got {self.max_new}")
-        if self.temperature < 0:
-            raise OmnibyteError(f"temperature must be ≥ 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise OmnibyteError(f"temperature must be a finite number ≥ 0, got {self.temperature}")
         if self.top_k < 0:
             raise OmnibyteError(f"top-k must be ≥ 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
@@ -88,14 +94,22 @@ def generate(
         gens.append(g)
 
     model.eval()
+    n0 = min(lens)
+    check_fits(decoding_bytes(model, b, total, min(n0, PREFILL_CHUNK)), device,
+               f"generating {b} × ({max(lens):,} prompt + {cfg.max_new:,} new) ids",
+               "ask for fewer new bytes, a smaller image or shorter audio, or give a shorter prompt")
     state = model.init_state(b, total)
     seqs = [list(map(int, p)) for p in prompts]
     new: list[list[int]] = [[] for _ in range(b)]
     done = [cfg.max_new == 0] * b
-    n0 = min(lens)
-    logits = model.step(state, torch.tensor([s[:n0] for s in seqs], device=device))[:, -1]
+    for start in range(0, n0, PREFILL_CHUNK):
+        chunk = torch.tensor([s[start:min(n0, start + PREFILL_CHUNK)] for s in seqs], device=device)
+        logits = model.step(state, chunk)[:, -1]
     pos = n0
     while not all(done):
+        if bool((logits.isnan() | logits.isposinf()).any()):  # from NaN weights: greedy would pick id 0
+            raise OmnibyteError(f"the model's logits are NaN or +inf after {pos:,} ids: "
+                                f"its weights or its input hold non-finite values")
         nxt = []
         for r in range(b):
             if pos < lens[r]:
