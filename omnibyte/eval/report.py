@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
+from omnibyte.checks import resolve_device
 from omnibyte.data import ShardDataset
 from omnibyte.data.tasks.common import ANSWER_PREFIX
 from omnibyte.data.tasks.shapes import Shape
@@ -39,6 +39,7 @@ from omnibyte.eval.multimodal import (
     score_examples,
 )
 from omnibyte.eval.runner import run_settings
+from omnibyte.files import check_output_dir
 from omnibyte.format import BOI, BOS, N_BYTES, AudioSegment, ImageSegment, decode, split_documents
 from omnibyte.generate import SamplingConfig, generate
 from omnibyte.generate.multimodal import ModalityConstraint, open_block
@@ -370,14 +371,13 @@ def write_report(run: str | Path, out: str | Path | None = None, data: str | Pat
             print(f"report: {what} ...", file=sys.stderr, flush=True)
 
     run = Path(run)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = OmniModel.from_pretrained(run, map_location=device)
+    out = check_output_dir(Path(out) if out else run / "report")
+    model = OmniModel.from_pretrained(run, map_location=resolve_device(device))
     settings = run_settings(run)
     data = Path(data or settings.get("data", {}).get("path", ""))
     if not str(data) or not (data / "meta.json").is_file():
         raise OmnibyteError(f"no prepared dataset for the report (got {str(data) or 'none'}): pass --data DIR")
     seq_len = int(settings.get("train", {}).get("seq_len", 1024))
-    out = Path(out) if out else run / "report"
     if out.exists() and not (out / "index.html").is_file() and any(out.iterdir()):
         raise OmnibyteError(f"{out} exists and holds something other than a report; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
