@@ -12,6 +12,7 @@ import torch
 from omnibyte.checks import resolve_device
 from omnibyte.data import ShardDataset, eval_batches, is_dataset, prepare
 from omnibyte.data.bpe import find_tokenizer, match_tokenizer
+from omnibyte.data.loader import META_FILE
 from omnibyte.errors import OmnibyteError
 from omnibyte.eval.bpb import bits_per_byte
 from omnibyte.memory import check_fits, forward_bytes
@@ -56,7 +57,7 @@ def load_for_eval(model_path: str | Path, data: str | Path | None, seq_len: int 
 def open_eval_data(data: str | Path, split: str | None, scratch: str | Path) -> tuple[ShardDataset, str]:
     """(dataset, split) to score: a prepared dataset (default split val), or never-prepared text
     prepared into `scratch` with every document in one split, scored whole."""
-    if is_dataset(data):
+    if is_dataset(data) or (Path(data) / META_FILE).exists():  # a damaged dataset is an error, not text
         return ShardDataset(data), split or "val"
     if Path(data).exists():
         # Never-prepared text: every document lands in one split, scored whole.

@@ -157,8 +157,8 @@ class Trainer:
         self.loader = BatchLoader(self.dataset, "train", tc.batch_size, tc.seq_len, tc.seed,
                                   self.dist.rank, self.dist.world_size, aux=aux, align_docs=tc.align_docs)
         self.has_val = self.dataset.n_ids("val") > 1 if "val" in self.dataset.splits else False
-        if self.has_val:  # a missing or truncated val shard is found now, not after the last step
-            next(eval_batches(self.dataset, "val", 1, tc.seq_len, 1, aux=tuple(self.extras.values())))
+        if self.has_val:  # a missing or truncated val shard (or aux array) is found now, not after the last step
+            next(eval_batches(self.dataset, "val", 1, 1, 1, aux=tuple(self.extras.values())))
         # hash n-gram tables: sparse gradients and row-wise updates, on the CPU in one eager process
         # (DDP over NCCL and torch.compile take dense gradients; GPUs are not checked yet)
         sparse = tc.sparse_embeddings and self.device.type == "cpu" and self.dist.world_size == 1 and not tc.compile
