@@ -36,7 +36,7 @@ def _cgroup_room() -> int | None:
         used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
     except OSError:
         return None
-    if limit == "max":
+    if not (limit.isdigit() and used.isdigit()):  # "max": no limit
         return None
     return max(0, int(limit) - int(used))
 

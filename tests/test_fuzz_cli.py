@@ -418,6 +418,14 @@ def test_memory_limits_follow_the_machine(run, monkeypatch):
     assert_one_line_error(rc, err, "lower --batch-size or --seq-len")
 
 
+def test_prompt_images_resized_beyond_memory_are_refused_before_reading(run, media):
+    rc, stdout, err = cli(["generate", run, "--image", media / "ok.png", "--prompt-image-size", "60000x60000"])
+    assert_one_line_error(rc, err, "memory")
+    assert stdout == ""
+    rc, _, err = cli(["generate", run, "--image", media / "ok.png", "--prompt-image-size", "4x3", "--max-bytes", "2"])
+    assert rc == 0, err
+
+
 # ----------------------------------------------------------------------------- datasets
 
 

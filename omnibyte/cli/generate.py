@@ -56,6 +56,7 @@ def run(args) -> int:
     from omnibyte.format import BOS, EOS, N_BYTES
     from omnibyte.generate import Constraint, SamplingConfig, generate
     from omnibyte.generate.multimodal import ModalityConstraint, build_prompt, open_block, save_outputs
+    from omnibyte.generate.sampling import check_generation_fits
     from omnibyte.media import parse_size
     from omnibyte.models.base import OmniModel
 
@@ -72,6 +73,8 @@ def run(args) -> int:
     text = arg_bytes(args.prompt)
     device = resolve_device(args.device)
     model = OmniModel.from_pretrained(args.model, map_location=device)
+    if size is not None and args.image:  # resized prompt images: their ids are known before they are read
+        check_generation_fits(model, 1, len(args.image) * (size[0] * size[1] * 3 + 7) + len(text), args.max_bytes)
     tokenizer = find_tokenizer(args.model)
     if tokenizer is not None:  # the BPE baseline reads and writes tokens of text
         if block or args.image or args.audio:

@@ -68,6 +68,15 @@ def choose(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator | Non
     return int(torch.multinomial(probs.cpu(), 1, generator=gen))
 
 
+def check_generation_fits(model, rows: int, prompt_len: int, max_new: int, min_prompt: int | None = None) -> None:
+    """A one-line error when decoding `rows` rows of a `prompt_len`-id prompt plus `max_new` ids
+    needs more memory than the model's device has available (see omnibyte.memory)."""
+    first = prompt_len if min_prompt is None else min_prompt
+    check_fits(decoding_bytes(model, rows, prompt_len + max_new, min(first, PREFILL_CHUNK)), model.device,
+               f"generating {rows} × ({prompt_len:,} prompt + {max_new:,} new) ids",
+               "ask for fewer new bytes, a smaller image or shorter audio, or give a shorter prompt")
+
+
 @torch.inference_mode()
 def generate(
     model,
@@ -95,9 +104,7 @@ def generate(
 
     model.eval()
     n0 = min(lens)
-    check_fits(decoding_bytes(model, b, total, min(n0, PREFILL_CHUNK)), device,
-               f"generating {b} × ({max(lens):,} prompt + {cfg.max_new:,} new) ids",
-               "ask for fewer new bytes, a smaller image or shorter audio, or give a shorter prompt")
+    check_generation_fits(model, b, max(lens), cfg.max_new, min_prompt=n0)
     state = model.init_state(b, total)
     seqs = [list(map(int, p)) for p in prompts]
     new: list[list[int]] = [[] for _ in range(b)]
