@@ -31,6 +31,17 @@ def nonneg_int(text: str) -> int:
     return n
 
 
+def seed_int(text: str) -> int:
+    """A random seed: a whole number in 0 .. 2^63 - 1 (what numpy and torch generators take)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= n < 2**63:
+        raise argparse.ArgumentTypeError(f"must be in 0 .. 2^63-1, got {n}")
+    return n
+
+
 def finite_float(text: str) -> float:
     """A number that is not NaN or ±inf (which pass every range check, as all comparisons fail)."""
     try:

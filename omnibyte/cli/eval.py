@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from omnibyte.cli.args import finite_float, json_line, positive_int
+from omnibyte.cli.args import finite_float, json_line, positive_int, seed_int
 
 
 def add_parser(sub) -> None:
@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
                    "drop, repeat, uppercase, swap) and report noisy/clean bpb")
     p.add_argument("--noise-rate", type=finite_float, default=0.1, help="--noise: chance each character is perturbed")
     p.add_argument("--noise-kinds", help="--noise: comma-separated perturbations (default: all)")
-    p.add_argument("--noise-seed", type=int, default=0)
+    p.add_argument("--noise-seed", type=seed_int, default=0)
     p.set_defaults(func=run)
 
 

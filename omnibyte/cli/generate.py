@@ -8,7 +8,7 @@ import codecs
 import dataclasses
 import sys
 
-from omnibyte.cli.args import arg_bytes
+from omnibyte.cli.args import arg_bytes, seed_int
 
 HELP = """Generate from a trained model with incremental decoding (each model's KV caches); text streams
 as it is produced and is shown with replacement characters where it is not valid UTF-8.
@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely ids (0 = off)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (1 = off)")
-    p.add_argument("--seed", type=int, help="random seed for sampling")
+    p.add_argument("--seed", type=seed_int, help="random seed for sampling")
     p.add_argument("--out", help="file for the output: PNG/WAV for a generated block, else the raw bytes")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=run)

@@ -67,7 +67,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be ≥ 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "eval_batches", "save_every", "threads"):
+        for name in ("warmup_steps", "eval_every", "eval_batches", "save_every", "threads", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be ≥ 0, got {getattr(self, name)}")
         if self.lr <= 0:
