@@ -63,6 +63,17 @@ def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], sour
         raise WeightsMismatch(source, detail) from None
 
 
+def check_vocab(dataset, model) -> None:
+    """The dataset's ids must be ids of the model: a BPE dataset of 4,096 tokens needs a model
+    with model.vocab_size 4096, or the embedding lookup fails at the first step."""
+    have = getattr(getattr(model, "cfg", None), "vocab_size", None)
+    need = dataset.meta.get("vocab_size")
+    if isinstance(need, int) and isinstance(have, int) and need > have:
+        kind = "BPE tokens" if dataset.meta.get("tokenizer") else "ids"
+        raise OmnibyteError(f"dataset {dataset.path} holds {kind} of a vocabulary of {need:,}, but the model's "
+                            f"vocab_size is {have:,} (a model for it is trained with --model.vocab_size {need})")
+
+
 def resolve_device(setting: str | None) -> torch.device:
     """`cpu`, `cuda`, `cuda:N`, … as a torch device that exists here; None: CUDA when available."""
     if setting is None or setting == "auto":

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from omnibyte.checks import WeightsMismatch, load_weights, resolve_device
+from omnibyte.checks import WeightsMismatch, check_vocab, load_weights, resolve_device
 from omnibyte.config import to_dict
 from omnibyte.data import DEFAULT_DATA_DIR, BatchLoader, ShardDataset, eval_batches
 from omnibyte.data.bpe import TOKENIZER_FILE, dataset_tokenizer
@@ -525,17 +525,6 @@ def changed_keys(old: dict, new: dict, prefix: str) -> list[str]:
         elif a != b:
             out.append(f"{prefix}.{k}")
     return out
-
-
-def check_vocab(dataset: ShardDataset, model) -> None:
-    """The dataset's ids must be ids of the model: a BPE dataset of 4,096 tokens needs a model
-    with model.vocab_size 4096, or the embedding lookup fails at the first step."""
-    have = getattr(getattr(model, "cfg", None), "vocab_size", None)
-    need = dataset.meta.get("vocab_size")
-    if isinstance(need, int) and isinstance(have, int) and need > have:
-        kind = "BPE tokens" if dataset.meta.get("tokenizer") else "ids"
-        raise OmnibyteError(f"dataset {dataset.path} holds {kind} of a vocabulary of {need:,}, but model.vocab_size "
-                            f"is {have:,}: train with --model.vocab_size {need}")
 
 
 def default_run_dir(config: str | None, cfg: RunConfig) -> str:
