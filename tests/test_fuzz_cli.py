@@ -350,7 +350,13 @@ def test_eval_flags(run, seq_len, batch_size, max_batches, split):
     (["train", "--data", "{data}", "--out", "{tmp}/r", "--train.seq_len", str(10**9), "--quiet"], "memory"),
     (["prepare", "{tmp}/notes.txt", "--out", "{tmp}/file.txt"], "not an omnibyte dataset"),
     (["prepare", "{tmp}/notes.txt", "--out", "{tmp}/ds", "--val-fraction", "nan"], "val-fraction"),
+    (["prepare", "--mix", "kjv:nan", "--out", "{tmp}/ds"], "finite"),
+    (["prepare", "--mix", "", "--out", "{tmp}/ds"], "need a value"),
+    (["prepare", "{tmp}/notes.txt", "--out", "{tmp}/ds", "--seed", "-1"], "--seed"),
+    (["train", "--data", "{data}", "--out", "{tmp}/r", "--train.seed", "-1", "--quiet"], "seed"),
     (["patch", "--kind", "static", "--text", "abc", "--patch-size", "0"], ""),
+    (["patch", "--kind", "static", "--text", "abc", "--out", "{tmp}/file.txt"], "not a folder"),
+    (["patch", "calibrate", "{run}", "--data", "{data}", "--target-bytes-per-patch", "nan"], "finite"),
     (["bench", "bpe", "--data", "{tmp}/missing", "--out", "{tmp}/b"], ""),
     (["eval"], "required"),
     (["nope"], "invalid choice"),
@@ -514,13 +520,16 @@ def test_eval_any_file_as_text(run, tmp_path_factory, content):
         assert_one_line_error(rc, err, "no documents")
 
 
-def test_bpe_dataset_needs_the_matching_vocabulary(data, tmp_path):
+def test_bpe_dataset_needs_the_matching_vocabulary(data, run, tmp_path):
     rc, _, err = cli(["bench", "bpe", "--data", data, "--out", tmp_path / "bpe", "--vocab", "300"])
     assert rc == 0, err
     vocab = ShardDataset(tmp_path / "bpe").meta["vocab_size"]
     rc, _, err = cli(["train", "--data", tmp_path / "bpe", "--out", tmp_path / "r", "--quiet", *quick_args()])
     assert_one_line_error(rc, err, f"--model.vocab_size {vocab}")
     assert not (tmp_path / "r").exists()
+    rc, _, err = cli(["report", run, "--data", tmp_path / "bpe", "--out", tmp_path / "report"])
+    assert_one_line_error(rc, err, f"--model.vocab_size {vocab}")
+    assert not (tmp_path / "report").exists() and not leftovers(tmp_path)
     rc, _, err = cli(["train", "--data", tmp_path / "bpe", "--out", tmp_path / "r", "--quiet", *quick_args(),
                       "--model.vocab_size", str(vocab)])
     assert rc == 0, err
@@ -849,6 +858,13 @@ def test_real_process_sigterm_saves_and_exits_143(data, tmp_path):
 
 
 # ----------------------------------------------------------------------------- odd but valid
+
+
+def test_patch_text_is_the_bytes_typed(tmp_path):
+    rc, stdout, err = cli(["patch", "--kind", "static", "--patch-size", "2", "--text", os.fsdecode(b"\xff\xfeab"),
+                           "--out", tmp_path])
+    assert rc == 0, err
+    assert stdout.startswith("<BOS>\\xff") and "6 bytes, " in stdout  # BOS, 4 bytes, EOS
 
 
 def test_header_bytes_in_a_prompt_stay_text(run):
