@@ -344,7 +344,7 @@ def test_eval_flags(run, seq_len, batch_size, max_batches, split):
     (["report", "{run}", "--out", "{tmp}/file.txt"], "is a file, not a folder"),
     (["report", "{run}", "--n", "0"], "≥ 1"),
     (["train", "--data", "{data}", "--out", "{tmp}/file.txt", "--quiet"], "not a run folder"),
-    (["train", "--data", "{data}", "--out", "{tmp}/r", "--train.device", "cuda", "--quiet"], "CUDA"),
+    (["train", "--data", "{data}", "--out", "{tmp}/r/deep/run", "--train.device", "cuda", "--quiet"], "CUDA"),
     (["train", "--data", "{data}", "--out", "{tmp}/r", "--train.device", "abc", "--quiet"], "device"),
     (["train", "--data", "{data}", "--out", "{tmp}/r", "--train.batch_size", str(10**7), "--quiet"], "memory"),
     (["train", "--data", "{data}", "--out", "{tmp}/r", "--train.seq_len", str(10**9), "--quiet"], "memory"),

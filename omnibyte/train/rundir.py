@@ -22,7 +22,7 @@ from omnibyte.errors import OmnibyteError
 
 LOCK_FILE = "train.lock"
 CHECKPOINT = "checkpoint"
-_held: dict[Path, list] = {}  # lock path → [file descriptor, holders in this process, folder created]
+_held: dict[Path, list] = {}  # lock path → [file descriptor, holders in this process, folders created]
 
 
 class RunLock:
@@ -44,9 +44,9 @@ class RunLock:
             del _held[self.path]
             self.path.unlink(missing_ok=True)  # unlinked while still locked: no one locks a dying file
             os.close(entry[0])  # closing drops the flock
-            if entry[2]:  # a run that failed before writing anything leaves no folder behind
-                with contextlib.suppress(OSError):
-                    self.path.parent.rmdir()
+            for folder in entry[2]:  # a run that failed before writing anything leaves no folder behind
+                with contextlib.suppress(OSError):  # not empty: the run wrote something, which stays
+                    folder.rmdir()
 
 
 def _owner(path: Path) -> str:
@@ -63,7 +63,7 @@ def acquire_run_lock(run_dir: str | Path) -> RunLock:
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise OmnibyteError(f"{run_dir} is a file, not a run folder")
-    created = not run_dir.exists()
+    created = [p for p in (run_dir.absolute(), *run_dir.absolute().parents) if not p.exists()]  # deepest first
     run_dir.mkdir(parents=True, exist_ok=True)
     path = (run_dir / LOCK_FILE).resolve()
     if path in _held:
