@@ -1,22 +1,14 @@
-"""Checks every command makes before it starts work: finite numbers, weights that are finite and
-fit the model they are loaded into, and a device that exists. Each failure is one OmnibyteError
-line naming the value, the tensor or the key."""
+"""Checks made before work starts: weights that are finite and fit the model they are loaded into,
+a dataset whose ids the model has, and a device that exists. Each failure is one OmnibyteError
+line naming the tensor, the key or the value."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import torch
 
 from omnibyte.errors import OmnibyteError
-
-
-def require_finite(value: float, what: str) -> float:
-    """`value` unless it is NaN or ±inf (then an error naming `what`)."""
-    if not math.isfinite(value):
-        raise OmnibyteError(f"{what} is {value}, not a finite number")
-    return value
 
 
 def check_finite_tensors(state: Mapping[str, torch.Tensor], source) -> None:

@@ -3,10 +3,11 @@ training refuse a request that cannot fit with one line up front instead of runn
 part way (a traceback, or the kernel killing the process).
 
 Estimates come from the model itself: its decoding state (`init_state`) measured at two lengths
-gives the bytes each position costs (KV caches and whatever else a model keeps per position), and
-its vocabulary the bytes of the logits. They count what grows with the request; a model's own
-transient buffers are left out, so they are lower bounds, meant to catch requests far beyond the
-machine rather than to predict peak use exactly.
+gives the bytes each position costs (KV caches and whatever else a model keeps per position); the
+activations autograd keeps for two short training windows give a training step's bytes per
+position; its vocabulary gives the bytes of the logits. They count what grows with the request; a
+model's own transient buffers are left out, so they are lower bounds, meant to catch requests far
+beyond the machine rather than to predict peak use exactly.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from omnibyte.errors import OmnibyteError
+from omnibyte.format import VOCAB_SIZE
 
 PROBE_LENS = (64, 128)  # decoding-state lengths measured to find the bytes per position
 LIST_BYTES = 16  # a generated id kept in Python lists: the row's sequence and its new ids
@@ -131,7 +133,7 @@ def state_cost(model) -> StateCost:
 
 
 def vocab_size(model) -> int:
-    return int(getattr(getattr(model, "cfg", None), "vocab_size", 0) or 263)
+    return int(getattr(getattr(model, "cfg", None), "vocab_size", 0) or VOCAB_SIZE)
 
 
 def decoding_bytes(model, rows: int, total_len: int, prefill: int) -> int:

@@ -20,17 +20,6 @@ def positive_int(text: str) -> int:
     return n
 
 
-def nonneg_int(text: str) -> int:
-    """A whole number ≥ 0."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 0, got {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {n}")
-    return n
-
-
 def seed_int(text: str) -> int:
     """A random seed: a whole number in 0 .. 2^63 - 1 (what numpy and torch generators take)."""
     try:
@@ -55,17 +44,9 @@ def finite_float(text: str) -> float:
 
 def json_line(obj) -> str:
     """`obj` as one line of strict JSON: NaN (a score with nothing to average) becomes null."""
+    from omnibyte.eval.multimodal import json_safe
 
-    def safe(o):
-        if isinstance(o, dict):
-            return {k: safe(v) for k, v in o.items()}
-        if isinstance(o, list | tuple):
-            return [safe(v) for v in o]
-        if isinstance(o, float) and not math.isfinite(o):
-            return None
-        return o
-
-    return json.dumps(safe(obj), allow_nan=False)
+    return json.dumps(json_safe(obj), allow_nan=False)
 
 
 def arg_bytes(text: str) -> bytes:

@@ -96,7 +96,7 @@ def acquire_run_lock(run_dir: str | Path) -> RunLock:
 
 
 def recover_checkpoint(run_dir: Path) -> None:
-    """Finish or undo a checkpoint swap a crash interrupted, and remove checkpoint temporaries.
+    """Finish a checkpoint swap a crash interrupted, and remove checkpoint temporaries.
 
     A checkpoint is written whole into checkpoint.tmp, then the old one is renamed to
     checkpoint.old and checkpoint.tmp to checkpoint. Killed between those renames, the folder has
