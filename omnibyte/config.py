@@ -58,10 +58,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise OmnibyteError(f"'{key}' must be true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not -(2**63) <= value < 2**63:  # beyond what torch and numpy take as a size or a seed
+                raise OmnibyteError(f"'{key}' is out of range, got {value}")
+            return value
         raise OmnibyteError(f"'{key}' must be an integer, got {value!r}")
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
