@@ -55,6 +55,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         probs = sorted_logits.softmax(-1)
         # drop an id when the mass before it already reaches top_p (the first id always stays)
         drop = probs.cumsum(-1) - probs >= top_p
+        drop[0] = False  # also when top_p underflows to 0 in the logits' dtype (e.g. 1e-300 in fp32)
         logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
     return logits
 
@@ -63,8 +64,14 @@ def choose(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator | Non
     """One id from (V,) logits (already masked) by greedy or temperature/top-k/top-p sampling."""
     if cfg.temperature == 0:
         return int(logits.argmax())
-    logits = filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p)
-    probs = logits.softmax(-1)
+    scaled = logits.float() / cfg.temperature
+    if bool((scaled.isnan() | scaled.isposinf()).any()):
+        # a temperature beyond fp32 (1e-300 divides to inf, 1e300 rounds to inf): take its limit,
+        # greedy below 1 and uniform over the allowed ids above
+        if cfg.temperature < 1:
+            return int(logits.argmax())
+        scaled = torch.zeros_like(scaled).masked_fill(logits.isneginf(), float("-inf"))
+    probs = filter_logits(scaled, cfg.top_k, cfg.top_p).softmax(-1)
     return int(torch.multinomial(probs.cpu(), 1, generator=gen))
 
 
