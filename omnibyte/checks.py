@@ -11,15 +11,22 @@ import torch
 from omnibyte.errors import OmnibyteError
 
 
-def check_finite_tensors(state: Mapping[str, torch.Tensor], source) -> None:
-    """Refuse weights holding NaN or ±inf: a model loaded from them computes NaN, and would pass
-    it off as a result. Names the first such tensor."""
+def first_non_finite(state: Mapping[str, torch.Tensor]) -> str | None:
+    """'tensor NAME holds N non-finite values (NaN or inf) of M' for the first such tensor, else None."""
     for name, t in state.items():
         if t.is_floating_point() or t.is_complex():
             bad = ~torch.isfinite(t)
             if bool(bad.any()):
-                raise OmnibyteError(f"{source}: tensor {name} holds {int(bad.sum()):,} non-finite values "
-                                    f"(NaN or inf) of {t.numel():,}; these weights cannot be used")
+                return f"tensor {name} holds {int(bad.sum()):,} non-finite values (NaN or inf) of {t.numel():,}"
+    return None
+
+
+def check_finite_tensors(state: Mapping[str, torch.Tensor], source) -> None:
+    """Refuse weights holding NaN or ±inf: a model loaded from them computes NaN, and would pass
+    it off as a result. Names the first such tensor."""
+    bad = first_non_finite(state)
+    if bad:
+        raise OmnibyteError(f"{source}: {bad}; these weights cannot be used")
 
 
 def first_mismatch(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:

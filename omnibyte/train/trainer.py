@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from omnibyte.checks import WeightsMismatch, check_vocab, load_weights, resolve_device
+from omnibyte.checks import WeightsMismatch, check_vocab, first_non_finite, load_weights, resolve_device
 from omnibyte.config import to_dict
 from omnibyte.data import DEFAULT_DATA_DIR, BatchLoader, ShardDataset, eval_batches
 from omnibyte.data.bpe import TOKENIZER_FILE, dataset_tokenizer
@@ -289,6 +289,10 @@ class Trainer:
     # --- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
         self.sync_weights()
+        bad = first_non_finite(self.model.state_dict())  # the same on every rank: all stop together
+        if bad:  # the loss can still be finite at the step whose update overflowed the weights
+            raise OmnibyteError(f"training diverged at step {self.step}: {bad} (lower train.lr); the last "
+                                f"checkpoint, if any, is kept")
         if not self.dist.main:
             return
         final = self.run_dir / "checkpoint"
@@ -389,6 +393,9 @@ class Trainer:
                 if ((tc.eval_every and self.step % tc.eval_every == 0) or done) and self.has_val:
                     ev = self.evaluate() if self.dist.main else None
                     if ev is not None:
+                        if not math.isfinite(ev["bpb"]):
+                            raise OmnibyteError(f"validation bits per byte became {ev['bpb']} at step {self.step}; "
+                                                f"lower train.lr or check the data")
                         self.log({"step": self.step, "val_bpb": ev["bpb"], "val_bytes": ev["bytes"]})
                         bar.set_postfix(loss=f"{loss:.3f}", val_bpb=f"{ev['bpb']:.3f}", refresh=False)
                         last["val_bpb"] = ev["bpb"]
