@@ -378,7 +378,7 @@ def test_bad_flags(run, data, tmp_path, args, words):
 def test_prompt_bytes_are_taken_as_bytes(run, tmp_path_factory, prompt):
     """Any bytes typed as a prompt (argv arrives decoded with surrogateescape) are the prompt."""
     out = tmp_path_factory.mktemp("prompt") / "out.bin"
-    rc, stdout, err = cli(["generate", run, "--prompt", os.fsdecode(prompt), "--max-bytes", "4",
+    rc, stdout, err = cli(["generate", run, f"--prompt={os.fsdecode(prompt)}", "--max-bytes", "4",
                            "--temperature", "0", "--out", out])
     assert rc == 0, err
     model = OmniModel.from_pretrained(run)
@@ -390,7 +390,7 @@ def test_prompt_bytes_are_taken_as_bytes(run, tmp_path_factory, prompt):
 @FUZZ
 @given(prompt=st.text(max_size=20))
 def test_prompt_text_with_lone_surrogates(run, prompt):
-    rc, stdout, err = cli(["generate", run, "--prompt", prompt, "--max-bytes", "2", "--temperature", "0"])
+    rc, stdout, err = cli(["generate", run, f"--prompt={prompt}", "--max-bytes", "2", "--temperature", "0"])
     assert rc == 0, err
 
 
