@@ -19,10 +19,10 @@ import statistics
 from pathlib import Path
 
 import torch
+from omnibyte.eval.bench import PRESETS
 
 from benchmarks.common import compare, fmt_time, header, results_file, results_option, train_step, write_section
 from omnibyte.config import merge
-from omnibyte.eval.bench import PRESETS
 from omnibyte.models import build_model
 from omnibyte.train.config import TrainConfig
 from omnibyte.train.optim import clip_grad_norm, make_optimizer

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from omnibyte.eval.bench import MODELS, Bench
+
 from benchmarks.common import (
     HERE,
     OUT,
@@ -29,7 +31,6 @@ from benchmarks.common import (
     table_lines,
     write_section,
 )
-from omnibyte.eval.bench import MODELS, Bench
 
 
 def main() -> int:

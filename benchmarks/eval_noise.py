@@ -16,8 +16,9 @@ import shutil
 import sys
 import time
 
-from benchmarks.common import OUT, REPO, header, quick_corpus, results_file, results_option, table_lines, write_section
 from omnibyte.eval.bench import MODELS, Bench
+
+from benchmarks.common import OUT, REPO, header, quick_corpus, results_file, results_option, table_lines, write_section
 
 
 def main() -> int:

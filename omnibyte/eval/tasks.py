@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from omnibyte.checks import resolve_device
 from omnibyte.data.bpe import BpeTokenizer, find_tokenizer
 from omnibyte.data.tasks.cute import Example, read_heldout
 from omnibyte.format import BOS, EOS, N_BYTES
@@ -103,7 +104,7 @@ def evaluate_tasks(model_path: str | Path, data: str | Path, batch_size: int = 3
                    device: str | None = None, progress: bool = False) -> dict:
     """Accuracy of a saved model (byte or BPE) on a task suite's held-out questions (`data`: the
     suite's folder or its questions.jsonl); `limit` scores only the first N."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     model = OmniModel.from_pretrained(model_path, map_location=device)
     examples = read_heldout(data)[: limit or None]
     result = score_examples(model, examples, find_tokenizer(model_path), batch_size, progress)
