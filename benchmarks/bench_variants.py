@@ -32,9 +32,9 @@ import sys
 from pathlib import Path
 
 import torch
-from omnibyte.eval.bench import budget_steps
 
 from benchmarks.common import REPO, header, train_run, write_section
+from omnibyte.bench import budget_steps
 from omnibyte.models import compat
 from omnibyte.models.registry import build_model
 

@@ -18,8 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-from omnibyte.eval.bench import MODELS, Bench
-
 from benchmarks.common import (
     HERE,
     OUT,
@@ -31,6 +29,7 @@ from benchmarks.common import (
     table_lines,
     write_section,
 )
+from omnibyte.bench import MODELS, Bench
 
 
 def main() -> int:

@@ -21,9 +21,8 @@ import shutil
 import sys
 import time
 
-from omnibyte.eval.bench import MODELS, Bench
-
 from benchmarks.common import OUT, REPO, header, results_file, results_option, table_lines, write_section
+from omnibyte.bench import MODELS, Bench
 from omnibyte.data import is_dataset
 from omnibyte.data.tasks.cute import DEFAULT_WORDS, load_words, write_cute
 

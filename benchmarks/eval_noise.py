@@ -16,9 +16,8 @@ import shutil
 import sys
 import time
 
-from omnibyte.eval.bench import MODELS, Bench
-
 from benchmarks.common import OUT, REPO, header, quick_corpus, results_file, results_option, table_lines, write_section
+from omnibyte.bench import MODELS, Bench
 
 
 def main() -> int:
