@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import REPO, header, train_run, write_section
-from omnibyte.eval.bench import budget_steps
+from omnibyte.bench import budget_steps
 from omnibyte.models import compat
 from omnibyte.models.registry import build_model
 

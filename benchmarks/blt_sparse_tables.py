@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import compare, fmt_time, header, results_file, results_option, train_step, write_section
+from omnibyte.bench import load_preset
 from omnibyte.config import merge
-from omnibyte.eval.bench import PRESETS
 from omnibyte.models import build_model
 from omnibyte.train.config import TrainConfig
 from omnibyte.train.optim import clip_grad_norm, make_optimizer
@@ -47,7 +47,7 @@ def main() -> int:
     results_option(ap, "results_blt.md")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    preset = PRESETS["small"]
+    preset = load_preset("small")
     model_cfg = dict(preset.blt, patcher={"kind": "static", "patch_size": 5})
     buckets = [int(b) for b in args.buckets.split(",")]
     batch, seq_len, steps = (preset.batch_size, preset.seq_len, args.steps) if not args.quick else (2, 64, 2)
