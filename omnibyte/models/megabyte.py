@@ -121,12 +121,12 @@ class Megabyte(OmniModel):
         self.global_embed = nn.Embedding(cfg.vocab_size, L.dim if cfg.patch_proj else G.dim // P)
         self.patch_proj = nn.Linear(P * L.dim, G.dim, bias=False) if cfg.patch_proj else None
         self.global_pad = nn.Parameter(torch.empty(G.dim))  # stands for "patch -1"
-        self.global_model = TransformerStack(G.dim, G.n_layers, G.n_heads, window=G.window, **stack_args)
+        self.global_model = TransformerStack.from_config(G, **stack_args)
         # the paper's w^GL: one matrix maps every slot of a global output to the local width
         self.global_to_local = nn.Linear(G.dim // P, L.dim, bias=False)
         self.local_embed = nn.Embedding(cfg.vocab_size, L.dim)
         self.local_pad = nn.Parameter(torch.empty(L.dim))  # stands for "byte -1" of a patch
-        self.local_model = TransformerStack(L.dim, L.n_layers, L.n_heads, window=L.window, **stack_args)
+        self.local_model = TransformerStack.from_config(L, **stack_args)
         self.head = nn.Linear(L.dim, cfg.vocab_size, bias=False)
         for p in (self.global_embed.weight, self.global_pad, self.local_embed.weight, self.local_pad,
                   self.head.weight, *([self.patch_proj.weight] if cfg.patch_proj else [])):

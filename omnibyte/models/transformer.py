@@ -27,8 +27,10 @@ class TransformerConfig:
     n_heads: int = 4
     window: int = 0  # sliding attention window in ids; 0 = full causal attention
     mlp_ratio: float = 8 / 3
+    mlp_hidden: int = 0  # SwiGLU width; 0 = mlp_ratio × dim, rounded up to a multiple of 32
     qk_norm: bool = True
     rope_theta: float = 10000.0
+    norm_eps: float = 1e-6  # every RMSNorm's epsilon (an imported BLT entropy model: 1e-5)
     token_shift: bool = False  # each sublayer also sees the previous position (RWKV's token shift)
     z_loss: float = 0.0
     adapters: AdaptersConfig = field(default_factory=AdaptersConfig)
@@ -36,11 +38,13 @@ class TransformerConfig:
     def __post_init__(self):
         if self.vocab_size < 1:
             raise ValueError(f"vocab_size must be ≥ 1, got {self.vocab_size}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
         self.stack.check("model")
 
     @property
     def stack(self) -> StackConfig:
-        return StackConfig(self.dim, self.n_layers, self.n_heads, self.window)
+        return StackConfig(self.dim, self.n_layers, self.n_heads, self.window, self.mlp_hidden)
 
 
 @dataclass
@@ -58,8 +62,9 @@ class Transformer(OmniModel):
     def __init__(self, cfg: TransformerConfig):
         super().__init__(cfg)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.stack = TransformerStack(cfg.dim, cfg.n_layers, cfg.n_heads, cfg.mlp_ratio, cfg.qk_norm,
-                                      cfg.rope_theta, cfg.window, cfg.token_shift)
+        self.stack = TransformerStack.from_config(cfg.stack, mlp_ratio=cfg.mlp_ratio, qk_norm=cfg.qk_norm,
+                                                  rope_theta=cfg.rope_theta, token_shift=cfg.token_shift,
+                                                  norm_eps=cfg.norm_eps)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         nn.init.normal_(self.embed.weight, std=0.02)
         nn.init.normal_(self.head.weight, std=0.02)

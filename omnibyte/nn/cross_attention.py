@@ -58,7 +58,7 @@ class CrossAttention(nn.Module):
     """Projections of a multi-head cross-attention (optional QK-norm); the attention pattern is
     chosen by the caller (`pool_attention` or `gather_attention`)."""
 
-    def __init__(self, dim: int, n_heads: int, qk_norm: bool = True):
+    def __init__(self, dim: int, n_heads: int, qk_norm: bool = True, norm_eps: float = 1e-6):
         super().__init__()
         if dim % n_heads:
             raise ValueError(f"dim {dim} is not divisible by n_heads {n_heads}")
@@ -66,8 +66,8 @@ class CrossAttention(nn.Module):
         self.wq = nn.Linear(dim, dim, bias=False)
         self.wkv = nn.Linear(dim, 2 * dim, bias=False)
         self.wo = nn.Linear(dim, dim, bias=False)
-        self.q_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
-        self.k_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.q_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else nn.Identity()
 
     def queries(self, x: torch.Tensor) -> torch.Tensor:
         """(..., dim) → (..., H, D)."""
@@ -87,14 +87,18 @@ class CrossBlock(nn.Module):
     """Pre-norm residual cross-attention: x + attn(norm(x), norm(src)). No MLP, as in BLT's
     cross-attention layers: the transformer layers around it have them.
 
+    `residual` 2 gives 2·x + attn(...): the released BLTs add the input twice (their cross-attention
+    layer returns x + attn, and its caller adds x again), and a model imported from them must too.
+
     Keys and values are made once per source vector (`kv`) and reused: per patch, not per byte.
     """
 
-    def __init__(self, dim: int, n_heads: int, qk_norm: bool = True):
+    def __init__(self, dim: int, n_heads: int, qk_norm: bool = True, norm_eps: float = 1e-6, residual: int = 1):
         super().__init__()
-        self.q_norm = RMSNorm(dim)
-        self.kv_norm = RMSNorm(dim)
-        self.attn = CrossAttention(dim, n_heads, qk_norm)
+        self.residual = residual
+        self.q_norm = RMSNorm(dim, norm_eps)
+        self.kv_norm = RMSNorm(dim, norm_eps)
+        self.attn = CrossAttention(dim, n_heads, qk_norm, norm_eps)
         for p in self.parameters():
             if p.dim() == 2:
                 nn.init.normal_(p, std=0.02)
@@ -104,8 +108,11 @@ class CrossBlock(nn.Module):
 
     def pool(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
         """x: (B, G, K, dim) group queries; k, v from `kv` of (B, T, dim); group (B, T) in [0, G)."""
-        return x + self.attn.out(pool_attention(self.attn.queries(self.q_norm(x)), k, v, group, x.shape[1]))
+        return self._skip(x) + self.attn.out(pool_attention(self.attn.queries(self.q_norm(x)), k, v, group, x.shape[1]))
 
     def read(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """x: (B, T, dim) queries; k, v from `kv` of (B, S, K, dim); idx (B, T) in [0, S)."""
-        return x + self.attn.out(gather_attention(self.attn.queries(self.q_norm(x)), k, v, idx))
+        return self._skip(x) + self.attn.out(gather_attention(self.attn.queries(self.q_norm(x)), k, v, idx))
+
+    def _skip(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.residual == 1 else self.residual * x

@@ -174,15 +174,15 @@ class Attention(nn.Module):
     drifting apart through logit growth) and an optional KV cache for incremental decoding."""
 
     def __init__(self, dim: int, n_heads: int, qk_norm: bool = True, rope_theta: float = 10000.0,
-                 use_rope: bool = True):
+                 use_rope: bool = True, norm_eps: float = 1e-6):
         super().__init__()
         if dim % n_heads:
             raise ValueError(f"dim {dim} is not divisible by n_heads {n_heads}")
         self.n_heads, self.head_dim = n_heads, dim // n_heads
         self.wqkv = nn.Linear(dim, 3 * dim, bias=False)
         self.wo = nn.Linear(dim, dim, bias=False)
-        self.q_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
-        self.k_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.q_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else nn.Identity()
         self.rope_theta, self.use_rope = rope_theta, use_rope
 
     def forward(self, x, pos, mask=None, cache: KVCache | None = None, window: int = 0):
@@ -261,15 +261,15 @@ class Block(nn.Module):
     reads `token_shift(x)` instead of x (the residual stream itself is not shifted)."""
 
     def __init__(self, dim: int, n_heads: int, mlp_ratio: float = 8 / 3, qk_norm: bool = True,
-                 rope_theta: float = 10000.0, shift: bool = False):
+                 rope_theta: float = 10000.0, shift: bool = False, norm_eps: float = 1e-6, hidden: int = 0):
         super().__init__()
         if shift and dim % 2:
             raise ValueError(f"token shift splits the width in halves: dim {dim} must be even")
         self.shift = shift
-        self.attn_norm = RMSNorm(dim)
-        self.attn = Attention(dim, n_heads, qk_norm=qk_norm, rope_theta=rope_theta)
-        self.mlp_norm = RMSNorm(dim)
-        self.mlp = SwiGLU(dim, mlp_hidden(dim, mlp_ratio))
+        self.attn_norm = RMSNorm(dim, norm_eps)
+        self.attn = Attention(dim, n_heads, qk_norm=qk_norm, rope_theta=rope_theta, norm_eps=norm_eps)
+        self.mlp_norm = RMSNorm(dim, norm_eps)
+        self.mlp = SwiGLU(dim, hidden or mlp_hidden(dim, mlp_ratio))
 
     def forward(self, x, pos, mask=None, cache=None, window: int = 0):
         h = token_shift(x, cache, "attn") if self.shift else x
@@ -286,6 +286,8 @@ class StackConfig:
     n_layers: int = 2
     n_heads: int = 4
     window: int = 0  # sliding causal attention window in positions; 0 = full causal attention
+    mlp_hidden: int = 0  # SwiGLU width; 0 = the model's mlp_ratio × dim, rounded up to a multiple of 32
+    final_norm: bool = True  # an RMSNorm after the last layer (the released BLTs' encoder and latent have none)
 
     def check(self, name: str, min_layers: int = 1) -> None:
         """ValueError naming the stack (`name`) when its sizes do not make a stack."""
@@ -295,6 +297,8 @@ class StackConfig:
             raise ValueError(f"{name}.n_layers must be ≥ {min_layers}, got {self.n_layers}")
         if self.window < 0:
             raise ValueError(f"{name}.window must be ≥ 0 (0 = full causal attention), got {self.window}")
+        if self.mlp_hidden < 0:
+            raise ValueError(f"{name}.mlp_hidden must be ≥ 0 (0 = from mlp_ratio), got {self.mlp_hidden}")
 
 
 def mean_keys(seq_len: int, window: int = 0) -> float:
@@ -313,7 +317,7 @@ def stack_flops(stack: StackConfig, mlp_ratio: float, length: int) -> float:
     """
     if stack.n_layers == 0:
         return 0.0
-    d, h = stack.dim, mlp_hidden(stack.dim, mlp_ratio)
+    d, h = stack.dim, stack.mlp_hidden or mlp_hidden(stack.dim, mlp_ratio)
     per_layer = 2 * (4 * d * d + 3 * d * h) + 4 * d * mean_keys(length, stack.window)
     return float(stack.n_layers * per_layer)
 
@@ -325,18 +329,27 @@ class TransformerStack(nn.Module):
     `window` > 0 gives sliding-window causal attention (entropy model, BLT local encoder).
     `token_shift` mixes the previous position into each sublayer's input (see `token_shift`);
     it crosses document boundaries, so stacks that mask attention by document leave it off.
+    `mlp_hidden` > 0 sets the SwiGLU width (else from `mlp_ratio`); `final_norm` False leaves the
+    last layer's output unnormalised; `norm_eps` is every RMSNorm's epsilon.
     """
 
     def __init__(self, dim: int, n_layers: int, n_heads: int, mlp_ratio: float = 8 / 3,
                  qk_norm: bool = True, rope_theta: float = 10000.0, window: int = 0,
-                 token_shift: bool = False):
+                 token_shift: bool = False, norm_eps: float = 1e-6, mlp_hidden: int = 0, final_norm: bool = True):
         super().__init__()
         self.dim, self.n_heads, self.window, self.rope_theta = dim, n_heads, window, rope_theta
         self.layers = nn.ModuleList(
-            Block(dim, n_heads, mlp_ratio, qk_norm, rope_theta, token_shift) for _ in range(n_layers)
+            Block(dim, n_heads, mlp_ratio, qk_norm, rope_theta, token_shift, norm_eps, mlp_hidden)
+            for _ in range(n_layers)
         )
-        self.norm = RMSNorm(dim)
+        self.norm = RMSNorm(dim, norm_eps) if final_norm else nn.Identity()
         self.reset_parameters()
+
+    @classmethod
+    def from_config(cls, s: StackConfig, **model_wide) -> TransformerStack:
+        """The stack `s` describes; `model_wide`: the model's own settings (mlp_ratio, qk_norm, ...)."""
+        return cls(s.dim, s.n_layers, s.n_heads, window=s.window, mlp_hidden=s.mlp_hidden, final_norm=s.final_norm,
+                   **model_wide)
 
     def reset_parameters(self):
         # GPT-2 style: residual projections scaled down with depth.
@@ -346,9 +359,11 @@ class TransformerStack(nn.Module):
                 std = 0.02 / math.sqrt(2 * len(self.layers)) if deep else 0.02
                 nn.init.normal_(p, std=std)
 
-    def forward(self, x, pos=None, mask=None, caches: list[KVCache] | None = None):
+    def forward(self, x, pos=None, mask=None, caches: list[KVCache] | None = None, before=None):
         """x: (B, T, dim). pos: (T,) or (B, T) absolute positions (default 0..T-1, or continuing the
-        cache). mask: bool, broadcastable to (B, H, T, T_keys); default causal (+ window)."""
+        cache). mask: bool, broadcastable to (B, H, T, T_keys); default causal (+ window).
+        before: `before(i, x) -> x` runs ahead of each layer i ≥ 1 (a BLT decoder that reads the
+        latent model before every layer)."""
         if not self.layers:  # an empty stack (e.g. a BLT without local encoder layers): the norm only
             return self.norm(x)
         t = x.shape[1]
@@ -365,6 +380,8 @@ class TransformerStack(nn.Module):
         else:
             rope = rope_tables(pos, head_dim, self.rope_theta, x.device)
         for i, layer in enumerate(self.layers):
+            if before is not None and i > 0:
+                x = before(i, x)
             x = layer(x, rope, mask, caches[i] if caches else None, window)
         return self.norm(x)
 
