@@ -11,6 +11,9 @@ Three rules, as in the BLT paper's comparison (static, space-like, entropy):
 
 For every rule a segment marker starts a patch (a patch never spans two segments, see
 `omnibyte.format.is_segment_start`), and `max_patch_len` > 0 cuts longer patches into pieces.
+The released BLTs patch differently, and a model imported from them patches as they do:
+`markers` false (text is patched by entropy alone) and `lone_first` (the first id, BOS, is a patch
+of its own: the next id always starts one).
 
 Media patches (any kind): `image_rows` > 0 patches an image's pixels by whole rows (k rows of
 width × channels bytes per patch, the geometry read from the image's header) and `audio_frame`
@@ -20,7 +23,9 @@ band of the picture rather than a few pixels of one row.
 
 A boundary at t depends on ids[:, :t+1] and entropies[:, :t+1] only, so a model can decide
 boundaries online while it generates (`StreamingPatcher` does exactly that, one id at a time),
-and every row is patched on its own: nothing leaks across the batch.
+and every row is patched on its own: nothing leaks across the batch. Entropy patching without
+markers or media rules reads no id at all: a boundary at t+1 is known from entropies[:, :t+2],
+i.e. from ids[:, :t+1], one id ahead (`looks_ahead`; `StreamingPatcher.peek`).
 """
 
 from __future__ import annotations
@@ -65,6 +70,8 @@ class PatcherConfig:
     # filled when the patcher is built (omnibyte.models.build_patcher), never by hand: the entropy
     # model's {"arch", "model"}, so a saved model rebuilds it without its run folder
     entropy_model_config: dict = field(default_factory=dict)
+    markers: bool = True  # segment markers (BOS, BOI, EOI, ...) start a patch; false: the released BLTs' rule
+    lone_first: bool = False  # the first id is a patch of its own (the released BLTs: BOS alone)
 
     def __post_init__(self):
         if self.kind not in PATCHER_KINDS:
@@ -80,6 +87,12 @@ class PatcherConfig:
             raise ValueError("threshold must be a number, got NaN")
         if self.bytes_per_patch != 0 and not self.bytes_per_patch >= 1:
             raise ValueError(f"bytes_per_patch must be ≥ 1 (or 0 = automatic), got {self.bytes_per_patch}")
+
+    @property
+    def looks_ahead(self) -> bool:
+        """Whether a boundary is decided before its id is seen (from the entropy the model gave it
+        one id earlier): entropy patching that no id-reading rule overrides."""
+        return self.kind == "entropy" and not self.markers and not self.image_rows and not self.audio_frame
 
     def expected_bytes_per_patch(self) -> float:
         """Mean bytes per patch that FLOPs counts assume (see `bytes_per_patch`)."""
@@ -217,8 +230,11 @@ def patch_starts(ids: torch.Tensor, cfg: PatcherConfig, entropies: torch.Tensor 
     if cfg.image_rows or cfg.audio_frame:
         where, media = media_starts(ids, cfg.image_rows, cfg.audio_frame)
         starts = torch.where(where, media, starts)
-    starts = starts | segment_starts(ids)
+    if cfg.markers:
+        starts = starts | segment_starts(ids)
     starts[..., 0] = True
+    if cfg.lone_first:
+        starts[..., 1:2] = True
     return cap_patches(starts, cfg.max_patch_len)
 
 
@@ -275,9 +291,9 @@ class StreamingPatcher:
         ids = ids.reshape(-1).to(self.prev_id.device)
         if ids.shape[0] != self.batch_size:
             raise OmnibyteError(f"push got {ids.shape[0]} ids for a batch of {self.batch_size}")
-        first = self.t == 0
+        first = self.t == 0 or (self.cfg.lone_first and self.t == 1)
         seg = isin(ids, MARKERS)
-        if not first:
+        if self.t > 0:
             seg |= isin(self.prev_id, CLOSERS)
         seg_offset = torch.where(seg, torch.zeros_like(self.seg_offset), self.seg_offset)
 
@@ -290,12 +306,12 @@ class StreamingPatcher:
                 raise OmnibyteError("entropy patching needs the entropy of each pushed id")
             h = entropies.reshape(-1).float().to(self.prev_entropy.device)
             start = (h - self.prev_entropy if self.cfg.relative else h) > self.threshold
-            if self.cfg.relative and first:
+            if self.cfg.relative and self.t == 0:
                 start = torch.zeros_like(start)
             self.prev_entropy = h
         if self.cfg.image_rows or self.cfg.audio_frame:
-            start = self._media(ids, seg | first, seg_offset, start)
-        start = start | seg | first
+            start = self._media(ids, seg | (self.t == 0), seg_offset, start)
+        start = (start | seg if self.cfg.markers else start) | first
         if self.cfg.max_patch_len > 0:
             start = start | (self.patch_len >= self.cfg.max_patch_len)
 
@@ -303,6 +319,20 @@ class StreamingPatcher:
         self.seg_offset = seg_offset + 1
         self.prev_id = ids
         self.t += 1
+        return start
+
+    def peek(self, entropy: torch.Tensor) -> torch.Tensor:
+        """(B,) whether the next id will start a patch, from its entropy alone: what `push` will say
+        for it, for a rule that `looks_ahead`."""
+        if not self.cfg.looks_ahead:
+            raise OmnibyteError(f"a {self.cfg.kind} patcher with markers or media rules decides a boundary "
+                                f"only once it sees the id")
+        if self.t == 0 or (self.cfg.lone_first and self.t == 1):
+            return torch.ones(self.batch_size, dtype=torch.bool, device=self.prev_id.device)
+        h = entropy.reshape(-1).float().to(self.prev_entropy.device)
+        start = (h - self.prev_entropy if self.cfg.relative else h) > self.threshold
+        if self.cfg.max_patch_len > 0:
+            start = start | (self.patch_len >= self.cfg.max_patch_len)
         return start
 
     def _media(self, ids: torch.Tensor, seg: torch.Tensor, offset: torch.Tensor, start: torch.Tensor) -> torch.Tensor:

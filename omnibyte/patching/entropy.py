@@ -32,19 +32,20 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def compute_entropies(model: nn.Module, ids: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-    """ids (B, T) → entropies (B, T) float32 on ids' device, one forward per `batch_size` rows.
+def compute_entropies(model: nn.Module, ids: torch.Tensor, batch_size: int = 16, ahead: bool = False) -> torch.Tensor:
+    """ids (B, T) → entropies (B, T) float32 on ids' device, one forward per `batch_size` rows;
+    with `ahead` (B, T+1): also the entropy of the id after the last.
 
     Each row is read from its own start, so position t sees ids[:, :t] only (for a long stream
     use `stream_entropies`, which gives every position its full window of context).
     """
     if ids.dim() != 2:
         raise OmnibyteError(f"compute_entropies expects ids of shape (B, T), got {tuple(ids.shape)}")
-    out = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
+    out = torch.zeros(ids.shape[0], ids.shape[1] + ahead, dtype=torch.float32, device=ids.device)
     device = model.device
     for b in range(0, ids.shape[0], batch_size):
         logits = model(ids[b : b + batch_size].to(device)).logits  # (b, T, V)
-        out[b : b + batch_size, 1:] = entropy_from_logits(logits[:, :-1]).to(ids.device)
+        out[b : b + batch_size, 1:] = entropy_from_logits(logits if ahead else logits[:, :-1]).to(ids.device)
     return out
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from omnibyte.errors import OmnibyteError
@@ -67,10 +68,23 @@ class Patcher(nn.Module):
             self.entropy_model.eval()  # frozen: never in training mode
         return self
 
-    def forward(self, ids: torch.Tensor, entropies: torch.Tensor | None = None) -> torch.Tensor:
-        """ids (B, T) → patch starts (B, T) bool; `entropies` (B, T) may come precomputed."""
+    def forward(self, ids: torch.Tensor, entropies: torch.Tensor | None = None, ahead: bool = False) -> torch.Tensor:
+        """ids (B, T) → patch starts (B, T) bool; with `ahead` (B, T+1): also whether the id after
+        the last starts one (a rule that `looks_ahead` knows). `entropies` may come precomputed,
+        (B, T) or (B, T+1) with the entropy of the id after the last, as the trainer passes them."""
+        t = ids.shape[-1]
+        if ahead and not self.cfg.looks_ahead:
+            raise OmnibyteError("only entropy patching without markers or media rules knows a boundary before its id")
         if self.entropy_model is not None and entropies is None:
-            entropies = compute_entropies(self.entropy_model, ids)
+            entropies = compute_entropies(self.entropy_model, ids, ahead=ahead)
+        if entropies is not None and entropies.dim() == 2 and entropies.shape[-1] == t + 1 and not ahead:
+            entropies = entropies[:, :t]
+        if ahead:
+            if entropies is None or entropies.dim() != 2 or entropies.shape[-1] != t + 1:
+                shape = None if entropies is None else tuple(entropies.shape)
+                raise OmnibyteError(f"a patcher that looks one id ahead needs entropies (B, T+1) for ids "
+                                    f"{tuple(ids.shape)}, got {shape}")
+            ids = F.pad(ids, (0, 1))  # the id after the last: unknown, and no rule that looks ahead reads it
         return patch_starts(ids, self.cfg, entropies)
 
     def prepare_data(self, dataset) -> dict[str, str]:
@@ -91,6 +105,10 @@ class Patcher(nn.Module):
             state.model_state = self.entropy_model.init_state(batch_size, max_len)
             state.next_entropy = torch.zeros(batch_size, device=device)  # entropies[:, 0] = 0 by convention
         return state
+
+    def peek(self, state: PatchStream) -> torch.Tensor:
+        """(B,) whether the id after those pushed starts a patch (a rule that `looks_ahead`)."""
+        return state.rule.peek(state.next_entropy)
 
     def push(self, state: PatchStream, ids: torch.Tensor) -> torch.Tensor:
         """Feed new ids (B, T); → whether each starts a patch (B, T)."""
