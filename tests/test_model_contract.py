@@ -41,6 +41,15 @@ MODELS = {
     "blt-static": ("blt", {**BLT, "patcher": {"kind": "static", "patch_size": 3}}),
     "blt-space": ("blt", {**BLT, "patcher": {"kind": "space", "max_patch_len": 6}}),
     "blt-entropy": ("blt", {**BLT, "patcher": {"kind": "entropy", "entropy_model": "ENTROPY"}}),
+    # the released BLTs' layout (what `omnibyte import` builds): bytes read the patch they complete,
+    # before every decoder layer, no final norm on encoder and latent, their hash and patch rules
+    "blt-entropy-released": ("blt", {**BLT, "encoder": {**BLT["encoder"], "final_norm": False},
+                                 "latent": {**BLT["latent"], "final_norm": False, "mlp_hidden": 48},
+                                 "ngrams": {**BLT["ngrams"], "hash": "blt", "functions": 2}, "latent_proj": False,
+                                 "decoder_reads": "complete", "read_every_layer": True, "cross_residual": 2,
+                                 "qk_norm": False, "norm_eps": 1e-5, "rope_theta": 500000.0,
+                                 "patcher": {"kind": "entropy", "entropy_model": "ENTROPY", "markers": False,
+                                             "lone_first": True, "max_patch_len": 5}}),
 }
 ADAPTERS = {
     "media_conv": {"media_conv": {"channels": 4, "kernel": 3}},

@@ -21,7 +21,8 @@ def bits_per_byte(model, batches: Iterable[dict], extras: dict[str, str] | None 
                   autocast=contextlib.nullcontext, bytes_per_id=None) -> dict[str, float]:
     """Evaluate `model` on batches of {"ids": (B, T+1), <aux>: ...} → {"bpb", "bytes", "nll_bits"}.
 
-    `extras` maps a forward kwarg to the batch key holding it (e.g. BLT's precomputed entropies).
+    `extras` maps a forward kwarg to the batch key holding it (e.g. BLT's precomputed entropies),
+    passed whole: (B, T+1) for the (B, T) inputs (see `OmniModel.prepare_data`).
     `bytes_per_id` (V,) — bytes each id stands for — replaces "ids < 256 are one byte each".
     """
     was_training = model.training
@@ -32,7 +33,7 @@ def bits_per_byte(model, batches: Iterable[dict], extras: dict[str, str] | None 
     total_bits, total_bytes = 0.0, 0
     for batch in batches:
         ids = batch["ids"].to(device)
-        kwargs = {k: batch[v][:, :-1].to(device) for k, v in (extras or {}).items()}
+        kwargs = {k: batch[v].to(device) for k, v in (extras or {}).items()}
         with autocast():
             logits = model(ids[:, :-1], **kwargs).logits
         bits, n = nll_sums(logits, ids[:, 1:])

@@ -120,7 +120,7 @@ def measure_flops_per_byte(model, seq_len: int, batch_size: int = 2, ids: torch.
         ids = text_like_ids(batch_size, seq_len + 1)
     ids = ids.to(model.device)
     x, y = ids[:, :-1], ids[:, 1:]
-    extras = {k: v[:, : x.shape[1]].to(model.device) for k, v in (extras or {}).items()}
+    extras = {k: v[:, : x.shape[1] + 1].to(model.device) for k, v in (extras or {}).items()}
     n = x.numel()
     was_training = model.training
     model.eval()

@@ -79,7 +79,7 @@ def bpb_by_modality(model, batches: Iterable[dict], extras: dict[str, str] | Non
             labels = batch[MODALITY_AUX][:, 1:].round().long()
         else:
             labels = torch.from_numpy(np.stack([modality_labels(row) for row in batch["ids"].numpy()])[:, 1:]).long()
-        kwargs = {k: batch[v][:, :-1].to(device) for k, v in (extras or {}).items()}
+        kwargs = {k: batch[v].to(device) for k, v in (extras or {}).items()}
         with autocast():
             logits = model(ids[:, :-1], **kwargs).logits
         targets = ids[:, 1:]

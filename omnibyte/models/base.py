@@ -9,7 +9,9 @@
 - `param_groups(weight_decay)`: the optimiser's parameter groups, each with its own weight decay
   and, where a model wants it, its own learning-rate scale and tables it may update sparsely.
 - `prepare_data(dataset)`: what the model adds to a dataset once before training or scoring
-  (BLT's precomputed entropies), as {forward kwarg: aux array name}.
+  (BLT's precomputed entropies), as {forward kwarg: aux array name}. An aux array reaches
+  `forward` whole, one position longer than the ids fed: (B, T+1), its last column that of the
+  last target (a BLT that decides a patch boundary one id ahead reads it).
 - `strided_nll_sums(ids, half)`: strided evaluation, for models that have one (`strided_eval`).
 - `save_pretrained(dir)` / `OmniModel.from_pretrained(dir)`: safetensors + config.json.
 """
@@ -81,7 +83,8 @@ class OmniModel(nn.Module, metaclass=abc.ABCMeta):
                 {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
 
     def prepare_data(self, dataset) -> dict[str, str]:
-        """Arrays the model wants computed once per dataset: {forward kwarg: aux array name}."""
+        """Arrays the model wants computed once per dataset: {forward kwarg: aux array name}; each
+        reaches `forward` as (B, T+1) for (B, T) ids."""
         return {}
 
     def strided_nll_sums(self, ids: torch.Tensor, half: str = "first") -> tuple[float, int]:

@@ -5,7 +5,7 @@ small ones over the bytes themselves.
       │
       ├─ byte + hash n-gram embeddings ─► local encoder (windowed causal)  h (B, T, encoder.dim)
       │     └─ cross-attention pooling: k queries per patch read that patch's bytes
-      │        ─► (B, P, k·encoder.dim) ─► linear ─► (B, P, latent.dim)
+      │        ─► (B, P, k·encoder.dim) ─► linear (latent_proj) ─► (B, P, latent.dim)
       ├─ latent global transformer over patches (causal, within a document)  z (B, P, latent.dim)
       └─ local decoder: byte t reads the latent output of the patch BEFORE its own (a learned
          start vector for a document's first patch) by cross-attention, then a windowed
@@ -21,14 +21,28 @@ cross-attention before the decoder, instead of one per layer; local layers may s
 document boundary within their window (like the byte transformer), only the latent model is
 document-masked. The decoder continues the encoder's byte states, so both have one width.
 
+The released BLTs (Meta's checkpoints, and transformers' port of them) are this figure with other
+settings, so their weights run here unchanged (`omnibyte import`, `omnibyte.interop`):
+`decoder_reads = "complete"` — byte t reads the last patch complete at t, its own patch when t
+ends it. That needs to know at t whether t+1 opens a patch, which entropy patching without markers
+knows one id ahead (the entropy of id t+1 comes from the entropy model's output at t), and still
+depends on ids[:, :t+1] only. Their decoder reads the latent before each of its layers
+(`read_every_layer`); their cross-attentions add the input back twice (`cross_residual = 2`);
+their encoder and latent stacks end without a norm (`final_norm = false`); their latent model
+takes the k pooled vectors side by side, projected only when k·encoder.dim ≠ latent.dim
+(`latent_proj`); and their hash n-grams, patch rules, norm epsilon, RoPE theta and MLP widths are
+their own (`ngrams.hash = "blt"`, `patcher.markers`, `patcher.lone_first`, `norm_eps`,
+`rope_theta`, each stack's `mlp_hidden`). They have no start vector: a byte reads one only where a
+document begins inside a row (the latent model stays document-masked).
+
 The patcher arrives built (`omnibyte.models.build_model` makes it, with its entropy model);
 input adapters (`omnibyte.adapters`) add to the byte embeddings.
 
 Generation (`init_state`/`step`) keeps a KV cache in each transformer (entropy model, encoder,
-latent, decoder). When a patch closes (the next id opens a new one) it is pooled and fed to the
-latent model as one new position. Rows close patches at different times: the latent cache has
-one slot per "some row closed a patch" event, each row marks which slots are its own, and
-attention masks the rest.
+latent, decoder). When a patch closes (the next id opens a new one; with decoder_reads "complete"
+known one id earlier) it is pooled and fed to the latent model as one new position. Rows close
+patches at different times: the latent cache has one slot per "some row closed a patch" event,
+each row marks which slots are its own, and attention masks the rest.
 """
 
 from __future__ import annotations
@@ -62,17 +76,39 @@ class BLTConfig:
     latent: StackConfig = field(default_factory=lambda: StackConfig(dim=64, n_layers=2, n_heads=4))
     decoder: StackConfig = field(default_factory=lambda: StackConfig(dim=32, n_layers=2, n_heads=2, window=64))
     cross_attn_k: int = 2  # queries per patch; the latent model reads k·encoder.dim → latent.dim
+    latent_proj: bool = True  # project k·encoder.dim to latent.dim; false: they must be equal (the released BLT-1B)
     ngrams: NgramConfig = field(default_factory=NgramConfig)  # hash n-gram embeddings
     patcher: PatcherConfig = field(default_factory=PatcherConfig)
     mlp_ratio: float = 8 / 3
     qk_norm: bool = True
     rope_theta: float = 10000.0
+    norm_eps: float = 1e-6  # every RMSNorm's epsilon (the released BLTs: 1e-5)
     z_loss: float = 0.0
     adapters: AdaptersConfig = field(default_factory=AdaptersConfig)
+    # where bytes and patches meet (the module docstring says when to change these)
+    decoder_reads: str = "previous"  # byte t reads the patch before its own; "complete": the last complete at t
+    read_every_layer: bool = False  # the decoder reads the latent before each of its layers, not the first only
+    cross_residual: int = 1  # a cross-attention's input is added back this many times (1 or 2)
 
     def __post_init__(self):
         if self.vocab_size < 1 or self.cross_attn_k < 1:
             raise ValueError(f"vocab_size and cross_attn_k must be ≥ 1, got {self.vocab_size} and {self.cross_attn_k}")
+        if self.decoder_reads not in ("previous", "complete"):
+            raise ValueError(f"decoder_reads must be 'previous' or 'complete', got {self.decoder_reads!r}")
+        if self.decoder_reads == "complete" and not self.patcher.looks_ahead:
+            raise ValueError("decoder_reads 'complete' needs patch boundaries known one id ahead: patcher.kind "
+                             "'entropy' with patcher.markers false and no patcher.image_rows or audio_frame")
+        if self.read_every_layer and self.decoder.n_layers < 1:
+            raise ValueError("read_every_layer needs decoder.n_layers ≥ 1")
+        if self.cross_residual not in (1, 2):
+            raise ValueError(f"cross_residual must be 1 or 2, got {self.cross_residual}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
+        if not self.latent_proj and self.cross_attn_k * self.encoder.dim != self.latent.dim:
+            raise ValueError(f"latent_proj false needs cross_attn_k × encoder.dim = latent.dim, got "
+                             f"{self.cross_attn_k} × {self.encoder.dim} and {self.latent.dim}")
+        if self.ngrams.hash == "blt" and self.vocab_size > VOCAB_SIZE:
+            raise ValueError(f"ngrams.hash 'blt' hashes byte-format ids: vocab_size must be ≤ {VOCAB_SIZE}")
         # the local stacks may be empty: hash n-gram embeddings already give each byte its local
         # context, and the cross-attentions still pool bytes into patches and read them back
         self.encoder.check("encoder", min_layers=0)
@@ -94,12 +130,12 @@ def patch_documents(doc: torch.Tensor, pid: torch.Tensor, n_patches: int) -> tor
     return out.scatter_reduce(1, pid, doc, "amin", include_self=False)
 
 
-def decoder_slots(pid: torch.Tensor, pdoc: torch.Tensor) -> torch.Tensor:
+def decoder_slots(read: torch.Tensor, pdoc: torch.Tensor, doc: torch.Tensor) -> torch.Tensor:
     """(B, T) which latent output each byte reads: slot p+1 holds patch p's output, slot 0 the
-    start vector. A byte of patch p reads slot p (patch p-1), or 0 if p is a document's first."""
-    prev = (pid - 1).clamp_min(0)
-    same_doc = pdoc.gather(1, prev) == pdoc.gather(1, pid)
-    return torch.where((pid > 0) & same_doc, pid, torch.zeros_like(pid))
+    start vector. Byte t reads patch read[t] (-1: none yet) if that patch began in the byte's
+    document doc[t], else the start vector (a document's first patch has no patch before it)."""
+    same_doc = pdoc.gather(1, read.clamp_min(0)) == doc
+    return torch.where((read >= 0) & same_doc, read + 1, torch.zeros_like(read))
 
 
 # --------------------------------------------------------------------------- model
@@ -123,8 +159,8 @@ class BLTState:
     dec_caches: list
     n_slots: int  # latent cache slots used (one per patch any row closed, per step)
     slot_doc: torch.Tensor  # (B, L) document of the row's patch in each slot; -1: a spare slot
-    dec_k: torch.Tensor  # (B, L+2, k, H, D) decoder keys per slot (0 = start, p+1 = patch p)
-    dec_v: torch.Tensor
+    dec_k: list  # per reader (B, L+2, k, H, D): the decoder's keys per slot (0 = start, p+1 = patch p)
+    dec_v: list
     patches: PatchStream
     adapters: AdapterState | None = None
 
@@ -137,30 +173,33 @@ class BLT(OmniModel):
     def __init__(self, cfg: BLTConfig, patcher: Patcher | None = None):
         super().__init__(cfg)
         dl, dg, k = cfg.encoder.dim, cfg.latent.dim, cfg.cross_attn_k
-        common = dict(mlp_ratio=cfg.mlp_ratio, qk_norm=cfg.qk_norm, rope_theta=cfg.rope_theta)
-
-        def stack(s: StackConfig) -> TransformerStack:
-            return TransformerStack(s.dim, s.n_layers, s.n_heads, window=s.window, **common)
+        common = dict(mlp_ratio=cfg.mlp_ratio, qk_norm=cfg.qk_norm, rope_theta=cfg.rope_theta, norm_eps=cfg.norm_eps)
+        cross = dict(qk_norm=cfg.qk_norm, norm_eps=cfg.norm_eps, residual=cfg.cross_residual)
 
         # bytes → local encoder
         ng = cfg.ngrams
-        self.embed = HashNgramEmbedding(cfg.vocab_size, dl, ng.sizes, ng.buckets, ng.base, ng.dropout)
+        self.embed = HashNgramEmbedding(cfg.vocab_size, dl, ng.sizes, ng.buckets, ng.base, ng.dropout, ng.hash,
+                                        ng.functions)
         self.adapters = InputAdapters(cfg.adapters, dl)
-        self.encoder = stack(cfg.encoder)
+        self.encoder = TransformerStack.from_config(cfg.encoder, **common)
         # bytes → patches: k queries per patch, initialised from the max-pooled byte states
         self.pool_init = nn.Linear(dl, k * dl, bias=False)
-        self.pooler = CrossBlock(dl, cfg.encoder.n_heads, cfg.qk_norm)
-        self.to_latent = nn.Linear(k * dl, dg, bias=False)
+        self.pooler = CrossBlock(dl, cfg.encoder.n_heads, **cross)
+        self.to_latent = nn.Linear(k * dl, dg, bias=False) if cfg.latent_proj else nn.Identity()
         # patches → latent global transformer
-        self.latent = stack(cfg.latent)
-        # latent → bytes: each byte reads k vectors made from the previous patch's output
+        self.latent = TransformerStack.from_config(cfg.latent, **common)
+        # latent → bytes: each byte reads k vectors made from the output of the patch before its own
+        # (decoder_reads), before the decoder's first layer (read_every_layer: before each, a reader each)
         self.start = nn.Parameter(torch.zeros(dg))
         self.from_latent = nn.Linear(dg, k * dl, bias=False)
-        self.reader = CrossBlock(dl, cfg.decoder.n_heads, cfg.qk_norm)
-        self.decoder = stack(cfg.decoder)
+        self.reader = CrossBlock(dl, cfg.decoder.n_heads, **cross)
+        n_more = cfg.decoder.n_layers - 1 if cfg.read_every_layer else 0
+        self.layer_readers = nn.ModuleList(CrossBlock(dl, cfg.decoder.n_heads, **cross) for _ in range(n_more))
+        self.decoder = TransformerStack.from_config(cfg.decoder, **common)
         self.head = nn.Linear(dl, cfg.vocab_size, bias=False)
         for lin in (self.pool_init, self.to_latent, self.from_latent, self.head):
-            nn.init.normal_(lin.weight, std=0.02)
+            if isinstance(lin, nn.Linear):
+                nn.init.normal_(lin.weight, std=0.02)
         nn.init.normal_(self.start, std=0.02)
 
         self.patcher = patcher if patcher is not None else Patcher(cfg.patcher)
@@ -171,21 +210,24 @@ class BLT(OmniModel):
     # --- the figure, top to bottom ---------------------------------------------------------
     def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None,
                 entropies: torch.Tensor | None = None) -> ModelOutput:
-        b = ids.shape[0]
-        starts = self.patcher(ids, entropies)  # (B, T) bool
-        pid = patch_ids(starts)  # (B, T) patch of each byte
-        n_patches = int(pid.max()) + 1  # pad every row to the batch's most patches
+        """`entropies` (B, T), or (B, T+1) with the entropy of the id after the last, may come
+        precomputed; reading "complete" patches needs that last one (or the entropy model runs)."""
+        b, t = ids.shape
+        ahead = self.cfg.decoder_reads == "complete"
+        starts = self.patcher(ids, entropies, ahead=ahead)  # (B, T) bool; ahead: (B, T+1), the next id too
+        pid = patch_ids(starts)  # (B, T[+1]) patch of each byte
+        n_patches = int(pid[:, :t].max()) + 1  # pad every row to the batch's most patches
         h = self.encoder(self.adapters(ids, self.embed(ids)))  # (B, T, dl)
-        patches = self.pool_patches(h, pid, n_patches)  # (B, P, dg)
+        patches = self.pool_patches(h, pid[:, :t], n_patches)  # (B, P, dg)
         doc = document_ids(ids)
-        pdoc = patch_documents(doc, pid, n_patches)  # (B, P)
+        pdoc = patch_documents(doc, pid[:, :t], n_patches)  # (B, P)
         mask = None  # plain causal (the fast kernel) unless a row holds two documents
         if bool((doc[:, -1] != doc[:, 0]).any()):
             mask = (causal_mask(n_patches, n_patches, ids.device) & (pdoc[:, :, None] == pdoc[:, None, :]))[:, None]
         z = self.latent(patches, mask=mask)  # (B, P, dg)
         z = torch.cat([self.start.expand(b, 1, -1).to(z.dtype), z], dim=1)  # (B, 1+P, dg): slot 0 = start
-        x = self.reader.read(h, *self.decoder_kv(z), decoder_slots(pid, pdoc))  # (B, T, dl)
-        logits = self.head(self.decoder(x))  # (B, T, V)
+        read = pid[:, 1:] - 1 if ahead else pid - 1  # (B, T) patch each byte reads: before the next byte's, or its own
+        logits = self.decode(h, self.decoder_kv(z), decoder_slots(read, pdoc, doc))  # (B, T, V)
         loss = self.loss(logits, targets) if targets is not None else None
         return ModelOutput(logits, loss)
 
@@ -198,9 +240,21 @@ class BLT(OmniModel):
         q = self.pooler.pool(q, *self.pooler.kv(h), pid)  # (B, P, k, dl)
         return self.to_latent(rearrange(q, "b p k d -> b p (k d)"))
 
-    def decoder_kv(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latent outputs (B, S, dg) → the decoder's keys, values (B, S, k, H, D)."""
-        return self.reader.kv(rearrange(self.from_latent(z), "b s (k d) -> b s k d", k=self.cfg.cross_attn_k))
+    def decoder_kv(self, z: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Latent outputs (B, S, dg) → each reader's keys, values (B, S, k, H, D)."""
+        src = rearrange(self.from_latent(z), "b s (k d) -> b s k d", k=self.cfg.cross_attn_k)
+        return [reader.kv(src) for reader in (self.reader, *self.layer_readers)]
+
+    def decode(self, h: torch.Tensor, kv: list, slots: torch.Tensor, caches: list | None = None) -> torch.Tensor:
+        """The local decoder: byte states h (B, T, dl) read the latent outputs `kv` (per reader, as
+        `decoder_kv` makes them) at `slots` (B, T) before its first layer (and each later one with
+        read_every_layer) → logits (B, T, V)."""
+        x = self.reader.read(h, *kv[0], slots)
+        before = None
+        if self.layer_readers:
+            def before(i: int, x: torch.Tensor) -> torch.Tensor:
+                return self.layer_readers[i - 1].read(x, *kv[i], slots)
+        return self.head(self.decoder(x, caches=caches, before=before))
 
     # --- what the trainer asks ----------------------------------------------------------------
     def prepare_data(self, dataset) -> dict[str, str]:
@@ -224,11 +278,12 @@ class BLT(OmniModel):
         p = next(self.parameters())
         dev, dt = p.device, p.dtype
         long = dict(dtype=torch.long, device=dev)
+        dec_k, dec_v = [], []
         with torch.no_grad():
-            k0, v0 = self.decoder_kv(self.start.view(1, 1, -1))  # (1, 1, k, H, D)
-        dec_k = k0.new_zeros(b, n + 2, *k0.shape[2:])
-        dec_v = v0.new_zeros(b, n + 2, *v0.shape[2:])
-        dec_k[:, 0], dec_v[:, 0] = k0[:, 0], v0[:, 0]
+            for k0, v0 in self.decoder_kv(self.start.view(1, 1, -1)):  # (1, 1, k, H, D) per reader
+                dec_k.append(k0.new_zeros(b, n + 2, *k0.shape[2:]))
+                dec_v.append(v0.new_zeros(b, n + 2, *v0.shape[2:]))
+                dec_k[-1][:, 0], dec_v[-1][:, 0] = k0[:, 0], v0[:, 0]
         return BLTState(
             length=0, ids=torch.zeros(b, n, **long), h=torch.zeros(b, n, cfg.encoder.dim, device=dev, dtype=dt),
             pid=torch.zeros(b, n, **long), patch_start=torch.zeros(b, n + 1, **long),
@@ -256,19 +311,23 @@ class BLT(OmniModel):
         state.patch_start.scatter_(1, where_new, torch.arange(t0, t1, device=ids.device).expand_as(pid))
         state.pid[:, t0:t1] = pid
         state.n_open, state.doc = pid[:, -1] + 1, doc[:, -1]
+        read = pid - 1  # (B, T) the patch each byte reads: the one before its own, or ...
+        if self.cfg.decoder_reads == "complete":  # ... the one before the next id's
+            ahead = self.patcher.peek(state.patches)  # (B,) whether the id after this chunk opens a patch
+            read = read + torch.cat([starts[:, 1:], ahead[:, None]], dim=1).long()
         # 2. local encoder (hash n-grams see the ids before this chunk too)
         lo = max(0, t0 - self.embed.context)
         x = self.adapters.step(state.adapters, ids, self.embed(state.ids[:, lo:t1])[:, t0 - lo:])
         h = self.encoder(x, caches=state.enc_caches)
         state.h[:, t0:t1] = h
         state.length = t1
-        # 3. patches that closed (all but each row's open one) go to the latent model
-        closed = state.n_open - 1 - state.n_closed  # (B,)
+        # 3. patches that closed (all up to the last one read) go to the latent model
+        closed = read[:, -1] + 1 - state.n_closed  # (B,)
         if int(closed.max()) > 0:
             self._latent_step(state, closed)
         # 4. local decoder
-        x = self.reader.read(h, state.dec_k, state.dec_v, decoder_slots(pid, state.patch_doc))
-        return self.head(self.decoder(x, caches=state.dec_caches))
+        kv = list(zip(state.dec_k, state.dec_v))
+        return self.decode(h, kv, decoder_slots(read, state.patch_doc, doc), caches=state.dec_caches)
 
     def _latent_step(self, state: BLTState, closed: torch.Tensor) -> None:
         """Pool each row's newly closed patches and run them through the latent model as new cache
@@ -292,11 +351,11 @@ class BLT(OmniModel):
         keys_doc = state.slot_doc[:, :s + c]
         mask = causal_mask(c, s + c, closed.device, offset=s)[None] & (keys_doc[:, None, :] == pdoc[:, :, None])
         z = self.latent(patches, pos=pidx, mask=mask[:, None], caches=state.lat_caches)  # (B, c, dg)
-        k, v = self.decoder_kv(z)  # (B, c, k, H, D)
-        dest = torch.where(valid, pidx + 1, state.dec_k.shape[1] - 1)  # spare slots → scratch
-        sel = dest[:, :, None, None, None].expand_as(k)
-        state.dec_k.scatter_(1, sel, k)
-        state.dec_v.scatter_(1, sel, v)
+        dest = torch.where(valid, pidx + 1, state.dec_k[0].shape[1] - 1)  # spare slots → scratch
+        for dec_k, dec_v, (k, v) in zip(state.dec_k, state.dec_v, self.decoder_kv(z)):  # (B, c, k, H, D)
+            sel = dest[:, :, None, None, None].expand_as(k)
+            dec_k.scatter_(1, sel, k)
+            dec_v.scatter_(1, sel, v)
         state.n_closed = n_closed + closed
         state.n_slots = s + c
 
@@ -317,8 +376,10 @@ class BLT(OmniModel):
         dec = stack_flops(cfg.decoder, cfg.mlp_ratio, seq_len) + 2 * dl * cfg.vocab_size
         lat = stack_flops(cfg.latent, cfg.mlp_ratio, max(1, math.ceil(seq_len / bpp))) / bpp
         # pooling: per patch pool_init, k × (q proj, out proj), to_latent; per byte kv proj + k scores
-        pool = (2 * dl * k * dl + k * 4 * dl * dl + 2 * k * dl * dg) / bpp + 4 * dl * dl + 4 * dl * k
-        # reading: per patch from_latent + k kv projections; per byte q/out proj + k scores
-        read = (2 * dg * k * dl + k * 4 * dl * dl) / bpp + 4 * dl * dl + 4 * dl * k
+        pool = (2 * dl * k * dl + k * 4 * dl * dl + 2 * k * dl * dg * cfg.latent_proj) / bpp + 4 * dl * dl + 4 * dl * k
+        # reading, by each of r readers: per patch from_latent (once) + k kv projections; per byte
+        # q/out proj + k scores
+        r = 1 + len(self.layer_readers)
+        read = (2 * dg * k * dl + r * k * 4 * dl * dl) / bpp + r * (4 * dl * dl + 4 * dl * k)
         fwd = enc + dec + lat + pool + read + self.adapters.flops_per_byte()
         return {"train": 3.0 * fwd, "infer": fwd + self.patcher.flops_per_byte(seq_len)}

@@ -208,7 +208,7 @@ class Trainer:
         def loss_of(n: int) -> torch.Tensor:  # one window of the training data, n ids long
             batch = next(eval_batches(self.dataset, "train", 1, n, 1, aux=aux))
             ids = batch["ids"].to(self.device)
-            kwargs = {k: batch[v][:, :-1].to(self.device) for k, v in self.extras.items()}
+            kwargs = {k: batch[v].to(self.device) for k, v in self.extras.items()}
             with self.autocast():
                 return self.model(ids[:, :-1], ids[:, 1:], **kwargs).loss
 
@@ -241,7 +241,7 @@ class Trainer:
 
     def forward_loss(self, batch: dict) -> torch.Tensor:
         ids = batch["ids"].to(self.device, non_blocking=True)
-        kwargs = {k: batch[v][:, :-1].to(self.device) for k, v in self.extras.items()}
+        kwargs = {k: batch[v].to(self.device) for k, v in self.extras.items()}
         with self.autocast():
             if self.media_weight == 1.0 and self.prompt_weight == 1.0:
                 return self.train_model(ids[:, :-1], ids[:, 1:], **kwargs).loss
