@@ -66,7 +66,7 @@ def check_vocab(dataset, model) -> None:
     """The dataset's ids must be ids of the model: a BPE dataset of 4,096 tokens needs a model
     with model.vocab_size 4096, or the embedding lookup fails at the first step."""
     have = getattr(getattr(model, "cfg", None), "vocab_size", None)
-    need = dataset.meta.get("vocab_size")
+    need = getattr(dataset, "vocab_needed", dataset.meta.get("vocab_size"))
     if isinstance(need, int) and isinstance(have, int) and need > have:
         kind = "BPE tokens" if dataset.meta.get("tokenizer") else "ids"
         raise OmnibyteError(f"dataset {dataset.path} holds {kind} of a vocabulary of {need:,}, but the model's "

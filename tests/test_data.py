@@ -62,6 +62,19 @@ def test_prepare_files_folders_globs(tmp_path):
     assert meta["vocab_size"] == 263 and meta["dtype"] == "uint16" and meta["seed"] == 0
 
 
+def test_a_text_dataset_needs_text_ids_only(tmp_path):
+    """Without images or audio a byte dataset holds bytes, PAD, BOS and EOS only: a model with fewer
+    ids than the format's (an imported BLT's 260) can train on it."""
+    from PIL import Image
+
+    (tmp_path / "t.txt").write_text("some text\n")
+    Image.new("L", (4, 3)).save(tmp_path / "i.png")
+    prepare([tmp_path / "t.txt"], tmp_path / "text", val_fraction=0)
+    prepare([tmp_path / "t.txt", tmp_path / "i.png"], tmp_path / "mixed", val_fraction=0)
+    assert ShardDataset(tmp_path / "text").vocab_needed == EOS + 1
+    assert ShardDataset(tmp_path / "mixed").vocab_needed == 263
+
+
 def test_non_utf8_bytes_kept_and_long_files_split(tmp_path):
     raw = b"\xff\xfe\x00caf\xc3\n"
     (tmp_path / "raw.bin").write_bytes(raw)

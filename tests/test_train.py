@@ -18,6 +18,7 @@ import pytest
 import torch
 from ddp_worker import BATCH_SIZE, GRAD_ACCUM
 from helpers import tiny_override_args, tiny_overrides, write_text_dataset
+from safetensors.torch import load_file
 
 from omnibyte.cli import main
 from omnibyte.errors import OmnibyteError
@@ -242,6 +243,23 @@ def test_out_dir_already_holds_a_run(data, short_run, capsys):
     rc, _, err = run_cli(["train", "--data", str(data), "--out", str(short_run), *tiny_override_args()], capsys)
     assert_one_line_error(rc, err, "already holds a run")
     assert tree(short_run) == before
+
+
+def test_weights_without_trainer_state_fine_tune_from_step_zero(short_run, capsys):
+    """A checkpoint of weights alone (what `omnibyte import` writes) trains on from step 0, its
+    weights the start: fine-tuning."""
+    from omnibyte.train.config import read_run_config
+
+    ckpt = short_run / "checkpoint"
+    (ckpt / "trainer.pt").unlink()
+    (short_run / "metrics.jsonl").unlink()
+    saved = load_file(str(ckpt / "model.safetensors"))
+    trainer = Trainer(read_run_config(short_run, ["--train.steps", "3"]), short_run, resume=True, quiet=True)
+    assert trainer.step == 0
+    assert all(torch.equal(v, saved[k]) for k, v in trainer.model.state_dict().items())
+    trainer.fit()
+    assert [r["step"] for r in metrics(short_run) if "loss" in r] == [1, 2, 3]
+    assert torch.load(ckpt / "trainer.pt", weights_only=True)["step"] == 3
 
 
 def test_resume_needs_a_run(tmp_path, capsys):

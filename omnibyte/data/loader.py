@@ -21,7 +21,7 @@ import torch
 
 from omnibyte.errors import OmnibyteError
 from omnibyte.files import write_atomic, write_json_atomic
-from omnibyte.format import BOS, PAD
+from omnibyte.format import BOS, EOS, PAD, VOCAB_SIZE
 
 FORMAT_NAME = "omnibyte-shards"
 FORMAT_VERSION = 1
@@ -131,6 +131,18 @@ class ShardDataset:
 
     def n_ids(self, split: str) -> int:
         return int(self._split(split)["n_ids"])
+
+    @property
+    def vocab_needed(self) -> int:
+        """Ids a model needs for this dataset: its vocabulary, or for byte data without images or
+        audio in any split, the text ids only (bytes, PAD, BOS, EOS): what a model with the released
+        BLTs' 260 ids can read."""
+        vocab = int(self.meta.get("vocab_size", VOCAB_SIZE))
+        if self.meta.get("tokenizer") or vocab != VOCAB_SIZE:
+            return vocab
+        media = [info.get("bytes", {}).get(kind) for info in self.meta["splits"].values()
+                 for kind in ("image", "audio")]
+        return EOS + 1 if media and all(n == 0 for n in media) else vocab
 
     def stream(self, split: str) -> np.ndarray | ConcatArray:
         """All ids of `split` in order, as one 1-D uint16 array-like (mapped, not loaded)."""

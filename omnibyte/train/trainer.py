@@ -303,8 +303,12 @@ class Trainer:
         replace_dir(tmp, final)
 
     def load_checkpoint(self) -> None:
-        """The optimizer state and step of the checkpoint whose weights the model was loaded from."""
+        """The optimizer state and step of the checkpoint whose weights the model was loaded from.
+        A checkpoint of weights alone (a model imported by `omnibyte import`) trains on from step 0
+        with a fresh optimizer: fine-tuning."""
         ckpt = self.run_dir / CHECKPOINT
+        if not (ckpt / "trainer.pt").exists():
+            return
         try:
             tstate = torch.load(ckpt / "trainer.pt", map_location=self.device, weights_only=True)
         except Exception as e:  # corrupt files of any kind: say which
