@@ -130,6 +130,20 @@ def write_atomic(file: Path, write) -> None:
         raise
 
 
+def read_json_object(file: Path, missing: str) -> dict:
+    """The JSON object in `file`; a one-line error when the file is absent (naming what belongs
+    there: `missing`), not UTF-8 JSON or not an object."""
+    if not file.is_file():
+        raise OmnibyteError(f"{file.parent} has no {file.name} ({missing})")
+    try:
+        obj = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise OmnibyteError(f"corrupt {file}: {e}") from None
+    if not isinstance(obj, dict):
+        raise OmnibyteError(f"corrupt {file}: not a JSON object")
+    return obj
+
+
 def write_json_atomic(file: Path, obj: dict) -> None:
     write_atomic(file, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
