@@ -51,12 +51,13 @@ class WeightsMismatch(OmnibyteError):
         self.detail = detail
 
 
-def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source) -> None:
+def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source, assign: bool = False) -> None:
     """`model.load_state_dict(state)`, refusing non-finite weights and naming the first tensor that
-    does not fit the model (load_state_dict itself says only "Error(s) in loading state_dict")."""
+    does not fit the model (load_state_dict itself says only "Error(s) in loading state_dict").
+    `assign`: the tensors of `state` become the model's (a model built on the meta device)."""
     check_finite_tensors(state, source)
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(state, assign=assign)
     except RuntimeError as e:
         detail = first_mismatch(model, state) or (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise WeightsMismatch(source, detail) from None
