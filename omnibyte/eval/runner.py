@@ -16,6 +16,7 @@ from omnibyte.data.loader import META_FILE
 from omnibyte.errors import OmnibyteError
 from omnibyte.eval.bpb import bits_per_byte
 from omnibyte.eval.multimodal import bpb_by_modality, modality_batches
+from omnibyte.files import resolve_model_dir
 from omnibyte.memory import check_fits, forward_bytes
 from omnibyte.models.base import OmniModel
 
@@ -46,12 +47,13 @@ def load_for_eval(model_path: str | Path, data: str | Path | None, seq_len: int 
     """(model, tokenizer or None, data path, seq_len): the saved model, and the run's dataset and
     window length unless given."""
     check_counts(seq_len=seq_len)
-    model = OmniModel.from_pretrained(model_path, map_location=resolve_device(device))
-    tokenizer = find_tokenizer(model_path)
+    resolve_model_dir(model_path)  # a missing model is named first
     run = run_settings(model_path)
     data = data or run.get("data", {}).get("path")
-    if not data:
+    if not data:  # before the model is loaded (an imported model's run names no dataset)
         raise OmnibyteError("no dataset: pass --data (a prepared dataset, or a text file or folder)")
+    model = OmniModel.from_pretrained(model_path, map_location=resolve_device(device))
+    tokenizer = find_tokenizer(model_path)
     return model, tokenizer, data, seq_len if seq_len is not None else run.get("train", {}).get("seq_len", 1024)
 
 
