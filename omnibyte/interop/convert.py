@@ -146,8 +146,8 @@ def transformers_config(model) -> dict:
     cfg, em = model.cfg, model.patcher.entropy_model.cfg
     k = cfg.cross_attn_k
 
-    def sub(s, kind: str, theta: float, eps: float, **extra) -> dict:
-        width = s.mlp_hidden or mlp_hidden(s.dim, cfg.mlp_ratio)
+    def sub(s, kind: str, theta: float, eps: float, ratio: float = cfg.mlp_ratio, **extra) -> dict:
+        width = s.mlp_hidden or mlp_hidden(s.dim, ratio)
         return {"model_type": kind, "hidden_size": s.dim, "num_attention_heads": s.n_heads,
                 "num_key_value_heads": s.n_heads, "num_hidden_layers": s.n_layers, "intermediate_size": width,
                 "rms_norm_eps": eps, "rope_parameters": {"rope_theta": theta, "rope_type": "default"},
@@ -169,7 +169,7 @@ def transformers_config(model) -> dict:
         DECODER: sub(cfg.decoder, "blt_local_decoder", theta, eps, cross_attn_all_layers=cfg.read_every_layer,
                      **local),
         GLOBAL: sub(cfg.latent, "blt_global_transformer", theta, eps),
-        PATCHER: {**sub(em.stack, "blt_patcher", em.rope_theta, em.norm_eps, vocab_size=BLT_VOCAB),
+        PATCHER: {**sub(em.stack, "blt_patcher", em.rope_theta, em.norm_eps, em.mlp_ratio, vocab_size=BLT_VOCAB),
                   "sliding_window": em.window or None},
     }
 
