@@ -75,7 +75,7 @@ def extract_answer(written: bytes) -> str:
     return line.decode("utf-8", errors="replace")
 
 
-def score_examples(model, examples: Sequence[Example], tokenizer: BpeTokenizer | None = None,
+def score_questions(model, examples: Sequence[Example], tokenizer: BpeTokenizer | None = None,
                    batch_size: int = 32, progress: bool = False) -> dict:
     """Greedy exact-match accuracy of a loaded model on `examples` → {"accuracy", "n", "per_task",
     "samples"} (samples: the first few answers, right and wrong, to look at)."""
@@ -107,5 +107,5 @@ def evaluate_tasks(model_path: str | Path, data: str | Path, batch_size: int = 3
     device = resolve_device(device)
     model = OmniModel.from_pretrained(model_path, map_location=device)
     examples = read_heldout(data)[: limit or None]
-    result = score_examples(model, examples, find_tokenizer(model_path), batch_size, progress)
+    result = score_questions(model, examples, find_tokenizer(model_path), batch_size, progress)
     return {**result, "model": str(model_path), "data": str(data)}
