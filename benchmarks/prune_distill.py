@@ -98,22 +98,42 @@ def three_way_kjv(folder: Path, quick: bool) -> tuple[Path, Path]:
 
 
 def ensure_run(name: str, raw: dict, out: Path, base: Path | None = None) -> dict:
-    """Train `raw` (over `base`) into out/runs/name unless a finished run of the same settings is there."""
+    """Train `raw` (over `base`) into out/runs/name unless a finished run of the same settings is
+    there; a run of the same settings stopped by a signal (it saved a checkpoint) is resumed."""
     run_dir = out / "runs" / name
-    record_file = run_dir / "bench.json"
+    record_file, key_file = run_dir / "bench.json", out / "runs" / f"{name}.key.json"
     key = {"raw": raw, "base": str(base) if base else None}
     if record_file.is_file():
         record = json.loads(record_file.read_text())
-        if record.get("key") == key:
+        if record.get("key") == key and record.get("val_bpb") is not None:
             print(f"  {name}: reusing the finished run", flush=True)
             return record
-    note_load(f"training {name}")
-    record = {"key": key, **train_run(raw, run_dir, base), "run": str(run_dir)}
+    stopped = (run_dir / "checkpoint" / "trainer.pt").is_file() and key_file.is_file() \
+        and json.loads(key_file.read_text()) == key
+    note_load(f"{'resuming' if stopped else 'training'} {name}")
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(json.dumps(key) + "\n")
+    record = {"key": key, **(resume_run(raw, run_dir, base) if stopped else train_run(raw, run_dir, base)),
+              "run": str(run_dir)}
     if record["val_bpb"] is None:  # stopped by a signal before its final evaluation: not a finished run
-        raise SystemExit(f"{name}: training stopped at step {record['steps']}; run again to train it anew")
+        raise SystemExit(f"{name}: training stopped at step {record['steps']} (checkpoint saved); run again to "
+                         f"resume it")
     record_file.write_text(json.dumps(record, indent=2) + "\n")
     note_load(f"trained {name}: val {record['val_bpb']:.4f} bpb, {record['steps']} steps, {record['wall_s']:.0f} s")
     return record
+
+
+def resume_run(raw: dict, run_dir: Path, base: Path | None) -> dict:
+    """train_run's record for a run continued from its checkpoint (wall_s: the part trained now)."""
+    from omnibyte.train import Trainer, load_run_config
+
+    trainer = Trainer(load_run_config(base, raw), run_dir, resume=True, quiet=True)
+    t0 = time.perf_counter()
+    last = trainer.fit()
+    return {"steps": trainer.step, "wall_s": time.perf_counter() - t0, "resumed": True,
+            "bytes": trainer.step * trainer.bytes_per_step, "bytes_per_step": trainer.bytes_per_step,
+            "flops": trainer.step * trainer.bytes_per_step * trainer.flops_per_byte,
+            "params": trainer.model.num_params(), "val_bpb": last.get("val_bpb")}
 
 
 def score(model_dir: Path, dataset: Path, split: str, seq_len: int) -> float:
@@ -196,7 +216,14 @@ def run_family(family: str, args, data: Path, test: Path) -> list[str]:
     seq_len, budget = tcfg["seq_len"], teacher["flops"] / 4
 
     note_load(f"{family}: choosing the layers to keep on val")
-    keep, keep_log = choose_layers(teacher_dir, stacks, data, seq_len)
+    chosen_file = out / "keep.json"  # the choice, kept with the teacher it was made for
+    made = json.loads(chosen_file.read_text()) if chosen_file.is_file() else {}
+    if made.get("teacher_key") == teacher["key"]:
+        keep, keep_log = made["keep"], made["log"]
+        print(f"  reusing the choice made on val: {keep}", flush=True)
+    else:
+        keep, keep_log = choose_layers(teacher_dir, stacks, data, seq_len)
+        chosen_file.write_text(json.dumps({"teacher_key": teacher["key"], "keep": keep, "log": keep_log}) + "\n")
     pruned = out / "runs" / ("pruned-" + "-".join(f"{s}{''.join(map(str, keep[s]))}" for s in stacks))
     if not pruned.exists():
         prune_run(teacher_dir, keep, pruned)
@@ -258,7 +285,8 @@ def run_family(family: str, args, data: Path, test: Path) -> list[str]:
             cells.append("—" if name == "teacher" else fmt_speedup(t, speeds[batch]["teacher"]))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"- teacher: {teacher['steps']} steps, {teacher['flops']:.3g} training FLOPs, "
-              f"{teacher['wall_s'] / 60:.0f} min; student budget {budget:.3g} FLOPs (a quarter), warm-up "
+              f"{teacher['wall_s'] / 60:.0f} min{' (the part after resuming)' if teacher.get('resumed') else ''}; "
+              f"student budget {budget:.3g} FLOPs (a quarter), warm-up "
               f"{args.warmup} steps, distillation weight {args.distill_weight} at temperature 1",
               "- layers kept, val bpb straight after pruning: " + "; ".join(keep_log)]
     for recipe, runs in tried.items():
