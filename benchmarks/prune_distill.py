@@ -233,6 +233,7 @@ def run_family(family: str, args, data: Path, test: Path) -> list[str]:
                          save_every=0, log_every=10, threads=args.threads)
     recipes = {"pruned + training": {}, "pruned + distillation": {"distill_from": str(teacher_dir),
                                                                    "distill_weight": args.distill_weight}}
+    recipes = {k: v for k, v in recipes.items() if ("distill" if v else "train") in args.recipes}
     chosen, tried = {}, {}
     for recipe, extra in recipes.items():
         runs = {}
@@ -316,10 +317,15 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=8, help="teacher and student batch (with --teacher-steps)")
     ap.add_argument("--seq-len", type=int, default=512, help="teacher and student sequence length "
                     "(with --teacher-steps)")
+    ap.add_argument("--recipes", default="train,distill",
+                    help="comma-separated: train (continued training), distill (distillation)")
     ap.add_argument("--quick", action="store_true", help="tiny models and data, a few minutes; prints only")
     results_option(ap, "results_prune.md")
     args = ap.parse_args()
     args.lrs = [float(x) for x in args.lrs.split(",")]
+    args.recipes = {r.strip() for r in args.recipes.split(",")}
+    if not args.recipes or not args.recipes <= {"train", "distill"}:
+        ap.error("--recipes: choose from train, distill")
     families = [f.strip() for f in args.families.split(",")]
     if any(f not in FAMILIES for f in families):
         ap.error(f"--families: choose from {', '.join(FAMILIES)}")
