@@ -727,7 +727,7 @@ def test_stale_lock_file_and_temporaries_are_taken_over(data, tmp_path):
 
 def test_failure_before_the_first_checkpoint_leaves_a_reusable_folder(data, tmp_path, monkeypatch):
     out = tmp_path / "r"
-    monkeypatch.setattr(Trainer, "micro_steps", lambda self, step: float("nan"))  # diverges at step 1
+    monkeypatch.setattr(Trainer, "micro_steps", lambda self, step, parts=None: float("nan"))  # diverges at step 1
     rc, _, err = cli(["train", "--data", data, "--out", out, "--quiet", *quick_args()])
     assert_one_line_error(rc, err, "loss became nan")
     assert (out / "run.json").is_file() and not (out / "checkpoint").exists()

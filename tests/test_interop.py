@@ -128,7 +128,7 @@ def test_greedy_generation_equals_the_ports_uncached_generation(imported):
 
 
 def test_fine_tuning_an_imported_model_lowers_its_loss(imported, tmp_path):
-    """`omnibyte train --resume RUN` trains an imported run (weights, no trainer state) from step 0,
+    """`omnibyte train --init RUN` trains from an imported run's weights (it has no trainer state),
     with precomputed entropies and sparse table updates, as any BLT."""
     import shutil
 
@@ -138,11 +138,12 @@ def test_fine_tuning_an_imported_model_lowers_its_loss(imported, tmp_path):
     data = write_text_dataset(tmp_path, n_docs=12, lines=4)
     run = tmp_path / "run"
     shutil.copytree(tmp / "run", run)
-    rc = main(["train", "--resume", str(run), "--data", str(data), "--quiet", "--train.steps=12",
+    tuned = tmp_path / "tuned"
+    rc = main(["train", "--init", str(run), "--out", str(tuned), "--data", str(data), "--quiet", "--train.steps=12",
                "--train.batch_size=4", "--train.seq_len=48", "--train.warmup_steps=0", "--train.lr=3e-3",
                "--train.log_every=1", "--train.eval_every=0", "--train.eval_batches=2", "--train.threads=1"])
     assert rc == 0
-    losses = [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    losses = [r["loss"] for r in map(json.loads, (tuned / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert len(losses) == 12 and all(math.isfinite(x) for x in losses)
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
 

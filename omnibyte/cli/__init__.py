@@ -21,7 +21,7 @@ import threading
 
 from omnibyte.errors import OmnibyteError
 
-COMMANDS = ["prepare", "train", "eval", "generate", "patch", "bench", "report", "import", "export"]
+COMMANDS = ["prepare", "train", "prune", "eval", "generate", "patch", "bench", "report", "import", "export"]
 
 
 class Parser(argparse.ArgumentParser):

@@ -1,4 +1,5 @@
-"""omnibyte train [CONFIG.toml] [--data DIR] [--out RUN_DIR] [--resume RUN_DIR] [--section.key value ...]"""
+"""omnibyte train [CONFIG.toml] [--data DIR] [--out RUN_DIR] [--resume RUN_DIR] [--init RUN]
+[--section.key value ...]"""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ then dotted overrides such as --train.steps 300 --model.dim 64 --patcher.kind sp
 Ctrl-C (or SIGTERM) saves a checkpoint and exits with status 130 (143); --resume continues exactly.
 A run folder is locked while a process trains into it; a run that never saved a checkpoint is
 trained again from step 0 by --resume or by naming it as --out.
-Under torchrun (`torchrun --nproc-per-node N -m omnibyte train CONFIG`) it trains with DDP."""
+Under torchrun (`torchrun --nproc-per-node N -m omnibyte train CONFIG`) it trains with DDP.
+--init RUN starts from RUN's trained weights with a fresh optimizer (e.g. a model cut down by
+`omnibyte prune`); a CONFIG without [model] takes RUN's model config, one with [model] must match it.
+--train.distill_from TEACHER adds a KL loss on TEACHER's next-byte distributions
+(--train.distill_temperature, --train.distill_weight); its forward passes count in the FLOPs."""
 
 
 def add_parser(sub) -> None:
@@ -21,6 +26,8 @@ def add_parser(sub) -> None:
     p.add_argument("--data", help="prepared dataset directory (same as --data.path)")
     p.add_argument("--out", help="run directory (default runs/<config name>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--init", metavar="RUN", help="start from the weights of the model in RUN (a run or model folder) "
+                   "with a fresh optimizer (same as --train.init RUN)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run, parse_rest=True)
 
@@ -31,6 +38,13 @@ def run(args) -> int:
     overrides = list(args.overrides)
     if args.data:
         overrides += ["--data.path", args.data]
+    if args.init:
+        if args.resume:
+            from omnibyte.errors import OmnibyteError
+
+            raise OmnibyteError(f"--init starts a new run from {args.init}'s weights; --resume continues one: "
+                                f"give one of them")
+        overrides += ["--train.init", args.init]
     result = train(args.config, overrides, args.out, args.resume, quiet=args.quiet)
     # interrupted: saved, but not finished; a script tells the two apart by the exit status
     rc = 128 + result["signal"] if "signal" in result else 0

@@ -13,12 +13,15 @@
   `forward` whole, one position longer than the ids fed: (B, T+1), its last column that of the
   last target (a BLT that decides a patch boundary one id ahead reads it).
 - `strided_nll_sums(ids, half)`: strided evaluation, for models that have one (`strided_eval`).
+- `stacks()` / `config_with_layers(n_layers)`: the model's transformer stacks by name, and its
+  config with other layer counts (what layer pruning needs to know of a model).
 - `save_pretrained(dir)` / `OmniModel.from_pretrained(dir)`: safetensors + config.json.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import json
 import shutil
 from dataclasses import dataclass
@@ -33,7 +36,7 @@ from omnibyte.config import to_dict
 from omnibyte.errors import OmnibyteError
 from omnibyte.files import CONFIG, WEIGHTS, replace_dir
 from omnibyte.models import registry
-from omnibyte.nn import lm_loss
+from omnibyte.nn import TransformerStack, lm_loss
 
 
 @dataclass
@@ -66,7 +69,9 @@ class OmniModel(nn.Module, metaclass=abc.ABCMeta):
 
     @abc.abstractmethod
     def flops_per_byte(self, seq_len: int) -> dict[str, float]:
-        """{"train": …, "infer": …} FLOPs per byte at this sequence length."""
+        """{"train": …, "infer": …} FLOPs per byte at this sequence length: "train" is 3 × the
+        forward pass the trainer runs (inputs precomputed by `prepare_data` are free), "infer" the
+        forward pass of inference, which computes everything itself."""
 
     # --- interface with defaults --------------------------------------------------------------
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -91,10 +96,26 @@ class OmniModel(nn.Module, metaclass=abc.ABCMeta):
         """(NLL bits, byte targets) of windows `ids` (B, L) by the model's strided inference."""
         raise OmnibyteError(f"strided inference is MEGABYTE's; this model is a {self.arch}")
 
+    def stacks(self) -> dict[str, TransformerStack]:
+        """The model's transformer stacks by the name their sizes have in its config (`cfg.NAME`, a
+        StackConfig): every TransformerStack the model holds as an attribute of its own. A frozen
+        part built elsewhere (BLT's entropy model, inside its patcher) is not one of them."""
+        return {name: m for name, m in self.named_children() if isinstance(m, TransformerStack)}
+
+    def config_with_layers(self, n_layers: dict[str, int]):
+        """This model's config with stack NAME holding n_layers[NAME] layers (the rest as they are);
+        a ValueError when the model cannot have that many."""
+        return dataclasses.replace(self.cfg, **{name: dataclasses.replace(getattr(self.cfg, name), n_layers=n)
+                                                for name, n in n_layers.items()})
+
     def attention_window(self) -> int:
         """Ids of left context a position sees directly (0 = all of them): how much context a
         chunk of a long stream needs (the entropy model's entropies)."""
         return 0
+
+    def forward_flops_per_byte(self, seq_len: int) -> float:
+        """FLOPs per byte of the forward pass the trainer runs (a distillation teacher's cost)."""
+        return self.flops_per_byte(seq_len)["train"] / 3.0
 
     # --- shared -------------------------------------------------------------------------------
     @property

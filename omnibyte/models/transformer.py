@@ -6,6 +6,7 @@ ids (B, T) → embed (+ input adapters) → TransformerStack (causal, RoPE) → 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -88,6 +89,10 @@ class Transformer(OmniModel):
 
     def attention_window(self) -> int:
         return self.cfg.window
+
+    def config_with_layers(self, n_layers: dict[str, int]) -> TransformerConfig:
+        """The one stack's sizes are [model] itself (`cfg.stack` reads them)."""
+        return dataclasses.replace(self.cfg, n_layers=n_layers.get("stack", self.cfg.n_layers))
 
     def flops_per_byte(self, seq_len: int) -> dict[str, float]:
         """The stack, the head and the adapters per position (multiply-add = 2); training = 3 × forward."""

@@ -13,9 +13,9 @@ from omnibyte.nn.layers import (
     rope_tables,
     stack_flops,
 )
-from omnibyte.nn.loss import lm_loss, nll_sums
+from omnibyte.nn.loss import distill_loss, lm_loss, nll_sums
 from omnibyte.nn.window_attention import window_attention
 
 __all__ = ["KVCache", "Attention", "Block", "RMSNorm", "StackConfig", "SwiGLU", "TransformerStack", "apply_rope",
-           "causal_mask", "lm_loss", "mean_keys", "mlp_hidden", "nll_sums", "rope_tables", "stack_flops",
-           "window_attention"]
+           "causal_mask", "distill_loss", "lm_loss", "mean_keys", "mlp_hidden", "nll_sums", "rope_tables",
+           "stack_flops", "window_attention"]

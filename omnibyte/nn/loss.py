@@ -41,3 +41,19 @@ def nll_sums(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
     targets = targets.reshape(-1)
     nll = F.cross_entropy(logits, targets, ignore_index=PAD, reduction="sum").item()
     return nll / math.log(2), int((targets < N_BYTES).sum().item())
+
+
+def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+                 temperature: float = 1.0, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Knowledge distillation (Hinton et al., 2015): KL(teacher ‖ student) between the next-id
+    distributions at temperature T, times T² (so the gradient's size does not depend on T), mean
+    over the positions whose target is not PAD (weighted by `weights` (B, T) where given, as
+    `lm_loss`). Zero exactly when the student's logits equal the teacher's up to a constant."""
+    t = temperature
+    student = torch.log_softmax(logits.float() / t, dim=-1)
+    teacher = torch.log_softmax(teacher_logits.float() / t, dim=-1)
+    kl = (teacher.exp() * (teacher - student)).sum(-1)  # (B, T)
+    keep = (targets != PAD).to(kl.dtype)
+    if weights is not None:
+        keep = keep * weights.to(kl.dtype)
+    return t * t * (kl * keep).sum() / keep.sum().clamp_min(1e-8)

@@ -14,8 +14,9 @@ from typing import Any
 
 from omnibyte.config import from_dict, load_toml, merge, parse_overrides, to_dict
 from omnibyte.errors import OmnibyteError
+from omnibyte.files import resolve_model_dir
 from omnibyte.models import compat
-from omnibyte.models.registry import build_config
+from omnibyte.models.registry import build_config, read_config
 
 
 @dataclass
@@ -56,6 +57,16 @@ class TrainConfig:
     # windows start at a document and hold whole documents (PAD after them) instead of cutting the
     # packed stream anywhere: a task example's question and answer always share a window
     align_docs: bool = False
+    # a run or model folder whose trained weights this run starts from, with a fresh optimizer and
+    # schedule (`omnibyte train --init`); the run's model config must be that model's, and a config
+    # without a [model] table takes it from there (`load_run_config`)
+    init: str = ""
+    # knowledge distillation: a trained model (run or model folder, same vocabulary) run alongside in
+    # inference mode; the loss mixes the data loss with T² · KL(teacher ‖ student) of the next-id
+    # distributions at temperature T. Its forward passes count in the FLOPs (budget and log).
+    distill_from: str = ""
+    distill_temperature: float = 1.0  # T: above 1 softens both distributions
+    distill_weight: float = 0.5  # loss = (1 - w) · data loss + w · T² · KL
 
     def __post_init__(self):
         positive = ("steps", "batch_size", "seq_len", "grad_accum", "log_every")
@@ -76,6 +87,12 @@ class TrainConfig:
         for name in ("media_loss_weight", "prompt_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be ≥ 0, got {getattr(self, name)}")
+        if self.distill_temperature <= 0:
+            raise ValueError(f"train.distill_temperature must be > 0, got {self.distill_temperature}")
+        if not 0 <= self.distill_weight <= 1:
+            raise ValueError(f"train.distill_weight must be in [0, 1], got {self.distill_weight}")
+        if not self.distill_from and (self.distill_temperature != 1.0 or self.distill_weight != 0.5):
+            raise ValueError("train.distill_temperature and train.distill_weight need train.distill_from (the teacher)")
 
 
 @dataclass
@@ -113,10 +130,24 @@ def resolve(raw: dict) -> RunConfig:
 
 
 def load_run_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
+    """Defaults → the TOML file `path` → `overrides`. With train.init, a file without a [model]
+    table trains the init model: its config is the run's [model] (overrides then apply to it)."""
     raw = load_toml(path) if path else {}
-    if overrides:
-        raw = merge(raw, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
-    return resolve(raw)
+    given = (overrides if isinstance(overrides, dict) else parse_overrides(overrides)) if overrides else {}
+    train = merge(raw, given).get("train")
+    init = train.get("init") if isinstance(train, dict) else None
+    if isinstance(init, str) and init and "model" not in raw:
+        raw = {**raw, "model": init_model_table(init)}
+    return resolve(merge(raw, given) if given else raw)
+
+
+def init_model_table(init: str) -> dict:
+    """The [model] table ({"arch": ..., fields}) of the model in the run or model folder `init`."""
+    try:
+        saved = read_config(resolve_model_dir(init))
+    except OmnibyteError as e:
+        raise OmnibyteError(f"train.init: {e}") from None
+    return {"arch": saved["arch"], **saved["model"]}
 
 
 def read_run_config(run_dir: Path, overrides: list[str] | dict | None = None) -> RunConfig:

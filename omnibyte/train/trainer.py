@@ -35,10 +35,12 @@ from omnibyte.data.modality import ANSWER_AUX, MODALITY_AUX, TEXT, LabelledDatas
 from omnibyte.errors import OmnibyteError
 from omnibyte.eval.bpb import bits_per_byte
 from omnibyte.files import CHECKPOINT, replace_dir
-from omnibyte.memory import check_fits, training_bytes
+from omnibyte.memory import check_fits, forward_bytes, training_bytes
 from omnibyte.models.registry import build_model, load_model
+from omnibyte.nn import distill_loss
 from omnibyte.progress import progress
 from omnibyte.train.config import RunConfig, load_run_config, read_run_config
+from omnibyte.train.distill import Teacher
 from omnibyte.train.optim import clip_grad_norm, make_optimizer
 from omnibyte.train.runfolder import (
     acquire_run_lock,
@@ -46,6 +48,7 @@ from omnibyte.train.runfolder import (
     recover_checkpoint,
     truncate_metrics,
 )
+from omnibyte.train.warmstart import load_init
 
 
 @dataclass
@@ -141,11 +144,16 @@ class Trainer:
                 raise OmnibyteError(f"cannot resume from {self.run_dir}: {e}") from None
         else:
             self.model = build_model(cfg.arch, cfg.model).to(self.device)
+            if tc.init:
+                load_init(self.model, tc.init)
+        self.teacher = Teacher(tc.distill_from, self.model, self.device) if tc.distill_from else None
         self.dataset, self.extras = self.rank0_first(self.open_data)
         self.tokenizer = dataset_tokenizer(self.dataset)  # BPE baseline: scored per byte of text
         self.bytes_per_id = self.tokenizer.bytes_per_id if self.tokenizer is not None else None
         self.media_weight, self.prompt_weight = tc.media_loss_weight, tc.prompt_loss_weight
         aux = tuple(self.extras.values())
+        if self.teacher is not None:  # the arrays a teacher reads too (a BLT teacher's entropies)
+            aux = tuple(dict.fromkeys([*aux, *self.teacher.extras.values()]))
         if self.media_weight != 1.0:  # modality labels of the training stream, computed once in memory
             if self.tokenizer is not None:
                 raise OmnibyteError("train.media_loss_weight needs a byte dataset: BPE token ids carry no "
@@ -167,8 +175,10 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, tc, self.device, sparse)
         self.step = 0
 
-        flops = self.model.flops_per_byte(tc.seq_len)
-        self.flops_per_byte = flops["train"]
+        # training FLOPs per byte: the student's forward and backward, and a teacher's forward
+        self.flops_per_byte = self.model.flops_per_byte(tc.seq_len)["train"]
+        if self.teacher is not None:
+            self.flops_per_byte += self.teacher.flops_per_byte(tc.seq_len)
         self.bytes_per_step = tc.batch_size * tc.seq_len * tc.grad_accum * self.dist.world_size
         self.total_steps = tc.steps
         if tc.flops > 0:
@@ -212,7 +222,10 @@ class Trainer:
             with self.autocast():
                 return self.model(ids[:, :-1], ids[:, 1:], **kwargs).loss
 
-        check_fits(training_bytes(self.model, tc.batch_size, tc.seq_len, loss_of), self.device,
+        need = training_bytes(self.model, tc.batch_size, tc.seq_len, loss_of)
+        if self.teacher is not None:  # its forward pass beside the student's (its weights are loaded already)
+            need += forward_bytes(self.teacher.model, tc.batch_size, tc.seq_len)
+        check_fits(need, self.device,
                    f"training {self.model.num_params():,} parameters on {tc.batch_size} × {tc.seq_len:,} ids "
                    f"per micro-step", "lower train.batch_size (raise train.grad_accum to keep the batch), "
                    "train.seq_len or the model's size")
@@ -232,41 +245,62 @@ class Trainer:
         once, e.g. BLT's precomputed entropies: {forward kwarg: aux array name}."""
         dataset = open_dataset(self.cfg.data.path)
         check_vocab(dataset, self.model)
-        return dataset, self.model.prepare_data(dataset)
+        extras = self.model.prepare_data(dataset)
+        if self.teacher is not None:
+            self.teacher.prepare_data(dataset)
+        return dataset, extras
 
     def autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def forward_loss(self, batch: dict) -> torch.Tensor:
+    def forward_loss(self, batch: dict, parts: dict | None = None) -> torch.Tensor:
+        """The training loss of one micro-batch. Distilling, it is (1 - w) · data loss + w · T² · KL,
+        and `parts` (if given) collects the two terms as "data_loss" and "distill_kl"."""
         ids = batch["ids"].to(self.device, non_blocking=True)
         kwargs = {k: batch[v].to(self.device) for k, v in self.extras.items()}
+        weighted = self.media_weight != 1.0 or self.prompt_weight != 1.0
         with self.autocast():
-            if self.media_weight == 1.0 and self.prompt_weight == 1.0:
+            if not weighted and self.teacher is None:
                 return self.train_model(ids[:, :-1], ids[:, 1:], **kwargs).loss
             logits = self.train_model(ids[:, :-1], **kwargs).logits
-        weights = torch.ones(ids[:, 1:].shape, device=self.device)  # of each target
+        weights = None
+        if weighted:
+            weights = torch.ones(ids[:, 1:].shape, device=self.device)  # of each target
         if self.media_weight != 1.0:
             media = batch[MODALITY_AUX][:, 1:].to(self.device) != TEXT
             weights = torch.where(media, self.media_weight, weights)
         if self.prompt_weight != 1.0:
             prompt = batch[ANSWER_AUX][:, 1:].to(self.device) < 0.5
             weights = torch.where(prompt, weights * self.prompt_weight, weights)
-        return self.model.loss(logits, ids[:, 1:], weights)
+        loss = self.model.loss(logits, ids[:, 1:], weights)
+        if self.teacher is None:
+            return loss
+        tc = self.cfg.train
+        teacher_logits = self.teacher.logits(batch, self.device, self.autocast)
+        kl = distill_loss(logits, teacher_logits, ids[:, 1:], tc.distill_temperature, weights)
+        if parts is not None:
+            parts["data_loss"] = parts.get("data_loss", 0.0) + loss.item()
+            parts["distill_kl"] = parts.get("distill_kl", 0.0) + kl.item()
+        return (1 - tc.distill_weight) * loss + tc.distill_weight * kl
 
-    def micro_steps(self, step: int) -> float:
-        """Forward + backward over this step's micro-batches; returns the mean loss."""
+    def micro_steps(self, step: int, parts: dict | None = None) -> float:
+        """Forward + backward over this step's micro-batches; returns the mean loss (and the mean of
+        each loss term in `parts`, if given, when distilling)."""
         n = self.cfg.train.grad_accum
         total = 0.0
+        sums: dict = {}
         for micro in range(n):
             batch = self.loader.get_batch(step * n + micro)
             sync = micro == n - 1 or not isinstance(self.train_model, DDP)
             ctx = contextlib.nullcontext() if sync else self.train_model.no_sync()
             with ctx:
-                loss = self.forward_loss(batch)
+                loss = self.forward_loss(batch, sums)
                 (loss / n).backward()
             total += loss.item()
+        if parts is not None:
+            parts.update({k: v / n for k, v in sums.items()})
         return total / n
 
     def sync_weights(self) -> None:
@@ -299,16 +333,18 @@ class Trainer:
         self.model.save_pretrained(tmp)  # writes tmp atomically itself
         if self.tokenizer is not None:  # a BPE model dir carries its tokenizer
             self.tokenizer.save(tmp / TOKENIZER_FILE)
-        torch.save({"step": self.step, "optimizer": self.optimizer.state_dict()}, tmp / "trainer.pt")
+        state = {"step": self.step, "optimizer": self.optimizer.state_dict()}
+        if self.teacher is not None:
+            state["teacher"] = self.teacher.digest
+        torch.save(state, tmp / "trainer.pt")
         replace_dir(tmp, final)
 
     def load_checkpoint(self) -> None:
-        """The optimizer state and step of the checkpoint whose weights the model was loaded from.
-        A checkpoint of weights alone (a model imported by `omnibyte import`) trains on from step 0
-        with a fresh optimizer: fine-tuning."""
+        """The optimizer state and step of the checkpoint whose weights the model was loaded from."""
         ckpt = self.run_dir / CHECKPOINT
         if not (ckpt / "trainer.pt").exists():
-            return
+            raise OmnibyteError(f"{self.run_dir} holds a model but no training state to resume (an imported or pruned "
+                                f"model, or a finished bench run): train from its weights with --init {self.run_dir}")
         try:
             tstate = torch.load(ckpt / "trainer.pt", map_location=self.device, weights_only=True)
         except Exception as e:  # corrupt files of any kind: say which
@@ -317,6 +353,9 @@ class Trainer:
         if "optimizers" in tstate["optimizer"] and not hasattr(self.optimizer, "optimizers"):
             raise OmnibyteError(f"{ckpt} was saved with sparse table updates: resume on the CPU in one process "
                                 f"without compile")
+        if self.teacher is not None and tstate.get("teacher", self.teacher.digest) != self.teacher.digest:
+            raise OmnibyteError(f"cannot resume {self.run_dir}: its teacher train.distill_from {self.teacher.path} "
+                                f"holds other weights than when the run started")
         self.optimizer.load_state_dict(tstate["optimizer"])
         self.step = int(tstate["step"])
 
@@ -366,7 +405,8 @@ class Trainer:
                 lr = lr_at(step, tc, self.total_steps)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr * g.get("lr_scale", 1.0)
-                loss = self.micro_steps(step)
+                parts: dict = {}
+                loss = self.micro_steps(step, parts)
                 if tc.grad_clip > 0:
                     gnorm = float(clip_grad_norm(self.model.parameters(), tc.grad_clip))
                 else:
@@ -383,7 +423,7 @@ class Trainer:
                     rate = bytes_since / dt if dt > 0 else 0.0
                     last = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": gnorm,
                             "bytes_per_s": rate, "flops": self.step * self.bytes_per_step * self.flops_per_byte,
-                            "epoch": self.loader.epoch(self.step)}
+                            "epoch": self.loader.epoch(self.step), **parts}
                     self.log(last)
                     bar.set_postfix(loss=f"{loss:.3f}", bytes_s=f"{rate:,.0f}", refresh=False)
                     t_log, bytes_since = time.perf_counter(), 0
@@ -507,6 +547,10 @@ def run_trainer(trainer: Trainer, cfg: RunConfig, quiet: bool) -> dict:
         print(f"{cfg.arch}: {m.num_params():,} parameters, {trainer.flops_per_byte:.3g} training FLOPs/byte, "
               f"{trainer.bytes_per_step:,} bytes/step × {trainer.total_steps} steps → {trainer.run_dir}",
               flush=True)
+        if trainer.teacher is not None:
+            t = trainer.teacher
+            print(f"distilling from {t.path} ({t.model.arch}, {t.model.num_params():,} parameters; its forward, "
+                  f"{t.flops_per_byte(cfg.train.seq_len):.3g} FLOPs/byte, is counted above)", flush=True)
         if dist.is_initialized():
             print(f"DistributedDataParallel: {trainer.dist.world_size} process(es), {dist.get_backend()} backend, "
                   f"{trainer.device}", flush=True)
