@@ -60,13 +60,20 @@ def test_pruning_keeps_the_kept_layers_weights_exactly(name, entropy_dir):
     student = prune(teacher, keep)
     assert all(len(s.layers) == 2 for s in student.stacks().values())
     t_state, s_state = teacher.state_dict(), student.state_dict()
+    # a layer's companion (BLT's reader before each decoder layer) moves with its layer
+    companions = {f"{c}.": f"{cs[keep[stack][i]]}." for stack, cs in teacher.layer_companions().items()
+                  for i, c in enumerate(cs[:len(keep[stack])])}
     for key, value in s_state.items():
         stack = key.split(".layers.")[0]
-        if stack in keep:
+        owner = next((c for c in companions if key.startswith(c)), None)
+        if owner is not None:
+            key = companions[owner] + key[len(owner):]
+        elif stack in keep:
             index, rest = key.split(".layers.")[1].split(".", 1)
             key = f"{stack}.layers.{keep[stack][int(index)]}.{rest}"
         assert torch.equal(value, t_state[key]), key
     dropped = {k for k in t_state if any(k.startswith(f"{s}.layers.1.") for s in keep)}
+    dropped |= {k for stack, cs in teacher.layer_companions().items() for k in t_state if k.startswith(f"{cs[1]}.")}
     assert dropped and len(s_state) == len(t_state) - len(dropped)
     assert student.num_params() < teacher.num_params()
     ids = text_ids(2, 40)

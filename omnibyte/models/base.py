@@ -102,6 +102,12 @@ class OmniModel(nn.Module, metaclass=abc.ABCMeta):
         part built elsewhere (BLT's entropy model, inside its patcher) is not one of them."""
         return {name: m for name, m in self.named_children() if isinstance(m, TransformerStack)}
 
+    def layer_companions(self) -> dict[str, list[str]]:
+        """Modules that belong to one layer of a stack without living inside it, by stack name: one
+        qualified module name per layer of the stack, in order (BLT's decoder with read_every_layer
+        has a cross-attention reader before each layer). Pruning keeps a layer's companion with it."""
+        return {}
+
     def config_with_layers(self, n_layers: dict[str, int]):
         """This model's config with stack NAME holding n_layers[NAME] layers (the rest as they are);
         a ValueError when the model cannot have that many."""

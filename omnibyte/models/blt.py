@@ -256,6 +256,11 @@ class BLT(OmniModel):
                 return self.layer_readers[i - 1].read(x, *kv[i], slots)
         return self.head(self.decoder(x, caches=caches, before=before))
 
+    def layer_companions(self) -> dict[str, list[str]]:
+        if not self.layer_readers:
+            return {}
+        return {"decoder": ["reader", *(f"layer_readers.{i}" for i in range(len(self.layer_readers)))]}
+
     # --- what the trainer asks ----------------------------------------------------------------
     def prepare_data(self, dataset) -> dict[str, str]:
         return self.patcher.prepare_data(dataset)  # entropy patching: entropies computed once

@@ -82,8 +82,17 @@ def prune(model: OmniModel, keep: Mapping[str, Sequence[int]]) -> OmniModel:
     for name, stack in stacks.items():
         layers = kept.get(name, range(len(stack.layers)))
         moves[f"{prefix[id(stack)]}.layers."] = {old: new for new, old in enumerate(layers)}
+    renames = {}  # a kept layer's companion module (model.layer_companions) goes where its layer goes
+    for name, companions in model.layer_companions().items():
+        for new, old in enumerate(kept.get(name, range(len(companions)))):
+            renames[f"{companions[old]}."] = f"{companions[new]}."
     state = {}
     for key, value in model.state_dict().items():
+        owner = next((p for p in renames if key.startswith(p)), None)
+        if owner is not None or any(key.startswith(f"{c}.") for cs in model.layer_companions().values() for c in cs):
+            if owner is not None:  # companions of dropped layers are dropped with them
+                state[renames[owner] + key[len(owner):]] = value.detach().clone()
+            continue
         head = next((p for p in moves if key.startswith(p)), None)
         if head is None:
             state[key] = value.detach().clone()
