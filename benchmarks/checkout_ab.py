@@ -39,7 +39,10 @@ from benchmarks.common import (
 MODELS = {
     "transformer": {"arch": "transformer", "dim": 256, "n_layers": 4, "n_heads": 4},
     "megabyte": {"arch": "megabyte", "patch_size": 8, "global_dim": 256, "global_layers": 4, "global_heads": 4,
-                 "local_dim": 128, "local_layers": 2, "local_heads": 2},
+                 "local_dim": 128, "local_layers": 2, "local_heads": 2,
+                 # given, because compat reads a flat MEGABYTE config without them as one saved before
+                 # they existed (all off), while the older checkout's defaults are on
+                 "patch_proj": True, "carry_byte": True, "token_shift": True},
     "blt-static": {"arch": "blt", "dim_local": 64, "dim_global": 256, "hash_buckets": 4096,
                    "encoder": {"n_layers": 1, "n_heads": 2, "window": 128}, "latent": {"n_layers": 4, "n_heads": 4},
                    "decoder": {"n_layers": 2, "n_heads": 2, "window": 128},
@@ -144,6 +147,9 @@ def main() -> int:
         gen_there = [v["gen"] for v in there.values]
         same = {v["loss"] for v in here.values} == {v["loss"] for v in there.values} and \
             {v["hash"] for v in here.values} == {v["hash"] for v in there.values}
+        if not same:  # say what differs, round by round, so a reader can tell a numerics tie from a change
+            print(f"  differ: this checkout {[(v['loss'], v['hash']) for v in here.values]}, "
+                  f"against {[(v['loss'], v['hash']) for v in there.values]}", flush=True)
         step = fmt_speedup(here, there)
         gen_ratio = statistics.median(gen_there) / statistics.median(gen_here)
         rate_here, rate_there = size["gen"] / statistics.median(gen_here), size["gen"] / statistics.median(gen_there)
