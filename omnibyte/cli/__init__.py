@@ -11,7 +11,7 @@ import sys
 
 from omnibyte.errors import OmnibyteError
 
-COMMANDS = ["prepare", "train", "eval", "generate", "patch", "bench", "report"]
+COMMANDS = ["prepare", "train", "eval", "generate", "patch", "bench", "report", "compress", "decompress"]
 
 
 def build_parser() -> argparse.ArgumentParser:

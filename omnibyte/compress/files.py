@@ -1,0 +1,81 @@
+"""File to file: what `omnibyte compress` and `omnibyte decompress` do. Paths and the input are
+checked before the model is loaded; the output is written atomically, only once every chunk has
+decoded to its checksum, so a failed run leaves no file and never replaces one."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from omnibyte.compress.codec import DEFAULT_BATCH, DEFAULT_CHUNK, compress, decompress, read_header
+from omnibyte.compress.media import media_sizes, read_source, write_source
+from omnibyte.data.bpe import find_tokenizer
+from omnibyte.errors import OmnibyteError
+from omnibyte.eval.runner import run_settings
+from omnibyte.models import OmniModel
+from omnibyte.rundir import resolve_model_dir, write_atomic
+
+SUFFIX = ".ob"
+
+
+def _output(src: Path, dst: str | Path | None, default: Path, force: bool) -> Path:
+    dst = Path(dst) if dst is not None else default
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise OmnibyteError(f"the output {dst} is the input")
+    if dst.exists() and not force:
+        raise OmnibyteError(f"{dst} exists (--force overwrites it)")
+    if dst.is_dir():
+        raise OmnibyteError(f"{dst} is a directory")
+    return dst
+
+
+def load_byte_model(model_path: str | Path) -> OmniModel:
+    """A saved byte model (a token model cannot code bytes)."""
+    resolve_model_dir(model_path)
+    if find_tokenizer(model_path) is not None:
+        raise OmnibyteError(f"{model_path} is a token (BPE) model; compression needs a byte model")
+    return OmniModel.from_pretrained(model_path)
+
+
+def compress_file(model_path: str | Path, src: str | Path, dst: str | Path | None = None, *, as_media: bool = False,
+                  chunk: int | None = None, context: int | None = None, batch: int | None = None,
+                  force: bool = False, progress: bool = False) -> dict:
+    """Compress `src` into `dst` (default: src + .ob) with the model at `model_path`. `context`
+    defaults to the run's training sequence length (else 1024), `chunk` and `batch` (None) to
+    DEFAULT_CHUNK and DEFAULT_BATCH. Returns sizes and timing."""
+    src = Path(src)
+    if not src.is_file():
+        raise OmnibyteError(f"{src}: no such file")
+    dst = _output(src, dst, src.with_name(src.name + SUFFIX), force)
+    source = read_source(src, as_media)
+    model = load_byte_model(model_path)
+    context = context or run_settings(model_path).get("train", {}).get("seq_len", 1024)
+    t0 = time.perf_counter()
+    blob = compress(model, source, chunk=chunk or DEFAULT_CHUNK, context=context, batch=batch or DEFAULT_BATCH,
+                    progress=progress)
+    seconds = time.perf_counter() - t0
+    write_atomic(dst, lambda f: f.write(blob))
+    return {"input": str(src), "output": str(dst), "kind": media_sizes(source), "original_bytes": len(source.payload),
+            "compressed_bytes": len(blob), "seconds": seconds, "chunks": read_header(blob).n_chunks,
+            "context": context}
+
+
+def decompress_file(model_path: str | Path, src: str | Path, dst: str | Path | None = None, *,
+                    batch: int | None = None, force: bool = False, progress: bool = False) -> dict:
+    """Decompress the .ob file `src` into `dst` (default: src without .ob) with the model it was
+    compressed with. Returns sizes and timing."""
+    src = Path(src)
+    if not src.is_file():
+        raise OmnibyteError(f"{src}: no such file")
+    if dst is None and src.suffix != SUFFIX:
+        raise OmnibyteError(f"{src} does not end in {SUFFIX}: name the output with -o")
+    dst = _output(src, dst, src.with_suffix(""), force)
+    blob = src.read_bytes()
+    read_header(blob, str(src))  # a damaged file fails here, before the model loads
+    model = load_byte_model(model_path)
+    t0 = time.perf_counter()
+    source = decompress(model, blob, batch=batch or DEFAULT_BATCH, progress=progress, name=str(src))
+    seconds = time.perf_counter() - t0
+    write_source(dst, source)
+    return {"input": str(src), "output": str(dst), "kind": media_sizes(source), "original_bytes": len(source.payload),
+            "compressed_bytes": len(blob), "seconds": seconds}
