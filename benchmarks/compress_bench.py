@@ -14,7 +14,9 @@ Rows (sizes include the .ob header; the model's size is given beside them):
   omnibyte --as-media against PNG (Pillow, then optipng -o7) and WebP lossless (cwebp -z 9);
 - speech (with --media-model): held-out spoken clips of the speech task (8 kHz µ-law), each its own
   file: omnibyte --as-media against FLAC -8 of the same samples (as 16-bit PCM and as 8-bit codes,
-  the smaller counts).
+  the smaller counts; --no-padding, else flac reserves 8 KB per file for later tags).
+
+The general tools run once per file as processes reading stdin (their KB/s include start-up).
 
 Every omnibyte file of a row is compressed; the first few are also decompressed and compared. The
 tools come from Debian (gzip xz-utils zstd bzip2 optipng webp flac).
@@ -218,13 +220,13 @@ def codec_sizes(kind: str, path: Path, source: Source) -> dict[str, int]:
                        check=True)
         return {"PNG (optipng -o7)": png.stat().st_size, "WebP lossless (cwebp -z 9)": webp.stat().st_size}
     flac16 = path.with_suffix(".16.flac")
-    subprocess.run(["flac", "-8", "--silent", "-f", str(path), "-o", str(flac16)], check=True)
+    subprocess.run(["flac", "-8", "--no-padding", "--silent", "-f", str(path), "-o", str(flac16)], check=True)
     codes = path.with_suffix(".u8.wav")  # the µ-law codes themselves as 8-bit PCM
     rate = int.from_bytes(source.media_header[:4], "big")
     sf.write(codes, (np.frombuffer(source.payload, np.uint8).astype(np.int16) - 128) << 8, rate, subtype="PCM_U8")
     flac8 = path.with_suffix(".8.flac")
-    subprocess.run(["flac", "-8", "--silent", "-f", str(codes), "-o", str(flac8)], check=True)
-    return {"FLAC -8 (best of 16-bit PCM, 8-bit codes)": min(flac16.stat().st_size, flac8.stat().st_size)}
+    subprocess.run(["flac", "-8", "--no-padding", "--silent", "-f", str(codes), "-o", str(flac8)], check=True)
+    return {"FLAC -8 --no-padding (best of 16-bit PCM, 8-bit codes)": min(flac16.stat().st_size, flac8.stat().st_size)}
 
 
 # --------------------------------------------------------------------------- main
