@@ -237,4 +237,6 @@ def test_cli_round_trip_and_errors_leave_no_file(tmp_path, capsys):
     fails(["decompress", m, str(tmp_path / "cut.ob"), "-o", str(tmp_path / "o2")], "truncated or damaged")
     fails(["compress", m, str(tmp_path / "missing.txt")], "no such file")
     fails(["compress", m, str(src), "--as-media", "-o", str(tmp_path / "o3")], "--as-media reads images")
+    fails(["compress", m, str(src), "-o", str(tmp_path / "o4"), "--context", "2"], "too short")
+    fails(["decompress", m, str(ob), "-o", str(tmp_path / "o5"), "--batch", "0"], "batch must be ≥ 1")
     assert not any(p.name.startswith(("o1", "o2", "o3", ".o", "missing")) for p in Path(tmp_path).iterdir())

@@ -54,17 +54,22 @@ def _bar(total: int, show: bool, desc: str):
         yield bar
 
 
-def compress(model, source: Source, chunk: int = DEFAULT_CHUNK, context: int = 1024, batch: int = DEFAULT_BATCH,
-             progress: bool = False) -> bytes:
-    """The .ob file of `source` coded with `model` (any omnibyte byte model; left as it was).
-    `chunk`: bytes per independent chunk (an image's is rounded down to whole rows); `context`:
-    ids the model sees at most (its training length suits it); `batch`: chunks coded together."""
-    _check_model(model)
+def plan(source: Source, chunk: int, context: int, batch: int = 1) -> tuple[Layout, int]:
+    """(layout, chunk size) for coding `source`; a one-line error for settings that cannot work.
+    An image's chunks are rounded down to whole rows (at least one)."""
     if chunk < 1 or batch < 1:
         raise OmnibyteError(f"chunk size and batch must be ≥ 1, got {chunk} and {batch}")
     align = source.align()
-    chunk = max(1, chunk // align) * align
-    layout = Layout(source.prefix(), context, align)
+    return Layout(source.prefix(), context, align), max(1, chunk // align) * align
+
+
+def compress(model, source: Source, chunk: int = DEFAULT_CHUNK, context: int = 1024, batch: int = DEFAULT_BATCH,
+             progress: bool = False) -> bytes:
+    """The .ob file of `source` coded with `model` (any omnibyte byte model; left as it was).
+    `chunk`: bytes per independent chunk; `context`: ids the model sees at most (its training
+    length suits it); `batch`: chunks coded together."""
+    _check_model(model)
+    layout, chunk = plan(source, chunk, context, batch)
     data = source.payload
     payloads = [data[i:i + chunk] for i in range(0, len(data), chunk)]
     digest = model_hash(model)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from omnibyte.compress.codec import DEFAULT_BATCH, DEFAULT_CHUNK, compress, decompress, read_header
+from omnibyte.compress.codec import DEFAULT_BATCH, DEFAULT_CHUNK, compress, decompress, plan, read_header
 from omnibyte.compress.media import media_sizes, read_source, write_source
 from omnibyte.data.bpe import find_tokenizer
 from omnibyte.errors import OmnibyteError
@@ -48,11 +48,14 @@ def compress_file(model_path: str | Path, src: str | Path, dst: str | Path | Non
         raise OmnibyteError(f"{src}: no such file")
     dst = _output(src, dst, src.with_name(src.name + SUFFIX), force)
     source = read_source(src, as_media)
-    model = load_byte_model(model_path)
+    resolve_model_dir(model_path)
     context = context or run_settings(model_path).get("train", {}).get("seq_len", 1024)
+    chunk = DEFAULT_CHUNK if chunk is None else chunk
+    batch = DEFAULT_BATCH if batch is None else batch
+    plan(source, chunk, context, batch)  # bad settings fail here, before the model loads
+    model = load_byte_model(model_path)
     t0 = time.perf_counter()
-    blob = compress(model, source, chunk=chunk or DEFAULT_CHUNK, context=context, batch=batch or DEFAULT_BATCH,
-                    progress=progress)
+    blob = compress(model, source, chunk=chunk, context=context, batch=batch, progress=progress)
     seconds = time.perf_counter() - t0
     write_atomic(dst, lambda f: f.write(blob))
     return {"input": str(src), "output": str(dst), "kind": media_sizes(source), "original_bytes": len(source.payload),
@@ -70,11 +73,14 @@ def decompress_file(model_path: str | Path, src: str | Path, dst: str | Path | N
     if dst is None and src.suffix != SUFFIX:
         raise OmnibyteError(f"{src} does not end in {SUFFIX}: name the output with -o")
     dst = _output(src, dst, src.with_suffix(""), force)
+    batch = DEFAULT_BATCH if batch is None else batch
+    if batch < 1:
+        raise OmnibyteError(f"batch must be ≥ 1, got {batch}")
     blob = src.read_bytes()
     read_header(blob, str(src))  # a damaged file fails here, before the model loads
     model = load_byte_model(model_path)
     t0 = time.perf_counter()
-    source = decompress(model, blob, batch=batch or DEFAULT_BATCH, progress=progress, name=str(src))
+    source = decompress(model, blob, batch=batch, progress=progress, name=str(src))
     seconds = time.perf_counter() - t0
     write_source(dst, source)
     return {"input": str(src), "output": str(dst), "kind": media_sizes(source), "original_bytes": len(source.payload),
