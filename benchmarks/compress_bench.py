@@ -122,6 +122,7 @@ def text_rows(args, data: bytes) -> list[str]:
     sizes = {name: len(pipe(comp, data)) for name, comp, _ in TOOLS}
     sizes["omnibyte"] = len(blob)
     xz = sizes["xz -9e"]
+    spread = logit_differences(model, data)
     lines = [f"Held-out file: the KJV validation split as one file, {len(data):,} bytes "
              f"(`benchmarks/out/compress/kjv-val.txt`). Model: {model_line(args.model)}; context {context} ids, "
              f"chunks of {args.chunk_size} bytes ({read_header(blob).n_chunks}), batch {args.batch}, "
@@ -135,6 +136,7 @@ def text_rows(args, data: bytes) -> list[str]:
                      f"{fmt_rate(times[f'{name} compress'], len(data) / 1000, '{:,.1f}')} | "
                      f"{fmt_rate(times[f'{name} decompress'], len(data) / 1000, '{:,.1f}')} |")
     lines += ["", "KB/s: median (min–max) over the rounds; the omnibyte sides exclude loading the model.", ""]
+    lines += spread
     if args.chunk_sizes:
         lines += ["| chunk bytes | chunks | omnibyte bytes | bits/byte | vs xz -9e |",
                   "| ---: | ---: | ---: | ---: | ---: |"]
@@ -150,6 +152,43 @@ def _escape_counts(blob: bytes) -> list[int]:
     from omnibyte.compress.container import load
 
     return [len(c.escapes) for c in load(blob)[1]]
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+@torch.inference_mode()
+def logit_differences(model, data: bytes, rows: int = 4, length: int = 200) -> list[str]:
+    """Largest |Δ logit| over `rows` × `length` positions of `data` between ways of computing the
+    same logits, in fp32 and in fp64 (which coding uses): a full forward against cached decoding
+    byte by byte, cached decoding of all rows against one row at a time, and 1 against 2 threads."""
+    from omnibyte.compress.coder import fp64
+    from omnibyte.compress.freqs import GUARD
+    from omnibyte.format import BOS
+
+    ids = torch.tensor([[BOS, *data[r * length:(r + 1) * length]] for r in range(rows)])
+
+    def cached(x: torch.Tensor) -> torch.Tensor:
+        state = model.init_state(x.shape[0], x.shape[1])
+        return torch.cat([model.step(state, x[:, t:t + 1]) for t in range(x.shape[1])], dim=1)
+
+    def spread(dtype_name: str) -> str:
+        threads = torch.get_num_threads()
+        full, step = model(ids).logits, cached(ids)
+        alone = torch.cat([cached(ids[r:r + 1]) for r in range(rows)])
+        torch.set_num_threads(3 - min(threads, 2))  # the other of 1 and 2
+        other = cached(ids)
+        torch.set_num_threads(threads)
+        d = [float((a - b)[..., :256].abs().max()) for a, b in ((full, step), (step, alone), (step, other))]
+        return f"| {dtype_name} | {d[0]:.1e} | {d[1]:.1e} | {d[2]:.1e} |"
+
+    lines = [f"Largest difference of a byte logit (nats) over {rows} × {length} positions of the text, between two "
+             f"ways of computing it; the guard is {GUARD:.1e} nats.", "",
+             "| dtype | forward vs cached | batch of {rows} vs one row | 1 vs 2 threads |".replace("{rows}", str(rows)),
+             "| --- | ---: | ---: | ---: |", spread("fp32")]
+    with fp64(model):
+        lines.append(spread("fp64 (coding)"))
+    return lines + [""]
 
 
 # --------------------------------------------------------------------------- media
