@@ -240,3 +240,11 @@ def test_cli_round_trip_and_errors_leave_no_file(tmp_path, capsys):
     fails(["compress", m, str(src), "-o", str(tmp_path / "o4"), "--context", "2"], "too short")
     fails(["decompress", m, str(ob), "-o", str(tmp_path / "o5"), "--batch", "0"], "batch must be ≥ 1")
     assert not any(p.name.startswith(("o1", "o2", "o3", ".o", "missing")) for p in Path(tmp_path).iterdir())
+
+    pixels = np.arange(48, dtype=np.uint8).reshape(4, 4, 3) * 5
+    Image.fromarray(pixels).save(tmp_path / "tile.bmp")
+    assert main(["compress", m, str(tmp_path / "tile.bmp"), "--as-media"]) == 0
+    capsys.readouterr()
+    fails(["decompress", m, str(tmp_path / "tile.bmp.ob"), "-o", str(tmp_path / "o6.bmp")], "name the output *.png")
+    assert main(["decompress", m, str(tmp_path / "tile.bmp.ob")]) == 0  # → tile.png: pixels, as PNG
+    assert (np.asarray(Image.open(tmp_path / "tile.png")) == pixels).all()

@@ -16,6 +16,7 @@ from omnibyte.models import OmniModel
 from omnibyte.rundir import resolve_model_dir, write_atomic
 
 SUFFIX = ".ob"
+MEDIA_SUFFIX = {"image": ".png", "audio": ".wav"}  # what decompressed media are written as
 
 
 def _output(src: Path, dst: str | Path | None, default: Path, force: bool) -> Path:
@@ -65,19 +66,27 @@ def compress_file(model_path: str | Path, src: str | Path, dst: str | Path | Non
 
 def decompress_file(model_path: str | Path, src: str | Path, dst: str | Path | None = None, *,
                     batch: int | None = None, force: bool = False, progress: bool = False) -> dict:
-    """Decompress the .ob file `src` into `dst` (default: src without .ob) with the model it was
-    compressed with. Returns sizes and timing."""
+    """Decompress the .ob file `src` into `dst` with the model it was compressed with. The default
+    output is `src` without .ob; media come back as PNG or WAV, so their output must be named so
+    (by default the name's last suffix becomes .png or .wav). Returns sizes and timing."""
     src = Path(src)
     if not src.is_file():
         raise OmnibyteError(f"{src}: no such file")
-    if dst is None and src.suffix != SUFFIX:
-        raise OmnibyteError(f"{src} does not end in {SUFFIX}: name the output with -o")
-    dst = _output(src, dst, src.with_suffix(""), force)
     batch = DEFAULT_BATCH if batch is None else batch
     if batch < 1:
         raise OmnibyteError(f"batch must be ≥ 1, got {batch}")
     blob = src.read_bytes()
-    read_header(blob, str(src))  # a damaged file fails here, before the model loads
+    kind = read_header(blob, str(src)).kind  # a damaged file fails here, before the model loads
+    if dst is None and src.suffix != SUFFIX:
+        raise OmnibyteError(f"{src} does not end in {SUFFIX}: name the output with -o")
+    default = src.with_suffix("")
+    if kind in MEDIA_SUFFIX:
+        default = default.with_suffix(MEDIA_SUFFIX[kind])
+        if dst is not None and Path(dst).suffix.lower() != MEDIA_SUFFIX[kind]:
+            what = "an image" if kind == "image" else "audio"
+            raise OmnibyteError(f"{src} holds {what}, written as {MEDIA_SUFFIX[kind][1:].upper()}: "
+                                f"name the output *{MEDIA_SUFFIX[kind]}")
+    dst = _output(src, dst, default, force)
     model = load_byte_model(model_path)
     t0 = time.perf_counter()
     source = decompress(model, blob, batch=batch, progress=progress, name=str(src))
