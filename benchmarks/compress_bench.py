@@ -54,9 +54,9 @@ from omnibyte.data import ShardDataset, is_dataset, prepare_kjv
 from omnibyte.data.tasks import task_examples
 from omnibyte.data.tasks.fashion import DEFAULT_ROOT, load_split
 from omnibyte.eval.runner import run_settings
+from omnibyte.files import WEIGHTS, resolve_model_dir
 from omnibyte.format import AudioSegment, split_documents
 from omnibyte.media import save_wav
-from omnibyte.rundir import WEIGHTS, resolve_model_dir
 
 SCRATCH = OUT / "compress"
 # (name, compress argv, decompress argv): each reads stdin and writes stdout

@@ -12,8 +12,8 @@ from omnibyte.compress.media import media_sizes, read_source, write_source
 from omnibyte.data.bpe import find_tokenizer
 from omnibyte.errors import OmnibyteError
 from omnibyte.eval.runner import run_settings
+from omnibyte.files import check_output_file, resolve_model_dir, write_atomic
 from omnibyte.models import OmniModel
-from omnibyte.rundir import resolve_model_dir, write_atomic
 
 SUFFIX = ".ob"
 MEDIA_SUFFIX = {"image": ".png", "audio": ".wav"}  # what decompressed media are written as
@@ -25,9 +25,7 @@ def _output(src: Path, dst: str | Path | None, default: Path, force: bool) -> Pa
         raise OmnibyteError(f"the output {dst} is the input")
     if dst.exists() and not force:
         raise OmnibyteError(f"{dst} exists (--force overwrites it)")
-    if dst.is_dir():
-        raise OmnibyteError(f"{dst} is a directory")
-    return dst
+    return check_output_file(dst)  # a folder or an unwritable place fails now, before the model loads
 
 
 def load_byte_model(model_path: str | Path) -> OmniModel:

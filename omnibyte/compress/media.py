@@ -15,6 +15,7 @@ from pathlib import Path
 import soundfile as sf
 
 from omnibyte.errors import OmnibyteError
+from omnibyte.files import write_atomic
 from omnibyte.format import BOA, BOI, BOS, AudioSegment, ImageSegment, parse_audio_header, parse_image_header
 from omnibyte.media import (
     AUDIO_SUFFIXES,
@@ -26,7 +27,6 @@ from omnibyte.media import (
     save_wav,
     segment_to_pcm16,
 )
-from omnibyte.rundir import write_atomic
 
 # Pillow modes whose pixels an image block holds exactly (a palette without transparency becomes
 # its colours; 1-bit becomes 0/255 gray)

@@ -26,6 +26,7 @@ import numpy as np
 import soundfile as sf
 
 from omnibyte.errors import OmnibyteError
+from omnibyte.files import remove_stale_temps, temp_sibling
 from omnibyte.format import AUDIO_MULAW8, AudioSegment
 
 DEFAULT_RATE = 8000
@@ -245,7 +246,8 @@ def save_wav(seg: AudioSegment, path: str | Path) -> Path:
     pcm, rate = segment_to_pcm16(seg), seg.sample_rate
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    remove_stale_temps(path)  # what a killed earlier write of this file left
+    tmp = temp_sibling(path)
     try:
         sf.write(str(tmp), pcm, rate, subtype="PCM_16", format="WAV")
         os.replace(tmp, path)
