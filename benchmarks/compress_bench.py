@@ -1,7 +1,8 @@
 """Compression with omnibyte models against the usual tools, on the same held-out files.
 
     .venv/bin/python -m benchmarks.compress_bench --model runs/kjv-compress
-    .venv/bin/python -m benchmarks.compress_bench --model runs/kjv-compress --media-model runs/mm
+    .venv/bin/python -m benchmarks.compress_bench --model runs/kjv-compress --media-model runs/media-compress
+    .venv/bin/python -m benchmarks.compress_bench --model M --media-model runs/media-compress --media-only
     .venv/bin/python -m benchmarks.compress_bench --quick --model runs/tiny     # a few KB; writes nothing
 
 Rows (sizes include the .ob header; the model's size is given beside them):
@@ -275,6 +276,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="byte model for the text row (run or model folder)")
     p.add_argument("--media-model", help="multimodal model for the Fashion-MNIST and speech rows")
+    p.add_argument("--media-only", action="store_true", help="only the media rows (--model is still recorded)")
     p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK)
     p.add_argument("--chunk-sizes", type=lambda s: [int(x) for x in s.split(",")], default=None,
                    help="also report the text row's omnibyte size at these chunk sizes (e.g. 1024,4096,16384)")
@@ -288,6 +290,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="the first 4 KB of text, 5 images, 3 clips; writes nothing")
     results_option(p, "results_compress.md")
     args = p.parse_args()
+    if args.media_only and not args.media_model:
+        p.error("--media-only needs --media-model")
     torch.set_num_threads(args.threads)
     need(*(t[1][0] for t in TOOLS), *(["optipng", "cwebp", "flac"] if args.media_model else []))
     if args.quick:
@@ -296,8 +300,8 @@ def main() -> None:
     data = kjv_val()[:4096] if args.quick else kjv_val()
     (SCRATCH / "kjv-val.txt").write_bytes(data)
     out = results_file(args, "results_compress.md")
-    sections = [("compress_text", "Compression of text with a model against gzip, xz, zstd and bzip2",
-                 lambda: text_rows(args, data))]
+    sections = [] if args.media_only else [("compress_text", "Compression of text with a model against gzip, xz, "
+                                            "zstd and bzip2", lambda: text_rows(args, data))]
     if args.media_model:
         sections.append(("compress_media", "Compression of images and audio with a model against PNG, WebP and "
                          "FLAC", lambda: ["### Fashion-MNIST", ""] + media_rows(args, "fashion") + ["### Speech", ""]
