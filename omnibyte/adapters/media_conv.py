@@ -125,7 +125,7 @@ class MediaConv(InputAdapter):
         b, t = ids.shape
         opener, offset, row, bpp, _ = media_geometry(ids)
         img, aud = _payload(ids, opener, offset, row)
-        x = payload_values(ids, img, aud)
+        x = payload_values(ids, img, aud).to(self.out.weight.dtype)  # fp32 (autocast too); fp64 to compress
         out = x.new_zeros(b, t - start, self.out.out_features)
         flat = torch.arange(b * t, device=ids.device).view(b, t)
         f1 = x.new_zeros(b * t, self.channels)  # first-layer features of every payload byte

@@ -21,7 +21,8 @@ import threading
 
 from omnibyte.errors import OmnibyteError
 
-COMMANDS = ["prepare", "train", "prune", "eval", "generate", "patch", "bench", "report", "import", "export"]
+COMMANDS = ["prepare", "train", "prune", "eval", "generate", "patch", "bench", "report", "import", "export",
+            "compress", "decompress"]
 
 
 class Parser(argparse.ArgumentParser):

@@ -14,6 +14,7 @@ from omnibyte.media.audio import (
     resample,
     save_wav,
     segment_to_array,
+    segment_to_pcm16,
 )
 from omnibyte.media.image import (
     DEFAULT_MAX_SIDE,
@@ -21,6 +22,7 @@ from omnibyte.media.image import (
     image_segment_from_array,
     image_segment_from_path,
     image_segment_from_pil,
+    open_image,
     parse_size,
     save_png,
     segment_to_pil,
@@ -29,5 +31,5 @@ from omnibyte.media.image import (
 
 __all__ = ["AUDIO_SUFFIXES", "DEFAULT_MAX_SIDE", "DEFAULT_RATE", "IMAGE_SUFFIXES", "audio_segment_from_array",
            "audio_segment_from_path", "image_segment_from_array", "image_segment_from_path",
-           "image_segment_from_pil", "mulaw_decode", "mulaw_encode", "parse_size", "resample", "save_png",
-           "save_wav", "segment_to_array", "segment_to_pil", "segment_to_pixels"]
+           "image_segment_from_pil", "mulaw_decode", "mulaw_encode", "open_image", "parse_size", "resample",
+           "save_png", "save_wav", "segment_to_array", "segment_to_pcm16", "segment_to_pil", "segment_to_pixels"]

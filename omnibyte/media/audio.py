@@ -235,10 +235,15 @@ def audio_segment_from_path(path: str | Path, sample_rate: int = DEFAULT_RATE) -
         raise OmnibyteError(f"{path}: cannot read audio: {_one_line(e)}") from None
 
 
+def segment_to_pcm16(seg: AudioSegment) -> np.ndarray:
+    """The segment's samples as 16-bit PCM (int16), as `save_wav` writes them."""
+    x, _ = segment_to_array(seg)
+    return np.clip(np.rint(x.astype(np.float64) * 32768.0), -32768, 32767).astype(np.int16)
+
+
 def save_wav(seg: AudioSegment, path: str | Path) -> Path:
     """Write the segment as 16-bit PCM mono WAV at its own rate (atomically: temp file, then rename)."""
-    x, rate = segment_to_array(seg)
-    pcm = np.clip(np.rint(x.astype(np.float64) * 32768.0), -32768, 32767).astype(np.int16)
+    pcm, rate = segment_to_pcm16(seg), seg.sample_rate
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)  # what a killed earlier write of this file left
@@ -253,4 +258,4 @@ def save_wav(seg: AudioSegment, path: str | Path) -> Path:
 
 
 __all__ = ["AUDIO_SUFFIXES", "DEFAULT_RATE", "MU", "audio_segment_from_array", "audio_segment_from_path",
-           "mulaw_decode", "mulaw_encode", "resample", "save_wav", "segment_to_array", "to_float"]
+           "mulaw_decode", "mulaw_encode", "resample", "save_wav", "segment_to_array", "segment_to_pcm16", "to_float"]

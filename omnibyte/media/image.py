@@ -128,24 +128,31 @@ def image_segment_from_array(pixels: np.ndarray, size: tuple[int, int] | None = 
     return image_segment_from_pil(img, size, mode)
 
 
-def image_segment_from_path(path: str | Path, size: tuple[int, int] | None = None,
-                            mode: str | None = None) -> ImageSegment:
-    """An image file → ImageSegment. Unreadable files raise a one-line OmnibyteError naming the file."""
+def open_image(path: str | Path) -> Image.Image:
+    """An image file, loaded and upright (EXIF orientation applied; animated GIF/WebP/APNG: the
+    first frame). Unreadable files raise a one-line OmnibyteError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise OmnibyteError(f"{path}: no such image file")
     try:
         with Image.open(path) as img:
-            img.seek(0)  # animated GIF/WebP/APNG: first frame
+            img.seek(0)
             img.load()
-            img = ImageOps.exif_transpose(img)
-            return image_segment_from_pil(img, size, mode)
-    except OmnibyteError as e:
-        raise OmnibyteError(f"{path}: {e}") from None
+            return ImageOps.exif_transpose(img)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         # UnidentifiedImageError (not an image) and truncated-data errors are OSErrors
         msg = _one_line(e).replace(repr(str(path)), "").strip()  # the path leads the message already
         raise OmnibyteError(f"{path}: cannot read image: {msg}") from None
+
+
+def image_segment_from_path(path: str | Path, size: tuple[int, int] | None = None,
+                            mode: str | None = None) -> ImageSegment:
+    """An image file → ImageSegment. Unreadable files raise a one-line OmnibyteError naming the file."""
+    img = open_image(path)
+    try:
+        return image_segment_from_pil(img, size, mode)
+    except OmnibyteError as e:
+        raise OmnibyteError(f"{path}: {e}") from None
 
 
 def segment_to_pil(seg: ImageSegment) -> Image.Image:
@@ -180,5 +187,5 @@ def save_png(seg: ImageSegment, path: str | Path) -> Path:
 
 
 __all__ = ["DEFAULT_MAX_SIDE", "IMAGE_SUFFIXES", "RESAMPLE", "channels_for_mode", "default_size",
-           "image_segment_from_array", "image_segment_from_path", "image_segment_from_pil", "parse_size",
+           "image_segment_from_array", "image_segment_from_path", "image_segment_from_pil", "open_image", "parse_size",
            "save_png", "segment_to_pil", "segment_to_pixels"]

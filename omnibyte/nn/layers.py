@@ -101,12 +101,16 @@ class _Rope(torch.autograd.Function):
 
 
 def rope_tables(pos: torch.Tensor, head_dim: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos, sin_signed) for `apply_rope`, each (T, D) or (B, 1, T, D). A stack makes them once per
-    forward for all its layers (and for q and k): decoding pays for them once per step, not 2·layers."""
-    ang = pos.to(torch.float32)[..., None] * _inv_freq(head_dim, theta, device)  # (T, D/2) or (B, T, D/2)
+    """(cos, sin_signed) for `apply_rope`, each (T, D) or (B, 1, T, D), fp32. A stack makes them once per
+    forward for all its layers (and for q and k): decoding pays for them once per step, not 2·layers.
+
+    Computed in fp64 and rounded to fp32, so every machine gets the same tables: vectorised fp32
+    cos and pow differ by an ulp between instruction sets and libraries, fp64 ones only far below
+    fp32's rounding. `omnibyte.compress` relies on models computing alike on every machine."""
+    ang = pos.to(torch.float64)[..., None] * _inv_freq(head_dim, theta, device)  # (T, D/2) or (B, T, D/2)
     if ang.dim() == 3:
         ang = ang[:, None]  # (B, 1, T, D/2): broadcast over heads
-    cos, sin = ang.cos(), ang.sin()
+    cos, sin = ang.cos().float(), ang.sin().float()
     return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
 
 
@@ -154,8 +158,9 @@ def apply_rope(x: torch.Tensor, pos: torch.Tensor | None, theta: float = 10000.0
 
 @eager_lru_cache(maxsize=64)
 def _inv_freq(d: int, theta: float, device: torch.device) -> torch.Tensor:
-    """θ^(-2i/d) for i < d/2, made once per head size (decoding calls RoPE per byte per layer)."""
-    return theta ** (-torch.arange(0, d, 2, device=device, dtype=torch.float32) / d)
+    """θ^(-2i/d) for i < d/2 in fp64 (see `rope_tables`), made once per head size (decoding calls RoPE
+    per byte per layer)."""
+    return theta ** (-torch.arange(0, d, 2, device=device, dtype=torch.float64) / d)
 
 
 def causal_mask(t_q: int, t_k: int, device, offset: int = 0, window: int = 0) -> torch.Tensor:
