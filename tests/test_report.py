@@ -31,7 +31,7 @@ def tiny_run(tmp_path_factory):
     opts = dict(TASK_OPTS)
     if "speech" in spec:
         opts["speech"] = {"phrases": 0.0, "max_digits": 1, "min_speed": 300, "max_speed": 400}
-    build_mix(spec, root / "data", seed=0, val_fraction=0.5, task_opts=opts)
+    build_mix(spec, root / "data", seed=0, heldout=4, task_opts=opts)
     cfg = resolve({"model": {"arch": "transformer", "dim": 32, "n_layers": 2, "n_heads": 4},
                    "data": {"path": str(root / "data")},
                    "train": {"steps": 3, "batch_size": 2, "seq_len": 128, "warmup_steps": 1, "eval_every": 0,
@@ -63,6 +63,12 @@ def test_report_cli(tiny_run, capsys):
     out = tiny_run / "cli-out"
     assert main(["report", str(tiny_run / "run"), "--out", str(out), "--n", "1", "--max-batches", "1"]) == 0
     assert f"wrote {out / 'index.html'}" in capsys.readouterr().out
+    test_out = tiny_run / "cli-test"
+    assert main(["report", str(tiny_run / "run"), "--out", str(test_out), "--split", "test", "--n", "1",
+                 "--max-batches", "1"]) == 0
+    assert json.loads((test_out / "metrics.json").read_text())["split"] == "test"
+    assert "test split" in (test_out / "index.html").read_text()
+    capsys.readouterr()
     assert main(["report", str(tiny_run / "run"), "--data", str(tiny_run / "nowhere")]) == 2
     assert "no prepared dataset" in capsys.readouterr().err
 

@@ -5,7 +5,8 @@ segment structure: an image block (BOI, header, pixels, EOI) is "image", an audi
 "audio", everything else (text bytes, BOS, EOS) is "text". The modalities' bits and bytes add
 up exactly to the totals of `bits_per_byte`.
 
-Task evaluation reads a task dataset's held-out records (see `omnibyte.data.tasks.common`):
+Task evaluation reads a task dataset's held-out records of its val or test split (see
+`omnibyte.data.tasks.common`):
 
 - text answers (clock, count, point, classify, transcribe): greedy decoding with the shared
   `generate` under `ModalityConstraint.text_only()`, up to the first newline, scored by the
@@ -242,15 +243,17 @@ def has_task_records(path: str | Path) -> bool:
 
 
 def run_examples(model, task_dir: str | Path, task: str | None = None, n: int | None = None,
-                 batch_size: int = 8, kinds: Sequence[str] | None = None, complete: bool = True) -> list[ExampleResult]:
-    """Run the model on up to `n` held-out examples of each kind (of `task`, or of every task).
+                 batch_size: int = 8, kinds: Sequence[str] | None = None, complete: bool = True,
+                 split: str = "val") -> list[ExampleResult]:
+    """Run the model on up to `n` held-out examples of each kind (of `task`, or of every task) of
+    `split`: val while choosing recipes, test once per final model.
 
-    The first n records of each kind in the val split are used, so runs compare like with like.
+    The first n records of each kind in the split are used, so runs compare like with like.
     """
     if not has_task_records(task_dir):
         raise OmnibyteError(f"{task_dir} holds no multimodal task examples (build it with `omnibyte prepare "
                             f"--task NAME` or `--mix SPEC`)")
-    records = read_heldout(task_dir, task)
+    records = read_heldout(task_dir, task, split)
     if kinds is not None:
         records = [r for r in records if r["kind"] in kinds]
     if n is not None:
@@ -263,11 +266,11 @@ def run_examples(model, task_dir: str | Path, task: str | None = None, n: int | 
                 seen[r["kind"]] = seen.get(r["kind"], 0) + 1
                 keep.append(r)
         records = keep
-    stream = ShardDataset(task_dir).stream("val")
+    stream = ShardDataset(task_dir).stream(split)
     results = [ExampleResult(r, [int(t) for t in stream[r["start"]:r["start"] + r["length"]]]) for r in records]
     for res in results:
         if len(res.ids) != res.record["length"] or res.ids[-1] != EOS:
-            raise OmnibyteError(f"{task_dir}: held-out record at {res.record['start']} does not match the val "
+            raise OmnibyteError(f"{task_dir}: held-out record at {res.record['start']} does not match the {split} "
                                 f"split; build the task dataset again")
     answer_text(model, [r for r in results if r.kind in TEXT_KINDS], batch_size)
     answer_images(model, [r for r in results if r.kind in IMAGE_KINDS], batch_size, complete)
@@ -335,15 +338,16 @@ def copy_last_row(r: ExampleResult) -> list[int]:
 
 
 def evaluate_task(model, task_dir: str | Path, n: int | None = None, task: str | None = None,
-                  batch_size: int = 8, device: str | None = None) -> dict:
+                  batch_size: int = 8, device: str | None = None, split: str = "val") -> dict:
     """Task metrics of `model` (an OmniModel, or a model/run directory) on a task dataset.
 
     Up to `n` held-out examples per kind (all by default) of `task` (every task in the dataset
-    by default). Returns ``{"data", "task", "n", "metrics": {kind: {...}}}``.
+    by default) from `split` (val or test). Returns ``{"data", "split", "task", "n", "metrics":
+    {kind: {...}}}``.
     """
     model = _load_model(model, device)
-    results = run_examples(model, task_dir, task, n, batch_size)
-    return {"data": str(task_dir), "task": task or "all", "n": len(results),
+    results = run_examples(model, task_dir, task, n, batch_size, split=split)
+    return {"data": str(task_dir), "split": split, "task": task or "all", "n": len(results),
             "metrics": json_safe(score_examples(results))}
 
 
@@ -359,7 +363,7 @@ def json_safe(obj):
 
 def format_task_metrics(result: dict) -> str:
     """Readable lines: one per kind with the model's numbers and the chance/baseline ones."""
-    lines = [f"{result['task']} on {result['data']}: {result['n']} held-out examples"]
+    lines = [f"{result['task']} on {result['data']}: {result['n']} held-out {result.get('split', 'val')} examples"]
     for kind, m in result["metrics"].items():
         parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {'–' if v is None else v}" for k, v in m.items()]
         lines.append(f"  {kind:<10} " + ", ".join(parts))

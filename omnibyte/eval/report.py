@@ -202,11 +202,11 @@ def summary_section(page: Page, run: Path, model: OmniModel, settings: dict) -> 
     return {k: last[k] for k in ("step", "loss", "val_bpb") if k in last}
 
 
-def bpb_section(page: Page, model: OmniModel, data: Path, seq_len: int, max_batches: int) -> dict:
-    res = evaluate_by_modality(model, data, "val", seq_len=seq_len, batch_size=4, max_batches=max_batches)
+def bpb_section(page: Page, model: OmniModel, data: Path, seq_len: int, max_batches: int, split: str) -> dict:
+    res = evaluate_by_modality(model, data, split, seq_len=seq_len, batch_size=4, max_batches=max_batches)
     rows = [[name, fmt(m["bpb"]), f"{m['bytes']:,}"] for name, m in res["modalities"].items() if m["bytes"]]
     rows.append(["<b>all</b>", f"<b>{fmt(res['bpb'])}</b>", f"{res['bytes']:,}"])
-    page.section("bpb", "Bits per byte by modality (validation)",
+    page.section("bpb", f"Bits per byte by modality ({split} split)",
                  table(["modality", "bits/byte", "bytes scored"], rows)
                  + f"<p class='chance'>First {max_batches} batches of 4 windows of {seq_len} ids; "
                  "uniform guessing is 8 bits/byte.</p>")
@@ -275,14 +275,14 @@ def images_section(page: Page, model: OmniModel, results: list[ExampleResult], s
                  "every pixel.</p>" + "".join(figures))
 
 
-def metrics_section(page: Page, scores: dict[str, dict]) -> None:
+def metrics_section(page: Page, scores: dict[str, dict], split: str) -> None:
     rows = []
     for kind, m in scores.items():
         shown = ", ".join(f"{k} {fmt(v)}" for k, v in m.items()
                           if not k.startswith(BASELINES) and k not in ("n", "tolerance"))
         base = ", ".join(f"{k} {fmt(v)}" for k, v in m.items() if k.startswith(BASELINES))
         rows.append([esc(kind), esc(m.get("n", "")), shown, f"<span class='chance'>{base}</span>"])
-    page.section("metrics", "Task metrics (held-out examples)",
+    page.section("metrics", f"Task metrics (held-out examples, {split} split)",
                  table(["kind", "examples", "model", "chance / baseline"], rows))
 
 
@@ -357,12 +357,14 @@ def task_sections(page: Page, results: list[ExampleResult]) -> None:
 
 
 def write_report(run: str | Path, out: str | Path | None = None, data: str | Path | None = None, n: int = 8,
-                 max_batches: int = 20, device: str | None = None, seed: int = 0, quiet: bool = False) -> Path:
+                 max_batches: int = 20, device: str | None = None, seed: int = 0, quiet: bool = False,
+                 split: str = "val") -> Path:
     """Write `out`/index.html (default RUN/report) for the model in run directory `run`; returns its path.
 
-    `data` defaults to the run's dataset; `n` examples per task kind are run and shown;
-    `max_batches` windows of validation data are scored for bits per byte. Each stage is
-    announced on stderr unless `quiet` (generation with a hierarchical model on a CPU takes minutes).
+    `data` defaults to the run's dataset; `n` held-out examples per task kind of `split` (val while
+    choosing, test for a final model) are run and shown; `max_batches` windows of that split are
+    scored for bits per byte. Each stage is announced on stderr unless `quiet` (generation with a
+    hierarchical model on a CPU takes minutes).
     """
 
     def stage(what: str) -> None:
@@ -385,21 +387,23 @@ def write_report(run: str | Path, out: str | Path | None = None, data: str | Pat
         old.unlink()  # media of an older report
 
     page = Page(out)
-    numbers: dict = {"run": summary_section(page, run, model, settings)}
+    numbers: dict = {"run": summary_section(page, run, model, settings), "split": split}
     dataset = ShardDataset(data)
+    if split not in dataset.splits:
+        raise OmnibyteError(f"{data} has no {split} split (has: {', '.join(dataset.splits)})")
     stage("bits per byte by modality")
-    numbers["bits_per_byte"] = bpb_section(page, model, data, seq_len, max_batches)
+    numbers["bits_per_byte"] = bpb_section(page, model, data, seq_len, max_batches, split)
     stage("generating text")
     text_section(page, model, dataset, seed)
     if has_task_records(data):
         stage(f"answering up to {n} held-out examples per task kind")
-        results = run_examples(model, data, n=n)
+        results = run_examples(model, data, n=n, split=split)
         if results:
             scores = score_examples(results)
             numbers["tasks"] = scores
             stage("generating images")
             images_section(page, model, results, seed)
-            metrics_section(page, scores)
+            metrics_section(page, scores, split)
             task_sections(page, results)
     (out / "metrics.json").write_text(json.dumps(json_safe(numbers), indent=2) + "\n")
     index = out / "index.html"
