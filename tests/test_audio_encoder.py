@@ -1,0 +1,73 @@
+"""The audio_encoder adapter: which audio blocks count as finished, and the CNN's summary of each
+(its contract under every model is in tests/test_model_contract.py; the context it shares with the
+image encoder is tested in tests/test_image_encoder.py)."""
+
+import numpy as np
+import pytest
+import torch
+
+from omnibyte.adapters.audio_encoder import MIN_SAMPLES, AudioEncoder, AudioEncoderConfig, finished_clips
+from omnibyte.format import AUDIO_MULAW8, BOA, EOA, EOS, AudioSegment, Document, TextSegment, encode
+from omnibyte.media.audio import mulaw_decode
+
+
+def codes(n: int, seed: int) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+def doc_ids(*clips: bytes) -> list[int]:
+    segs = [TextSegment(b"q")]
+    for c in clips:
+        segs += [AudioSegment(8000, len(c), AUDIO_MULAW8, c), TextSegment(b"a")]
+    return encode(Document(segs))
+
+
+def encoder(seed: int = 0) -> AudioEncoder:
+    torch.manual_seed(seed)
+    return AudioEncoder(AudioEncoderConfig(width=4, gain=0.1, cells=4), 6).eval()
+
+
+def test_finished_clips_finds_whole_blocks_only():
+    ids = doc_ids(codes(50, 0), codes(0, 1), codes(400, 2))
+    boa = [i for i, v in enumerate(ids) if v == BOA]
+    eoa = [i for i, v in enumerate(ids) if v == EOA]
+    b, t, n = finished_clips(torch.tensor([ids]))
+    assert t.tolist() == eoa and b.tolist() == [0, 0, 0] and n.tolist() == [50, 0, 400]
+    assert finished_clips(torch.tensor([ids]), lo=eoa[1])[1].tolist() == eoa[1:]
+    bad = list(ids)
+    bad[boa[0] + 9] = 2  # an encoding that is not µ-law
+    cases = {"header cut": (ids[boa[0] + 3:], [e - boa[0] - 3 for e in eoa[1:]]),
+             "EOA early": (ids[:eoa[0] - 1] + ids[eoa[0]:], [e - 1 for e in eoa[1:]]),
+             "still open": (ids[:eoa[2]], eoa[:2]),
+             "bad header": (bad, eoa[1:])}
+    for name, (row, want) in cases.items():
+        assert finished_clips(torch.tensor([row]))[1].tolist() == want, name
+
+
+def test_summaries_read_each_clip_and_keep_its_order():
+    m = encoder()
+    long, short = codes(3000, 0), codes(100, 1)  # the short one is padded with silence
+    rows = [doc_ids(long, short), doc_ids(short)]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [EOS] * (width - len(r)) for r in rows])
+    eoa = [(ids[r] == EOA).nonzero().flatten().tolist() for r in range(2)]
+    want = {(0, eoa[0][0]): long, (0, eoa[0][1]): short, (1, eoa[1][0]): short}
+
+    def samples(c: bytes) -> torch.Tensor:
+        return torch.from_numpy(mulaw_decode(c))[None]
+
+    b, t, vec = m.summaries(ids)
+    with torch.no_grad():
+        assert sorted(zip(b.tolist(), t.tolist())) == sorted(want)
+        for row, end, v in zip(b.tolist(), t.tolist(), vec):
+            torch.testing.assert_close(v, m.encode(samples(want[row, end]))[0])
+        # the cells keep time: a clip and the same clip backwards differ
+        assert not torch.allclose(m.encode(samples(long)), m.encode(samples(long[::-1])))
+        assert m.encode(samples(codes(MIN_SAMPLES - 1, 3))).shape == (1, 6)
+    assert m.summaries(torch.tensor([list(b"no audio here")]))[2].shape == (0, 6)
+
+
+def test_bad_config():
+    for bad in ({"width": 0}, {"gain": 0.0}, {"cells": 0}):
+        with pytest.raises(ValueError, match="audio_encoder"):
+            AudioEncoderConfig(**bad)
