@@ -34,8 +34,10 @@ from omnibyte.eval.multimodal import (
     ExampleResult,
     bpb_by_modality,
     evaluate_task,
+    judge_draws,
     modality_batches,
     modality_labels,
+    run_examples,
     score_examples,
 )
 from omnibyte.eval.report import question_of
@@ -492,3 +494,34 @@ def test_score_examples_perfect_and_wrong_answers(tmp_path):
     scores = score_examples(wrong)
     assert scores["clock"]["within"] == 0 and scores["clock"]["parsed"] == 0
     assert scores["point"]["recall"] == 0 and scores["count"]["accuracy"] == 0
+
+
+def test_drawings_are_sampled_whole_and_judged(tmp_path, fake_fashion):
+    out = tmp_path / "fashion"
+    build_task("fashion", out, n=4, seed=0, heldout=8, root=fake_fashion)
+    torch.manual_seed(0)
+    model = build_model("transformer", {"dim": 16, "n_layers": 1, "n_heads": 2})
+    results = run_examples(model, out, draws=3, seed=1)
+    draws = [r for r in results if r.kind == "draw"]
+    assert len(draws) >= 3 and all(r.drawn is None for r in draws[3:])
+    drawn = [r.drawn for r in draws[:3]]
+    assert all((d.width, d.height, d.channels, len(d.pixels)) == (28, 28, 1, 784) for d in drawn)
+    assert len({d.pixels for d in drawn}) == 3  # the same prompt still gives other images
+    again = run_examples(model, out, draws=3, seed=1)
+    assert [r.drawn for r in again if r.drawn is not None] == drawn  # seeded
+    judge_draws(results, lambda segs: [0] * len(segs))
+    scores = score_examples(results)["draw"]
+    want = np.mean([r.record["label"] == 0 for r in draws[:3]])
+    assert scores["judged"] == pytest.approx(want) and scores["judged_n"] == 3 and scores["chance_judged"] == 0.1
+
+
+def test_transcripts_are_also_scored_per_language():
+    recs = [({"kind": "transcribe", "answer": "one two", "language": "en"}, "one two"),
+            ({"kind": "transcribe", "answer": "three", "language": "en"}, "tree"),
+            ({"kind": "transcribe", "answer": "deux", "language": "fr"}, "")]
+    scores = score_examples([ExampleResult(r, [], prediction=p) for r, p in recs])["transcribe"]
+    assert scores["wer_en"] == pytest.approx(1 / 3) and scores["wer_fr"] == 1 and scores["n_fr"] == 1
+    assert scores["cer_en"] == pytest.approx(1 / 12)  # "tree" for "three": one deletion in 7 + 5 characters
+    assert scores["wer"] == pytest.approx(2 / 4)
+    alone = score_examples([ExampleResult(r, [], prediction=p) for r, p in recs[:2]])["transcribe"]
+    assert "wer_en" not in alone  # one language: the totals say it all
