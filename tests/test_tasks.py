@@ -29,7 +29,7 @@ from omnibyte.data.tasks import fashion as fashion_mod
 from omnibyte.data.tasks.shapes import Shape
 from omnibyte.data.tasks.speech import DIGITS
 from omnibyte.errors import OmnibyteError
-from omnibyte.eval import bits_per_byte
+from omnibyte.eval import bits_per_byte, metrics
 from omnibyte.eval.multimodal import (
     ExampleResult,
     bpb_by_modality,
@@ -200,6 +200,24 @@ def test_shapes_describe_counts_every_kind(point):
         kinds = ("circle", "square", "triangle", "diamond")
         want = ", ".join(f"{k}s {sum(s.kind == k for s in shapes)}" for k in kinds)
         assert bytes(ids[b:-1]).decode() == want + "\n"
+
+
+def test_shapes_locate_points_at_every_shape():
+    opts = {**SMALL["shapes"], "max_shapes": 4, "question_last": True}
+    for ex, one in zip(task_examples("shapes", 10, 2, **opts, describe=True, locate=True),
+                       task_examples("shapes", 10, 2, **opts)):
+        ids = ex.document().ids()
+        assert ids[:ex.answer_start] == one.document().ids()[:one.answer_start] and ex.meta == one.meta
+        (_, b1), (a, b) = ex.prompts  # the counts, then the points
+        assert bytes(ids[a:b]).decode() == "Point to every shape.\n" + ANSWER_PREFIX
+        answer = bytes(ids[b:-1]).decode()
+        assert answer.endswith("\n") and "\n" not in answer[:-1]
+        shapes = sorted((Shape.from_dict(d) for d in ex.meta["shapes"]), key=lambda s: s.x)
+        points = metrics.parse_points(answer)
+        assert len(points) == len(shapes)
+        for (x, y), s in zip(points, shapes):
+            assert s.contains(x * 16 / 100, y * 16 / 100)
+            assert f'alt="{s.colour} {s.kind}"' in answer
 
 
 def test_follow_up_questions_are_prompt_in_the_answer_marks(tmp_path):
