@@ -244,10 +244,10 @@ def image_prompts(results: list[ExampleResult], k: int = 6) -> list[tuple[str, l
         if seg is None:
             continue
         key = r.record.get("answer") if r.kind == "draw" else r.kind
-        if key in seen:
+        boi = r.ids.index(BOI)
+        if key in seen or boi < 2:  # (a question after its image leaves no prompt before it)
             continue
         seen.add(key)
-        boi = r.ids.index(BOI)
         out.append((question_of(r), r.ids[:boi], (seg.width, seg.height, seg.channels)))
         if len(out) == k:
             break

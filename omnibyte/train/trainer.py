@@ -249,7 +249,7 @@ class Trainer:
             self.model.train()
         return {f"val_{kind}_{k}": v for kind, m in score_examples(results).items() for k, v in m.items()
                 if isinstance(v, int | float) and not k.startswith(("chance", "majority", "wrong_name", "copy_row"))
-                and k not in ("n", "tolerance", "bytes") and v == v}
+                and k not in ("n", "tolerance", "bytes") and not k.startswith("n_") and v == v}
 
     # --- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
