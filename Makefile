@@ -36,9 +36,11 @@ demo: setup
 
 # The one early-fusion model (issue 22): one mix made by one `omnibyte prepare --mix`, one config, one
 # run of 120 training minutes on 2 cores, scored once on the held-out test split (report page:
-# runs/mm-cpu-s$(SEED)/report/index.html; results: benchmarks/results_multimodal.md). SEED=1 trains
-# the second seed on the same data; an interrupted run continues where it stopped.
+# runs/mm-cpu-s$(SEED)/report/index.html; results: benchmarks/results_multimodal.md). The step count
+# that fills MM_MINUTES here comes from a probe of a few steps, run once (data/mm.steps) and shared by
+# every seed; SEED=1 trains the second seed on the same data; an interrupted run continues where it stopped.
 SEED ?= 0
+MM_MINUTES ?= 120
 MM_TEXT_SHARE := kjv:1.0
 MM_MIX := $(MM_TEXT_SHARE),clocks:20000,shapes:12000,fashion:40000,speech:16000
 MM_HELDOUT := clocks:500,shapes:1000,fashion:5000,speech:1000
@@ -54,8 +56,11 @@ multimodal: setup
 	  $(MM_PREPARE) && echo '$(MM_PREPARE)' > data/mm.cmd; fi
 	@if [ "$$(cat data/mm-text.cmd 2>/dev/null)" != '$(MM_TEXT)' ]; then \
 	  $(MM_TEXT) && echo '$(MM_TEXT)' > data/mm-text.cmd; fi
+	@test -s data/mm.steps || $(BIN)/python -m benchmarks.multimodal_run --steps-for $(MM_MINUTES) \
+	  configs/multimodal-cpu.toml > data/mm.steps
 	@if [ -d $(MM_RUN)/checkpoint ]; then $(BIN)/omnibyte train --resume $(MM_RUN); \
-	 else $(BIN)/omnibyte train configs/multimodal-cpu.toml --out $(MM_RUN) --train.seed $(SEED); fi
+	 else steps=$$(cat data/mm.steps); $(BIN)/omnibyte train configs/multimodal-cpu.toml --out $(MM_RUN) \
+	  --train.seed $(SEED) --train.steps $$steps --train.task_eval_every $$((steps / 8)); fi
 	$(BIN)/python -m benchmarks.multimodal_run $(MM_RUN) --text-data data/mm-text
 
 test: setup

@@ -2,6 +2,7 @@
 held-out TEST split, judge its drawings, train and score the text-only baseline at equal text
 bytes, and write the report page and a results section.
 
+    .venv/bin/python -m benchmarks.multimodal_run --steps-for 120 configs/multimodal-cpu.toml
     .venv/bin/python -m benchmarks.multimodal_run runs/mm-cpu-s0 --text-data data/mm-text
     .venv/bin/python -m benchmarks.multimodal_run --combine runs/mm-cpu-s0 runs/mm-cpu-s1
 
@@ -16,6 +17,8 @@ For one run it
 4. writes RUN/report (`omnibyte report` with every example's results, the drawings and the targets
    table first), RUN/results.json, and the section "one-model-RUN" of results_multimodal.md.
 `--combine` puts the targets of several finished runs (seeds) side by side: mean and each value.
+`--steps-for MINUTES CONFIG` prints the steps that fill MINUTES of training with CONFIG on this
+machine, from a probe of a few steps (`make multimodal` runs it once and gives both seeds its count).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import HERE, header, metrics, train_run, write_section
+from benchmarks.common import HERE, header, metrics, steps_for_minutes, train_run, write_section
 from benchmarks.fashion_judge import judge, load_judge
 from omnibyte.data import BatchLoader, ShardDataset
 from omnibyte.eval.multimodal import first_image, json_safe, judge_draws, run_examples, score_examples
@@ -39,6 +42,7 @@ from omnibyte.eval.report import esc, table, write_report
 from omnibyte.eval.runner import evaluate_model, run_settings
 from omnibyte.format import BOA, BOI, BOS, N_BYTES
 from omnibyte.models.base import OmniModel
+from omnibyte.train import load_run_config
 
 RESULTS = HERE / "results_multimodal.md"
 # (label, kind, metric, "≥" or "≤", target): issue 22's table; KJV text is compared with the baseline
@@ -241,6 +245,15 @@ def combine(paths: list[Path], split: str) -> list[str]:
     return lines
 
 
+def probe_steps(config: Path, minutes: float) -> int:
+    """Steps of `config` that fill `minutes` of training here (a probe of 8 steps, evaluation off)."""
+    raw = load_run_config(config).to_dict()
+    raw["train"] = {**raw["train"], "task_eval_every": 0}
+    steps, rate = steps_for_minutes(raw, HERE / "out" / "steps-probe", minutes)
+    print(f"{rate:,.0f} ids/s: {steps} steps in {minutes:g} minutes", file=sys.stderr)
+    return steps
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path, nargs="?", help="a finished run of configs/multimodal-cpu.toml (or the GPU one)")
@@ -254,12 +267,19 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--combine", type=Path, nargs="+", metavar="RUN", help="put these finished runs side by side")
     ap.add_argument("--results", type=Path, default=RESULTS, help="the results file a section goes into")
+    ap.add_argument("--steps-for", type=float, metavar="MINUTES", help="print the steps of RUN (a config file here) "
+                    "that fill MINUTES of training on this machine")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.combine:
         lines = combine(args.combine, args.split)
         print("\n".join(lines))
         write_section(args.results, f"one-model-{args.split}-seeds", lines, "Multimodal benchmarks")
+        return 0
+    if args.steps_for:
+        if args.run is None or not args.run.is_file():
+            ap.error("--steps-for needs a config file")
+        print(probe_steps(args.run, args.steps_for))
         return 0
     if args.run is None or args.text_data is None:
         ap.error("give RUN and --text-data (or --combine RUN RUN ...)")

@@ -39,6 +39,7 @@ from omnibyte.eval.multimodal import (
     modality_labels,
     run_examples,
     score_examples,
+    span_bits,
 )
 from omnibyte.eval.report import question_of
 from omnibyte.format import BOA, BOI, BOS, EOA, EOI, EOS, AudioSegment, Document, ImageSegment, TextSegment, decode
@@ -543,3 +544,17 @@ def test_transcripts_are_also_scored_per_language():
     assert scores["wer"] == pytest.approx(2 / 4)
     alone = score_examples([ExampleResult(r, [], prediction=p) for r, p in recs[:2]])["transcribe"]
     assert "wer_en" not in alone  # one language: the totals say it all
+
+
+def test_text_answers_also_get_their_bits_given_the_prompt(tmp_path):
+    out = tmp_path / "clocks"
+    build_task("clocks", out, n=4, seed=0, heldout=3, size=16)
+    torch.manual_seed(0)
+    model = build_model("transformer", {"dim": 16, "n_layers": 1, "n_heads": 2})
+    results = run_examples(model, out)
+    for r in results:
+        start = r.record["answer_start"]
+        (bits, n), = span_bits(model, [(r.ids, start, start + 6)])  # "HH:MM\n"
+        assert r.answer_bytes == n == 6 and r.answer_bits == pytest.approx(bits, rel=1e-4)
+    want = sum(r.answer_bits for r in results) / sum(r.answer_bytes for r in results)
+    assert score_examples(results)["clock"]["answer_bpb"] == pytest.approx(want)

@@ -121,7 +121,7 @@ class ExampleResult:
     record: dict
     ids: list[int]  # the whole document, BOS ... EOS
     prediction: str | None = None  # text answers: what the model wrote (up to the newline)
-    answer_bits: float | None = None  # image answers: bits of the answer ids given the prompt
+    answer_bits: float | None = None  # bits of the (first) answer given the prompt, teacher forced
     answer_bytes: int | None = None
     counterfactual_bits: float | None = None  # draw: the same image under a wrong class name
     completion: list[int] | None = None  # complete: generated bottom-half pixels
@@ -169,7 +169,8 @@ def _length_groups(items: list, length, batch_size: int, max_gap: int = 64) -> I
 
 
 def answer_text(model, results: list[ExampleResult], batch_size: int = 8, max_new: int | None = None) -> None:
-    """Fill `prediction` of text-answer results by greedy decoding, batched by prompt length."""
+    """Fill `prediction` of text-answer results by greedy decoding, batched by prompt length, and
+    `answer_bits` of the reference answer (through its newline) given the prompt."""
     if not results:
         return
     cap = max_new or max(len(r.record["answer"].encode()) for r in results) + 8
@@ -179,6 +180,15 @@ def answer_text(model, results: list[ExampleResult], batch_size: int = 8, max_ne
                         constraints=[ModalityConstraint.text_only() for _ in group])
         for r, new in zip(group, outs):
             r.prediction = _text_answer(new)
+    # the reference answer's bits given the prompt, teacher forced: a score that moves before the
+    # greedy answers do (a learning curve at a few hundred steps)
+    seqs = []
+    for r in results:
+        start = r.record["answer_start"]
+        end = start + len(r.record["answer"].encode()) + 1  # the answer and its newline
+        seqs.append((r.ids[:end], start, end))
+    for r, (bits, n) in zip(results, span_bits(model, seqs, batch_size)):
+        r.answer_bits, r.answer_bytes = bits, n
 
 
 @torch.no_grad()
@@ -331,6 +341,8 @@ def score_examples(results: list[ExampleResult]) -> dict[str, dict]:
             continue
         refs = [r.record["answer"] for r in rs]
         preds = [r.prediction or "" for r in rs]
+        scored = [r for r in rs if r.answer_bits is not None]
+        answer_bpb = sum(r.answer_bits for r in scored) / sum(r.answer_bytes for r in scored) if scored else None
         if kind == "clock":
             out[kind] = metrics.clock_scores(refs, preds)
         elif kind == "count":
@@ -349,6 +361,8 @@ def score_examples(results: list[ExampleResult]) -> dict[str, dict]:
                 scores = _transcript_scores([refs[i] for i in mine], [preds[i] for i in mine])
                 out[kind].update({f"{k}_{lang}": v for k, v in scores.items() if k != "n"})
                 out[kind][f"n_{lang}"] = len(mine)
+        if answer_bpb is not None:
+            out[kind]["answer_bpb"] = answer_bpb
     return out
 
 
