@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEB_PACKAGES := bible-kjv-text dataset-fashion-mnist espeak-ng sox wamerican
 
-.PHONY: setup system demo multimodal test lint clean
+.PHONY: setup system demo multimodal multimodal-smoke test lint clean
 
 setup: system $(VENV)/.installed
 
@@ -39,29 +39,49 @@ demo: setup
 # runs/mm-cpu-s$(SEED)/report/index.html; results: benchmarks/results_multimodal.md). The step count
 # that fills MM_MINUTES here comes from a probe of a few steps, run once (data/mm.steps) and shared by
 # every seed; SEED=1 trains the second seed on the same data; an interrupted run continues where it stopped.
+# Every MM_ variable can be set on the command line; `make multimodal-smoke` sets them all to a
+# few-minute run of the same pipeline (data/mm-smoke, runs/mm-smoke-cpu-s0) that checks it end to end.
 SEED ?= 0
+MM_NAME ?= mm
 MM_MINUTES ?= 120
-MM_TEXT_SHARE := kjv:1.0
-MM_MIX := $(MM_TEXT_SHARE),clocks:20000,shapes:12000,fashion:40000,speech:16000
-MM_HELDOUT := clocks:500,shapes:1000,fashion:5000,speech:1000
+MM_STEPS ?=
+MM_TEXT_SHARE ?= kjv:1.0
+MM_TASKS ?= clocks:20000,shapes:12000,fashion:40000,speech:16000
+MM_HELDOUT ?= clocks:500,shapes:1000,fashion:5000,speech:1000
+MM_TRAIN_ARGS ?=
+MM_SCORE_ARGS ?=
+MM_RESULTS ?= benchmarks/results_multimodal.md
 MM_OPTS := --task-opt clocks.question_last=true --task-opt shapes.question_last=true --task-opt shapes.describe=true \
 	--task-opt shapes.locate=true --task-opt fashion.question_last=true --task-opt speech.question_last=true
-MM_PREPARE := $(BIN)/omnibyte prepare --mix $(MM_MIX) --heldout $(MM_HELDOUT) $(MM_OPTS) --out data/mm
+MM_PREPARE := $(BIN)/omnibyte prepare --mix $(MM_TEXT_SHARE),$(MM_TASKS) --heldout $(MM_HELDOUT) $(MM_OPTS) \
+	--out data/$(MM_NAME)
 # the mix's very text (the same chapters in train, val and test): the text-only baseline's data
-MM_TEXT := $(BIN)/omnibyte prepare --mix $(MM_TEXT_SHARE) --out data/mm-text
-MM_RUN := runs/mm-cpu-s$(SEED)
+MM_TEXT := $(BIN)/omnibyte prepare --mix $(MM_TEXT_SHARE) --out data/$(MM_NAME)-text
+MM_RUN := runs/$(MM_NAME)-cpu-s$(SEED)
 
 multimodal: setup
-	@if [ "$$(cat data/mm.cmd 2>/dev/null)" != '$(MM_PREPARE)' ]; then \
-	  $(MM_PREPARE) && echo '$(MM_PREPARE)' > data/mm.cmd; fi
-	@if [ "$$(cat data/mm-text.cmd 2>/dev/null)" != '$(MM_TEXT)' ]; then \
-	  $(MM_TEXT) && echo '$(MM_TEXT)' > data/mm-text.cmd; fi
-	@test -s data/mm.steps || $(BIN)/python -m benchmarks.multimodal_run --steps-for $(MM_MINUTES) \
-	  configs/multimodal-cpu.toml > data/mm.steps
+	@if [ "$$(cat data/$(MM_NAME).cmd 2>/dev/null)" != '$(MM_PREPARE)' ]; then \
+	  $(MM_PREPARE) && echo '$(MM_PREPARE)' > data/$(MM_NAME).cmd; fi
+	@if [ "$$(cat data/$(MM_NAME)-text.cmd 2>/dev/null)" != '$(MM_TEXT)' ]; then \
+	  $(MM_TEXT) && echo '$(MM_TEXT)' > data/$(MM_NAME)-text.cmd; fi
+	@if [ -n "$(MM_STEPS)" ]; then echo $(MM_STEPS) > data/$(MM_NAME).steps; \
+	 elif [ ! -s data/$(MM_NAME).steps ]; then $(BIN)/python -m benchmarks.multimodal_run --steps-for $(MM_MINUTES) \
+	  configs/multimodal-cpu.toml --data data/$(MM_NAME) > data/$(MM_NAME).steps; fi
 	@if [ -d $(MM_RUN)/checkpoint ]; then $(BIN)/omnibyte train --resume $(MM_RUN); \
-	 else steps=$$(cat data/mm.steps); $(BIN)/omnibyte train configs/multimodal-cpu.toml --out $(MM_RUN) \
-	  --train.seed $(SEED) --train.steps $$steps --train.task_eval_every $$((steps / 8)); fi
-	$(BIN)/python -m benchmarks.multimodal_run $(MM_RUN) --text-data data/mm-text
+	 else steps=$$(cat data/$(MM_NAME).steps); $(BIN)/omnibyte train configs/multimodal-cpu.toml --out $(MM_RUN) \
+	  --data data/$(MM_NAME) --train.seed $(SEED) --train.steps $$steps \
+	  --train.task_eval_every $$(( steps >= 8 ? steps / 8 : 1 )) $(MM_TRAIN_ARGS); fi
+	$(BIN)/python -m benchmarks.multimodal_run $(MM_RUN) --text-data data/$(MM_NAME)-text \
+	  --results $(MM_RESULTS) $(MM_SCORE_ARGS)
+
+# The same pipeline at smoke size (a few CPU minutes; nothing is learned): small task counts, 6 steps,
+# 2 validation examples per task curve point, 2 test examples per kind, 4 drawings, a judge trained on
+# 2,000 images (cached apart from the real one), results in the run folder, not in benchmarks/.
+multimodal-smoke:
+	$(MAKE) multimodal MM_NAME=mm-smoke MM_TEXT_SHARE=kjv:0.01 MM_TASKS=clocks:30,shapes:30,fashion:60,speech:20 \
+	  MM_HELDOUT=clocks:4,shapes:8,fashion:16,speech:8 MM_STEPS=6 \
+	  MM_TRAIN_ARGS="--train.task_eval_n 2 --train.eval_every 3 --train.save_every 3 --train.warmup_steps 1" \
+	  MM_SCORE_ARGS="--limit 2 --draws 4 --show 2 --judge-images 2000" MM_RESULTS=runs/mm-smoke-cpu-s$(SEED)/results.md
 
 test: setup
 	$(BIN)/ruff check .

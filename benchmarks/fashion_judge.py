@@ -49,8 +49,12 @@ def as_input(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(images, np.float32) / 127.5 - 1.0)[:, None]
 
 
-def train_judge(root: str = DEFAULT_ROOT, epochs: int = 3, seed: int = 0) -> tuple[JudgeNet, dict]:
+def train_judge(root: str = DEFAULT_ROOT, epochs: int = 3, seed: int = 0,
+                images_limit: int | None = None) -> tuple[JudgeNet, dict]:
+    """Train the judge on the training images (the first `images_limit` of them when given: a smoke
+    run's judge) and measure it on the official test images."""
     images, labels = load_split(root, "train")
+    images, labels = images[:images_limit], labels[:images_limit]
     torch.manual_seed(seed)
     net = JudgeNet()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -68,8 +72,8 @@ def train_judge(root: str = DEFAULT_ROOT, epochs: int = 3, seed: int = 0) -> tup
     net.eval()
     test_images, test_labels = load_split(root, "test")
     accuracy = float(np.mean(classify(net, test_images) == test_labels))
-    return net, {"epochs": epochs, "seed": seed, "train_s": round(time.perf_counter() - t0, 1),
-                 "test_accuracy": accuracy}
+    return net, {"epochs": epochs, "seed": seed, "train_images": len(images),
+                 "train_s": round(time.perf_counter() - t0, 1), "test_accuracy": accuracy}
 
 
 @torch.no_grad()
@@ -79,14 +83,24 @@ def classify(net: JudgeNet, images: np.ndarray, batch_size: int = 512) -> np.nda
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
-def load_judge(root: str = DEFAULT_ROOT, path: Path = WEIGHTS) -> tuple[JudgeNet, dict]:
+def weights_path(images_limit: int | None = None) -> Path:
+    """Where the judge trained on `images_limit` images is cached: a smoke run's small judge never
+    stands in for the real one."""
+    return WEIGHTS if images_limit is None else WEIGHTS.with_name(f"{WEIGHTS.stem}-{images_limit}{WEIGHTS.suffix}")
+
+
+def load_judge(root: str = DEFAULT_ROOT, path: Path | None = None,
+               images_limit: int | None = None) -> tuple[JudgeNet, dict]:
     """The cached judge, trained first when there is none."""
+    if images_limit is not None and images_limit < 1:
+        raise SystemExit(f"error: the judge needs at least one training image, not {images_limit}")
+    path = path or weights_path(images_limit)
     info_file = path.with_suffix(".json")
     if path.is_file() and info_file.is_file():
         net = JudgeNet()
         net.load_state_dict(torch.load(path, weights_only=True))
         return net.eval(), json.loads(info_file.read_text())
-    net, info = train_judge(root)
+    net, info = train_judge(root, images_limit=images_limit)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), path)
     info_file.write_text(json.dumps(info) + "\n")
@@ -103,10 +117,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", default=DEFAULT_ROOT, help="Fashion-MNIST folder")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--images", type=int, help="train on the first N training images only (a smoke test)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    _, info = load_judge(args.root)
-    print(json.dumps({"weights": str(WEIGHTS), **info}))
+    _, info = load_judge(args.root, images_limit=args.images)
+    print(json.dumps({"weights": str(weights_path(args.images)), **info}))
     return 0
 
 

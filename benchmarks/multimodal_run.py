@@ -135,7 +135,7 @@ def score_run(args) -> dict:
     print(f"answering the {args.split} examples of {data} ...", flush=True)
     results = run_examples(model, data, n=args.limit, split=args.split, draws=args.draws,
                            draw_temperature=args.temperature, seed=0)
-    net, judge_info = load_judge()
+    net, judge_info = load_judge(images_limit=args.judge_images)
     judge_draws(results, lambda segs: judge(net, segs))
     drawn = [r for r in results if r.drawn is not None]
     truth = judge(net, [first_image(r.ids) for r in drawn]) if drawn else []
@@ -245,10 +245,13 @@ def combine(paths: list[Path], split: str) -> list[str]:
     return lines
 
 
-def probe_steps(config: Path, minutes: float) -> int:
-    """Steps of `config` that fill `minutes` of training here (a probe of 8 steps, evaluation off)."""
+def probe_steps(config: Path, minutes: float, data: Path | None = None) -> int:
+    """Steps of `config` (on `data` when given) that fill `minutes` of training here (a probe of 8
+    steps, evaluation off)."""
     raw = load_run_config(config).to_dict()
     raw["train"] = {**raw["train"], "task_eval_every": 0}
+    if data is not None:
+        raw["data"] = {**raw["data"], "path": str(data)}
     steps, rate = steps_for_minutes(raw, HERE / "out" / "steps-probe", minutes)
     print(f"{rate:,.0f} ids/s: {steps} steps in {minutes:g} minutes", file=sys.stderr)
     return steps
@@ -269,6 +272,10 @@ def main() -> int:
     ap.add_argument("--results", type=Path, default=RESULTS, help="the results file a section goes into")
     ap.add_argument("--steps-for", type=float, metavar="MINUTES", help="print the steps of RUN (a config file here) "
                     "that fill MINUTES of training on this machine")
+    ap.add_argument("--data", type=Path,
+                    help="with --steps-for: the dataset the probe trains on (default: the config's)")
+    ap.add_argument("--judge-images", type=int, help="train the drawing judge on the first N Fashion-MNIST training "
+                    "images only, cached apart from the full judge (a smoke run)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.combine:
@@ -279,7 +286,7 @@ def main() -> int:
     if args.steps_for:
         if args.run is None or not args.run.is_file():
             ap.error("--steps-for needs a config file")
-        print(probe_steps(args.run, args.steps_for))
+        print(probe_steps(args.run, args.steps_for, args.data))
         return 0
     if args.run is None or args.text_data is None:
         ap.error("give RUN and --text-data (or --combine RUN RUN ...)")
