@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from omnibyte.cli.args import seed_int
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("report", help="an HTML page of what a trained model does (text, images, audio, task metrics)",
@@ -17,7 +19,7 @@ def add_parser(sub) -> None:
                    help="held-out split shown and scored: val while choosing a recipe, test for a final model")
     p.add_argument("--max-batches", type=int, default=20,
                    help="validation windows scored for bits per byte, in batches of 4 (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed for generated text and images")
+    p.add_argument("--seed", type=seed_int, default=0, help="sampling seed for generated text and images")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=run)
 

@@ -26,6 +26,7 @@ import numpy as np
 import soundfile as sf
 
 from omnibyte.errors import OmnibyteError
+from omnibyte.files import remove_stale_temps, temp_sibling
 from omnibyte.format import AUDIO_MULAW8, AudioSegment
 
 DEFAULT_RATE = 8000
@@ -240,7 +241,8 @@ def save_wav(seg: AudioSegment, path: str | Path) -> Path:
     pcm = np.clip(np.rint(x.astype(np.float64) * 32768.0), -32768, 32767).astype(np.int16)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    remove_stale_temps(path)  # what a killed earlier write of this file left
+    tmp = temp_sibling(path)
     try:
         sf.write(str(tmp), pcm, rate, subtype="PCM_16", format="WAV")
         os.replace(tmp, path)

@@ -69,7 +69,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be ≥ 1, got {getattr(self, name)}")
         if self.task_eval_n < 1:
             raise ValueError(f"train.task_eval_n must be ≥ 1, got {self.task_eval_n}")
-        for name in ("warmup_steps", "eval_every", "eval_batches", "save_every", "threads", "task_eval_every"):
+        for name in ("warmup_steps", "eval_every", "eval_batches", "save_every", "threads", "task_eval_every",
+                     "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be ≥ 0, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -131,11 +132,11 @@ def read_run_config(run_dir: Path, overrides: list[str] | dict | None = None) ->
     if not f.is_file():
         raise OmnibyteError(f"{run_dir} is not a run directory (no run.json)")
     try:
-        raw = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
+        raw = json.loads(f.read_text(encoding="utf-8"))
+    except ValueError as e:  # bad JSON or bad UTF-8
         raise OmnibyteError(f"corrupt {f}: {e}") from None
     if not isinstance(raw, dict):
-        raise OmnibyteError(f"corrupt {f}: expected a JSON object")
+        raise OmnibyteError(f"corrupt {f}: not a JSON object")
     raw = compat.run_config(raw)
     if overrides:
         raw = merge(raw, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
