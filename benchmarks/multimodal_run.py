@@ -36,7 +36,7 @@ import torch
 
 from benchmarks.common import HERE, header, metrics, steps_for_minutes, train_run, write_section
 from benchmarks.fashion_judge import judge, load_judge
-from omnibyte.data import BatchLoader, ShardDataset
+from omnibyte.data import BatchLoader, ShardDataset, is_dataset
 from omnibyte.eval.multimodal import first_image, json_safe, judge_draws, run_examples, score_examples
 from omnibyte.eval.report import esc, table, write_report
 from omnibyte.eval.runner import evaluate_model, run_settings
@@ -290,6 +290,10 @@ def main() -> int:
         return 0
     if args.run is None or args.text_data is None:
         ap.error("give RUN and --text-data (or --combine RUN RUN ...)")
+    if not (args.run / "run.json").is_file() or not (args.run / "checkpoint").is_dir():
+        ap.error(f"{args.run} is not a finished run (no run.json and checkpoint/)")
+    if not is_dataset(args.text_data):
+        ap.error(f"{args.text_data} is not a prepared dataset (make it with `omnibyte prepare --mix kjv:SHARE`)")
     result = score_run(args)
     lines = run_section(args, result)
     print("\n".join(lines))

@@ -141,6 +141,21 @@ def test_image_probe_reads_each_tasks_targets_from_the_text():
     assert image_encoder_probe.labels("fashion", "nothing here") is None
 
 
+def test_scoring_refuses_a_missing_run_or_text_data_before_any_work(tmp_path, monkeypatch, capsys):
+    fake_run(tmp_path / "run", tmp_path, steps=2)
+    for argv, what in (([str(tmp_path / "run"), "--text-data", str(tmp_path)], "is not a finished run"),
+                       ([str(tmp_path / "nowhere"), "--text-data", str(tmp_path)], "is not a finished run")):
+        monkeypatch.setattr("sys.argv", ["multimodal_run", *argv])
+        with pytest.raises(SystemExit):
+            multimodal_run.main()
+        assert what in capsys.readouterr().err
+    (tmp_path / "run" / "checkpoint").mkdir()
+    monkeypatch.setattr("sys.argv", ["multimodal_run", str(tmp_path / "run"), "--text-data", str(tmp_path / "none")])
+    with pytest.raises(SystemExit):
+        multimodal_run.main()
+    assert "is not a prepared dataset" in capsys.readouterr().err
+
+
 def make_dry_run(*args: str) -> str:
     """The commands `make -n` would run for `args` (nothing runs; setup is taken as done)."""
     out = subprocess.run(["make", "-n", "-o", "setup", "-o", ".venv/.installed", *args], cwd=REPO,
