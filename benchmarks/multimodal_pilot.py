@@ -81,12 +81,9 @@ def main() -> int:
     mix, ev = args.out / f"mix-{tag}-{args.n_train}", args.out / f"eval-{tag}-{args.n_eval}"
     built = (mix / "meta.json").exists() and ShardDataset(mix).has_aux("train", ANSWER_AUX)
     if not built:  # (mixes built before task datasets marked their answers are built again)
-        build_mix(f"{args.task}:{args.n_train}", mix, seed=0, val_fraction=0.02, task_opts={args.task: opts})
-    if not (ev / "meta.json").exists():
-        eval_opts = {**opts, "split": "test"} if args.task == "fashion" else opts
-        # as multimodal_tasks.py: 90% held out, scored from the val split
-        build_mix(f"{args.task}:{args.n_eval * 10 // 9 + 1}", ev, seed=1, val_fraction=0.9,
-                  task_opts={args.task: eval_opts})
+        build_mix(f"{args.task}:{args.n_train}", mix, seed=0, heldout=1, task_opts={args.task: opts})
+    if not (ev / "meta.json").exists():  # scored from the val split (Fashion-MNIST: half of its test images)
+        build_mix(f"{args.task}:1", ev, seed=1, heldout=args.n_eval, task_opts={args.task: opts})
     preset = dict(mm.FULL)
     preset["train"] = {**preset["train"], "media_loss_weight": args.media_loss_weight,
                        "prompt_loss_weight": args.prompt_loss_weight, **train_over}

@@ -296,10 +296,13 @@ def main() -> int:
         print("building the training mixes and the evaluation set ...", flush=True)
         mixes = {}
         for name, spec in (("with text", f"{preset['text']},{tasks}"), ("without text", tasks)):
-            meta = build_mix(spec, work / name.replace(" ", "-"), seed=0, val_fraction=0.02, task_opts=opts_for(spec))
+            meta = build_mix(spec, work / name.replace(" ", "-"), seed=0, heldout=1, task_opts=opts_for(spec))
             mixes[name] = {"spec": spec, "share": mix_bytes(meta), "path": work / name.replace(" ", "-")}
-        build_mix(eval_tasks, work / "eval", seed=1, val_fraction=0.9,
-                  task_opts=opts_for(eval_tasks, {"fashion": {"split": "test"}}))
+        # the evaluation set is the val split of a one-example-per-task mix of another seed (Fashion-MNIST:
+        # one half of its test images)
+        counts = {name: int(n) for name, n in parse_mix(eval_tasks)}
+        build_mix(",".join(f"{name}:1" for name in counts), work / "eval", seed=1, heldout=counts,
+                  task_opts=opts_for(eval_tasks))
         name, share = parse_mix(preset["text"])[0]
         held_text = text_documents(name, share, seed=0, complement=True)[:preset["text_docs"]]
         write_dataset(held_text, work / "text-eval", sources=[f"{name} chapters left out of the mix"], val_fraction=0)

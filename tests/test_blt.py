@@ -249,9 +249,11 @@ def test_configs_resolve():
     build_model("blt", tiny.model)  # builds without any entropy model
     small = load_run_config(REPO / "configs" / "blt-small.toml")
     assert small.model.patcher.kind == "entropy" and small.model.patcher.entropy_model
-    for name in ("multimodal-tiny.toml", "multimodal.toml"):  # the demo's BLTs: conv features, image encoder
+    mm = load_run_config(REPO / "configs" / "multimodal-tiny.toml")  # the demo: conv features, image encoder
+    assert set(build_model("blt", mm.model).adapters) == {"media_conv", "image_encoder"}
+    for name in ("multimodal-cpu.toml", "multimodal.toml"):  # the one model of every task also hears
         mm = load_run_config(REPO / "configs" / name)
-        assert set(build_model("blt", mm.model).adapters) == {"media_conv", "image_encoder"}
+        assert set(build_model("blt", mm.model).adapters) == {"media_conv", "image_encoder", "audio_encoder"}
 
 
 # --------------------------------------------------------------------------- the earlier layout

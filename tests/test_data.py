@@ -346,7 +346,7 @@ def test_cli_prepare(tmp_path, capsys):
     assert document_from_record({"text": "x"}, tmp_path).segments == [TextSegment(b"x")]
 
 
-@given(lengths=st.lists(st.integers(2, 30), min_size=1, max_size=12), seq_len=st.integers(2, 20),
+@given(lengths=st.lists(st.integers(2, 30), min_size=1, max_size=40), seq_len=st.integers(2, 20),
        lead=st.integers(0, 3))
 @settings(max_examples=150, deadline=None)
 def test_document_windows_hold_whole_documents(lengths, seq_len, lead):
@@ -356,22 +356,33 @@ def test_document_windows_hold_whole_documents(lengths, seq_len, lead):
         doc_starts.append(len(ids))
         ids += [BOS] + [(len(ids) + i) % 256 for i in range(n - 1)]
     ids = np.asarray(ids)
-    starts, lens = document_windows(ids, seq_len)
-    assert (lens >= 1).all() and (lens <= seq_len + 1).all()
     bounds = set(doc_starts) | {0}
     ends = sorted(bounds | {len(ids)})
-    targets = []
-    for s, n in zip(starts.tolist(), lens.tolist()):
-        doc = max(b for b in bounds if b <= s)
-        doc_end = min(b for b in ends if b > s)
-        if doc_end - doc <= seq_len + 1:  # whole documents, from the start of one to the end of one
-            assert s == doc and s + n in ends
-        else:  # a long document: windows of its own, each continuing the previous one
-            assert s + n <= doc_end
-        targets += range(s + 1, s + n)
+    targets, placed = [], []
+    for pieces in document_windows(ids, seq_len):
+        assert 1 <= sum(n for _, n in pieces) <= seq_len + 1
+        for k, (s, n) in enumerate(pieces):
+            doc = max(b for b in bounds if b <= s)
+            doc_end = min(b for b in ends if b > s)
+            if doc_end - doc <= seq_len + 1:  # a whole document
+                assert s == doc and s + n == doc_end
+                placed.append(s)
+            else:  # a long document: windows of its own, each continuing the previous one
+                assert len(pieces) == 1 and s + n <= doc_end
+            targets += range(s + (k == 0), s + n)  # the first id of a window is never a target
+    assert len(placed) == len(set(placed))  # a document goes in one window once
     # every id is a target at most once, and only the first id of a document can be skipped
     assert len(targets) == len(set(targets))
     assert set(range(len(ids))) - set(targets) <= bounds
+
+
+def test_document_windows_are_packed_full():
+    rng = np.random.default_rng(0)
+    ids = []
+    for n in rng.integers(50, 1000, size=400):
+        ids += [BOS] + [1] * int(n - 1)
+    windows = document_windows(np.asarray(ids), 2047)
+    assert sum(n for w in windows for _, n in w) / (len(windows) * 2048) > 0.95
 
 
 def test_document_windows_in_the_loader(tmp_path):
@@ -387,8 +398,11 @@ def test_document_windows_in_the_loader(tmp_path):
         assert (batch["ids"][:, 0] == BOS).all()
         for row, pos in zip(batch["ids"], batch["pos"]):
             n = int((row != PAD).sum())
-            start = int(pos[0])
-            assert torch.equal(row[:n], torch.from_numpy(stream[start:start + n].astype(np.int64)))
+            # whole documents side by side, each with its own ids and aux values from the stream
+            for a, b in zip(np.flatnonzero(row[:n] == BOS), [*np.flatnonzero(row[:n] == BOS)[1:], n]):
+                start = int(pos[a])
+                assert torch.equal(row[a:b], torch.from_numpy(stream[start:start + b - a].astype(np.int64)))
+                assert start + b - a == len(stream) or stream[start + b - a] == BOS
             assert (row[n:] == PAD).all() and (pos[n:] == 0).all()
             seen += 1
     assert loader.n_windows < len(stream) // 10  # whole documents packed, not one per window

@@ -54,6 +54,7 @@ MODELS = {
 ADAPTERS = {
     "media_conv": {"media_conv": {"channels": 4, "kernel": 3}},
     "image_encoder": {"image_encoder": {"width": 4}},
+    "audio_encoder": {"audio_encoder": {"width": 4, "cells": 3}},
 }
 WITH_ADAPTERS = ("transformer", "megabyte", "blt-static", "blt-entropy")
 SUBJECTS = list(MODELS) + [f"{m}+{a}" for a in ADAPTERS for m in WITH_ADAPTERS]

@@ -22,20 +22,24 @@ from omnibyte.data.tasks import (
     parse_task_opts,
     prepare_tasks,
     read_heldout,
+    split_seed,
     task_examples,
 )
 from omnibyte.data.tasks import fashion as fashion_mod
 from omnibyte.data.tasks.shapes import Shape
 from omnibyte.data.tasks.speech import DIGITS
 from omnibyte.errors import OmnibyteError
-from omnibyte.eval import bits_per_byte
+from omnibyte.eval import bits_per_byte, metrics
 from omnibyte.eval.multimodal import (
     ExampleResult,
     bpb_by_modality,
     evaluate_task,
+    judge_draws,
     modality_batches,
     modality_labels,
+    run_examples,
     score_examples,
+    span_bits,
 )
 from omnibyte.eval.report import question_of
 from omnibyte.format import BOA, BOI, BOS, EOA, EOI, EOS, AudioSegment, Document, ImageSegment, TextSegment, decode
@@ -199,6 +203,24 @@ def test_shapes_describe_counts_every_kind(point):
         assert bytes(ids[b:-1]).decode() == want + "\n"
 
 
+def test_shapes_locate_points_at_every_shape():
+    opts = {**SMALL["shapes"], "max_shapes": 4, "question_last": True}
+    for ex, one in zip(task_examples("shapes", 10, 2, **opts, describe=True, locate=True),
+                       task_examples("shapes", 10, 2, **opts)):
+        ids = ex.document().ids()
+        assert ids[:ex.answer_start] == one.document().ids()[:one.answer_start] and ex.meta == one.meta
+        (_, b1), (a, b) = ex.prompts  # the counts, then the points
+        assert bytes(ids[a:b]).decode() == "Point to every shape.\n" + ANSWER_PREFIX
+        answer = bytes(ids[b:-1]).decode()
+        assert answer.endswith("\n") and "\n" not in answer[:-1]
+        shapes = sorted((Shape.from_dict(d) for d in ex.meta["shapes"]), key=lambda s: s.x)
+        points = metrics.parse_points(answer)
+        assert len(points) == len(shapes)
+        for (x, y), s in zip(points, shapes):
+            assert s.contains(x * 16 / 100, y * 16 / 100)
+            assert f'alt="{s.colour} {s.kind}"' in answer
+
+
 def test_follow_up_questions_are_prompt_in_the_answer_marks(tmp_path):
     out = tmp_path / "shapes"
     build_task("shapes", out, n=20, seed=0, **{**SMALL["shapes"], "point": 0.0, "questions": 3})
@@ -274,6 +296,100 @@ def test_task_dataset_builds_and_loads(tmp_path):
     assert (out / "train-00000.bin").read_bytes() != (again / "train-00000.bin").read_bytes()
 
 
+def docs_in(path, split: str) -> list[bytes]:
+    ids = np.asarray(ShardDataset(path).stream(split))
+    return [ids[s:e + 1].tobytes() for s, e in zip(np.flatnonzero(ids == BOS), np.flatnonzero(ids == EOS))]
+
+
+def test_val_and_test_examples_come_from_seeds_and_images_of_their_own(tmp_path, fake_fashion):
+    out = tmp_path / "mix"
+    opts = {**small("clocks"), "fashion": {"root": fake_fashion, "draw": 0.0}}
+    meta = build_mix("clocks:12,fashion:10", out, seed=0, heldout={"fashion": 20}, task_opts=opts)
+    assert set(meta["splits"]) == {"train", "val", "test"}
+    assert meta["heldout"] == {"val": {"clocks": 1, "fashion": 20}, "test": {"clocks": 1, "fashion": 20}}
+    train, val, test = (set(docs_in(out, s)) for s in ("train", "val", "test"))
+    assert len(train) == 22 and len(val) == len(test) == 21 and not (train & val or train & test or val & test)
+    # each split's examples are the generator's under that split's seed
+    want = doc_bytes("clocks", 1, split_seed(0, "test"), small("clocks")["clocks"])
+    assert set(want) <= test
+    for split in ("val", "test"):
+        records = read_heldout(out, split=split)
+        assert {r["split"] for r in records} == {split} and len(records) == 21
+    # Fashion-MNIST: held-out images are the official test images, val and test one half each, and
+    # held out examples are the default generator's (half of them draw) whatever the training share
+    test_images, _ = fashion_mod.load_split(fake_fashion, "test")
+    halves = [fashion_mod.load_split(fake_fashion, h)[0] for h in fashion_mod.HALVES]
+    assert [len(h) for h in halves] == [20, 20]
+    as_bytes = [{img.tobytes() for img in h} for h in halves]
+    assert not as_bytes[0] & as_bytes[1] and as_bytes[0] | as_bytes[1] == {img.tobytes() for img in test_images}
+    stream = {s: ShardDataset(out).stream(s) for s in ("val", "test")}
+    for split, half in zip(("val", "test"), as_bytes):
+        records = read_heldout(out, "fashion", split)
+        assert {r["kind"] for r in records} == {"classify", "draw"}
+        for r in records:
+            doc = [int(t) for t in stream[split][r["start"]:r["start"] + r["length"]]]
+            pixels = bytes(doc[doc.index(BOI) + 6:doc.index(EOI)])
+            assert pixels in half
+    with pytest.raises(OmnibyteError, match="trains on split train"):
+        build_mix("fashion:4", tmp_path / "bad", task_opts={"fashion": {"root": fake_fashion, "split": "test"}})
+    with pytest.raises(OmnibyteError, match="heldout-val split has 20 images"):
+        build_mix("fashion:4", tmp_path / "bad", heldout=21, task_opts={"fashion": {"root": fake_fashion}})
+    with pytest.raises(OmnibyteError, match="held-out counts given for speech"):
+        build_mix("fashion:4", tmp_path / "bad", heldout={"speech": 3}, task_opts={"fashion": {"root": fake_fashion}})
+
+
+def test_a_dataset_built_before_the_test_split_reads_as_val(tmp_path):
+    out = tmp_path / "old"
+    build_task("clocks", out, n=10, seed=0, size=16)
+    file = out / "heldout.jsonl"
+    old = [json.loads(line) for line in file.read_text().splitlines()]
+    file.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "split"}) + "\n"
+                            for r in old if r["split"] == "val"))
+    assert len(read_heldout(out)) == 1
+    with pytest.raises(OmnibyteError, match="built before task datasets had a test split"):
+        read_heldout(out, split="test")
+    with pytest.raises(OmnibyteError, match="val and test splits, not 'train'"):
+        read_heldout(out, split="train")
+
+
+def test_text_in_a_mix_holds_out_val_and_test_chapters(tmp_path, monkeypatch):
+    from omnibyte.data import corpus
+
+    bible = "".join(f"Ge{c}:{v} verse {v} of chapter {c}\n" for c in range(1, 61) for v in range(1, 3))
+    monkeypatch.setattr(corpus, "kjv_text", lambda: bible)
+    build_mix("kjv:0.5,clocks:4", tmp_path / "mix", seed=0, task_opts=small("clocks"))
+    build_mix("kjv:0.5", tmp_path / "text", seed=0)
+
+    def text(path, split):
+        return {d for d in docs_in(path, split) if not np.any(np.frombuffer(d, np.uint16) == BOI)}
+
+    for split in ("train", "val", "test"):
+        assert text(tmp_path / "mix", split) == text(tmp_path / "text", split)  # the text baseline's data
+    train, val, test = (text(tmp_path / "text", s) for s in ("train", "val", "test"))
+    assert len(val) == len(test) == 3 and len(train) == 27  # 5 % of 60 each; half of the other 54
+    assert not (train & val or train & test or val & test)
+
+
+def test_prepare_and_eval_commands_take_held_out_splits(tmp_path, capsys):
+    from omnibyte.cli import main
+
+    out = tmp_path / "clocks"
+    assert main(["prepare", "--task", "clocks", "--n", "6", "--heldout", "2", "--task-opt", "size=16",
+                 "--out", str(out)]) == 0
+    assert "held-out examples: val clocks 2; test clocks 2" in capsys.readouterr().out
+    assert main(["prepare", "--task", "clocks", "--val-fraction", "0.2", "--out", str(out)]) == 2
+    assert "--heldout" in capsys.readouterr().err
+    assert main(["prepare", "--mix", "clocks:6", "--heldout", "clocks:x", "--out", str(out)]) == 2
+    assert "TASK:COUNT" in capsys.readouterr().err
+    torch.manual_seed(0)
+    model = build_model("transformer", {"dim": 16, "n_layers": 1, "n_heads": 2})
+    model.save_pretrained(tmp_path / "m")
+    assert main(["eval", str(tmp_path / "m"), "--task", "clocks", "--data", str(out), "--split", "test",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["split"] == "test" and result["metrics"]["clock"]["n"] == 2
+
+
 def test_unknown_task_and_bad_options(tmp_path):
     with pytest.raises(OmnibyteError, match="unknown task 'clock'"):
         build_task("clock", tmp_path / "x", n=5)
@@ -308,14 +424,15 @@ def test_mix_holds_the_same_task_examples_with_and_without_text(tmp_path, monkey
     without = build_mix(spec, tmp_path / "b", seed=0, task_opts=SMALL)
     assert with_text["splits"]["train"]["bytes"]["text"] > without["splits"]["train"]["bytes"]["text"]
 
-    def task_docs(path):
+    def task_docs(path, splits=("train", "val", "test")):
         ds = ShardDataset(path)
-        ids = np.concatenate([np.asarray(ds.stream(s)) for s in ("train", "val")])
+        ids = np.concatenate([np.asarray(ds.stream(s)) for s in splits])
         docs = [ids[s:e + 1].tobytes() for s, e in zip(np.flatnonzero(ids == BOS), np.flatnonzero(ids == EOS))]
         return sorted(d for d in docs if np.any(np.frombuffer(d, np.uint16) == BOI))
 
     assert task_docs(tmp_path / "a") == task_docs(tmp_path / "b")
-    assert len(task_docs(tmp_path / "a")) == 30
+    assert len(task_docs(tmp_path / "a", ["train"])) == 30
+    assert len(task_docs(tmp_path / "a")) == 30 + 2 * (1 + 1 + 1)  # 10 % of each task held out per split
     # the answer mask: 0 on each example's prompt, 1 on its answer and on every text document
     ds = ShardDataset(tmp_path / "a")
     val, answer = np.asarray(ds.stream("val")), np.asarray(ds.aux("val", ANSWER_AUX))
@@ -351,7 +468,7 @@ def test_modality_labels():
 
 def test_bpb_by_modality_adds_up_to_bits_per_byte(tmp_path):
     out = tmp_path / "mix"
-    build_mix("clocks:10,completion:10", out, seed=0, val_fraction=0.3, task_opts=small("clocks", "completion"))
+    build_mix("clocks:10,completion:10", out, seed=0, heldout=3, task_opts=small("clocks", "completion"))
     torch.manual_seed(0)
     model = build_model("transformer", {"dim": 32, "n_layers": 2, "n_heads": 4})
     total = bits_per_byte(model, eval_batches(out, "val", 4, 100))
@@ -379,13 +496,14 @@ def test_evaluate_task_end_to_end(tmp_path):
     for kind, m in res["metrics"].items():
         assert 1 <= m["n"] <= 3
         assert 0 <= (m["accuracy"] if kind == "count" else m["precision"]) <= 1
-    with pytest.raises(OmnibyteError, match="no held-out examples of task 'clocks'"):
+    with pytest.raises(OmnibyteError, match="no held-out val examples of task 'clocks'"):
         evaluate_task(model, out, task="clocks")
+    assert evaluate_task(model, out, n=1, split="test")["split"] == "test"
 
 
 def test_score_examples_perfect_and_wrong_answers(tmp_path):
     out = tmp_path / "mix"
-    build_mix("clocks:20,shapes:30", out, seed=0, val_fraction=0.5, task_opts=small("clocks", "shapes"))
+    build_mix("clocks:20,shapes:30", out, seed=0, heldout=12, task_opts=small("clocks", "shapes"))
     records = read_heldout(out)
     perfect = [ExampleResult(r, [], prediction=r["answer"]) for r in records]
     scores = score_examples(perfect)
@@ -395,3 +513,48 @@ def test_score_examples_perfect_and_wrong_answers(tmp_path):
     scores = score_examples(wrong)
     assert scores["clock"]["within"] == 0 and scores["clock"]["parsed"] == 0
     assert scores["point"]["recall"] == 0 and scores["count"]["accuracy"] == 0
+
+
+def test_drawings_are_sampled_whole_and_judged(tmp_path, fake_fashion):
+    out = tmp_path / "fashion"
+    build_task("fashion", out, n=4, seed=0, heldout=8, root=fake_fashion)
+    torch.manual_seed(0)
+    model = build_model("transformer", {"dim": 16, "n_layers": 1, "n_heads": 2})
+    results = run_examples(model, out, draws=3, seed=1)
+    draws = [r for r in results if r.kind == "draw"]
+    assert len(draws) >= 3 and all(r.drawn is None for r in draws[3:])
+    drawn = [r.drawn for r in draws[:3]]
+    assert all((d.width, d.height, d.channels, len(d.pixels)) == (28, 28, 1, 784) for d in drawn)
+    assert len({d.pixels for d in drawn}) == 3  # the same prompt still gives other images
+    again = run_examples(model, out, draws=3, seed=1)
+    assert [r.drawn for r in again if r.drawn is not None] == drawn  # seeded
+    judge_draws(results, lambda segs: [0] * len(segs))
+    scores = score_examples(results)["draw"]
+    want = np.mean([r.record["label"] == 0 for r in draws[:3]])
+    assert scores["judged"] == pytest.approx(want) and scores["judged_n"] == 3 and scores["chance_judged"] == 0.1
+
+
+def test_transcripts_are_also_scored_per_language():
+    recs = [({"kind": "transcribe", "answer": "one two", "language": "en"}, "one two"),
+            ({"kind": "transcribe", "answer": "three", "language": "en"}, "tree"),
+            ({"kind": "transcribe", "answer": "deux", "language": "fr"}, "")]
+    scores = score_examples([ExampleResult(r, [], prediction=p) for r, p in recs])["transcribe"]
+    assert scores["wer_en"] == pytest.approx(1 / 3) and scores["wer_fr"] == 1 and scores["n_fr"] == 1
+    assert scores["cer_en"] == pytest.approx(1 / 12)  # "tree" for "three": one deletion in 7 + 5 characters
+    assert scores["wer"] == pytest.approx(2 / 4)
+    alone = score_examples([ExampleResult(r, [], prediction=p) for r, p in recs[:2]])["transcribe"]
+    assert "wer_en" not in alone  # one language: the totals say it all
+
+
+def test_text_answers_also_get_their_bits_given_the_prompt(tmp_path):
+    out = tmp_path / "clocks"
+    build_task("clocks", out, n=4, seed=0, heldout=3, size=16)
+    torch.manual_seed(0)
+    model = build_model("transformer", {"dim": 16, "n_layers": 1, "n_heads": 2})
+    results = run_examples(model, out)
+    for r in results:
+        start = r.record["answer_start"]
+        (bits, n), = span_bits(model, [(r.ids, start, start + 6)])  # "HH:MM\n"
+        assert r.answer_bytes == n == 6 and r.answer_bits == pytest.approx(bits, rel=1e-4)
+    want = sum(r.answer_bits for r in results) / sum(r.answer_bytes for r in results)
+    assert score_examples(results)["clock"]["answer_bpb"] == pytest.approx(want)

@@ -431,6 +431,23 @@ def test_prompt_loss_weight_trains_on_answers_only(tmp_path):
         Trainer(cfg, tmp_path / "run-plain", quiet=True)
 
 
+def test_task_metrics_on_validation_examples_over_training(tmp_path):
+    from omnibyte.data.tasks import build_task
+
+    data = tmp_path / "clocks"
+    build_task("clocks", data, n=12, seed=0, heldout=3, size=8, mode="gray")
+    cfg = load_run_config(None, tiny_overrides(data, steps=4, seq_len=256, task_eval_every=2, task_eval_n=2))
+    Trainer(cfg, tmp_path / "run", quiet=True).fit()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    curve = [(r["step"], r["val_clock_hour"]) for r in rows if "val_clock_hour" in r]
+    assert [step for step, _ in curve] == [2, 4] and all(0 <= v <= 1 for _, v in curve)
+    assert not any(k.startswith("val_clock_chance") for r in rows for k in r)
+    assert (tmp_path / "run" / "tasks.png").is_file()
+    cfg = load_run_config(None, tiny_overrides(write_text_dataset(tmp_path), task_eval_every=2))
+    with pytest.raises(OmnibyteError, match="task_eval_every needs a task dataset"):
+        Trainer(cfg, tmp_path / "run-plain", quiet=True)
+
+
 def test_media_loss_weight_must_not_be_negative():
     with pytest.raises(ValueError, match="media_loss_weight must be ≥ 0"):
         TrainConfig(media_loss_weight=-0.5)

@@ -5,6 +5,8 @@
     channels = 32
     [model.adapters.image_encoder]   # a CNN summary of each finished image for the bytes after it
     width = 32
+    [model.adapters.audio_encoder]   # a 1-D CNN summary of each finished clip for the bytes after it
+    width = 32
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from omnibyte.adapters.audio_encoder import AudioEncoder, AudioEncoderConfig
 from omnibyte.adapters.base import InputAdapter
 from omnibyte.adapters.image_encoder import ImageEncoder, ImageEncoderConfig
 from omnibyte.adapters.media_conv import MediaConv, MediaConvConfig
@@ -25,12 +28,14 @@ from omnibyte.adapters.media_conv import MediaConv, MediaConvConfig
 class AdaptersConfig:
     media_conv: MediaConvConfig | None = None
     image_encoder: ImageEncoderConfig | None = None
+    audio_encoder: AudioEncoderConfig | None = None
 
     def any(self) -> bool:
         return any(getattr(self, f.name) is not None for f in dataclasses.fields(self))
 
 
-ADAPTER_KINDS: dict[str, type[InputAdapter]] = {"media_conv": MediaConv, "image_encoder": ImageEncoder}
+ADAPTER_KINDS: dict[str, type[InputAdapter]] = {"media_conv": MediaConv, "image_encoder": ImageEncoder,
+                                                "audio_encoder": AudioEncoder}
 
 
 @dataclass
@@ -92,5 +97,5 @@ class InputAdapters(nn.ModuleDict):
         return float(sum(a.flops_per_byte() for a in self.values()))
 
 
-__all__ = ["AdapterState", "AdaptersConfig", "ImageEncoder", "ImageEncoderConfig", "InputAdapter", "InputAdapters",
-           "MediaConv", "MediaConvConfig"]
+__all__ = ["AdapterState", "AdaptersConfig", "AudioEncoder", "AudioEncoderConfig", "ImageEncoder", "ImageEncoderConfig",
+           "InputAdapter", "InputAdapters", "MediaConv", "MediaConvConfig"]

@@ -1,5 +1,5 @@
 """A whole-image summary for the bytes after an image: a small CNN over each finished image block,
-as an input adapter.
+as an input adapter (a `BlockSummary`).
 
 A byte model reads an image one pixel at a time in raster order; what a question about the image
 needs (where a clock's hands point, how many circles there are) is a property of the whole picture.
@@ -14,9 +14,6 @@ An image counts when its whole block lies in view: BOI, a valid header (width, h
 or 3), exactly width × height × channels payload bytes, then EOI. Gray images enter the CNN as
 three equal channels, so gray and RGB share one set of weights; any size works (two 2× max-pools,
 then an adaptive average pool to a 4 × 4 grid, so the grid keeps where things are in the image).
-The grid's features are RMS-normalised before the projection and the summary after it, with a
-learned gain per channel that starts at `gain`: unnormalised, the optimiser grows the summary into
-a large constant that drowns the bytes' own content.
 """
 
 from __future__ import annotations
@@ -26,10 +23,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from omnibyte.adapters.base import InputAdapter
+from omnibyte.adapters.block_summary import BlockSummary
 from omnibyte.format import BOI, EOI
-from omnibyte.media.layout import IMAGE_PAYLOAD, document_ids, media_geometry
-from omnibyte.nn.layers import RMSNorm
+from omnibyte.media.layout import IMAGE_PAYLOAD, media_geometry
 
 
 @dataclass
@@ -61,39 +57,16 @@ def finished_images(ids: torch.Tensor, lo: int = 0) -> tuple[torch.Tensor, ...]:
     return b, t, t - n, height[b, prev], row[b, prev], bpp[b, prev]
 
 
-class ImageEncoder(InputAdapter):
+class ImageEncoder(BlockSummary):
     def __init__(self, cfg: ImageEncoderConfig, dim: int):
-        super().__init__()
         w = cfg.width
+        super().__init__(2 * w * GRID * GRID, dim, cfg.gain)
         self.body = nn.Sequential(
             nn.Conv2d(3, w, 3, padding=1), nn.GELU(), nn.Conv2d(w, w, 3, padding=1), nn.GELU(),
             nn.MaxPool2d(2, ceil_mode=True),
             nn.Conv2d(w, 2 * w, 3, padding=1), nn.GELU(), nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.GELU(),
             nn.MaxPool2d(2, ceil_mode=True), nn.AdaptiveAvgPool2d(GRID), nn.Flatten())
-        self.norm = RMSNorm(2 * w * GRID * GRID)
-        self.out = nn.Linear(2 * w * GRID * GRID, dim, bias=False)
-        nn.init.normal_(self.out.weight, std=0.02)
-        self.out_norm = RMSNorm(dim)
-        nn.init.constant_(self.out_norm.weight, cfg.gain)
         self.width = w
-
-    def forward(self, ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.context(ids, document_ids(ids)).to(x.dtype)
-
-    def init_state(self, batch_size: int, device: torch.device) -> dict:
-        # the summary the last id had and that id's document, and each row's current document
-        dtype = self.out.weight.dtype
-        long = dict(dtype=torch.long, device=device)
-        return {"carry": (torch.zeros(batch_size, self.out.out_features, device=device, dtype=dtype),
-                          torch.full((batch_size,), -1, **long)),
-                "doc": torch.zeros(batch_size, **long)}
-
-    def step(self, state: dict, ids: torch.Tensor, start: int, x: torch.Tensor) -> torch.Tensor:
-        """The CNN runs once per image, when its EOI arrives; other steps read the carry."""
-        doc = state["doc"][:, None] + document_ids(ids[:, start:])
-        ctx = self.context(ids, doc, lo=start, carry=state["carry"])
-        state["carry"], state["doc"] = (ctx[:, -1], doc[:, -1]), doc[:, -1]
-        return ctx.to(x.dtype)
 
     def flops_per_byte(self) -> float:
         """The CNN per pixel, with the projection spread over a 28 × 28 image."""
@@ -105,39 +78,16 @@ class ImageEncoder(InputAdapter):
         """pixels (N, C, H, W) in [-1, 1], C = 1 or 3 → (N, dim_out)."""
         if pixels.shape[1] == 1:
             pixels = pixels.expand(-1, 3, -1, -1)
-        return self.out_norm(self.out(self.norm(self.body(pixels))))
-
-    def context(self, ids: torch.Tensor, doc: torch.Tensor, lo: int = 0,
-                carry: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """(B, T - lo, dim_out): at each position t ≥ lo, the summary of the last complete image whose
-        EOI lies in [lo, t] in t's document (doc (B, T - lo): each position's document index), else
-        `carry` = (vector (B, dim_out), document (B,)) of the last image before lo, where its document
-        is t's, else zero. ids hold whole blocks (from a block's BOI on)."""
-        b, t, vec = self.summaries(ids, lo)
-        rows, n = ids.shape[0], ids.shape[1] - lo
-        table = [vec.new_zeros(1, vec.shape[-1])] + ([carry[0].to(vec.dtype)] if carry is not None else [])
-        first = 1 + (rows if carry is not None else 0)  # index of the first new image in the table
-        mark = torch.full((rows, n), -1, dtype=torch.long, device=ids.device)
-        mark[b, t - lo] = first + torch.arange(b.numel(), device=ids.device)
-        pos = torch.arange(n, device=ids.device).expand(rows, n)
-        last = torch.where(mark >= 0, pos, -1).cummax(dim=1).values  # the last EOI at or before t
-        at = last.clamp_min(0)
-        idx = torch.where((last >= 0) & (doc.gather(1, at) == doc), mark.gather(1, at), 0)
-        if carry is not None:
-            own = 1 + torch.arange(rows, device=ids.device)[:, None]
-            idx = torch.where((last < 0) & (carry[1][:, None] == doc), own, idx)
-        return torch.cat(table + [vec])[idx]
+        return self.project(self.body(pixels))
 
     def summaries(self, ids: torch.Tensor, lo: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """ids (B, T) → (rows, EOI positions, vectors (N, dim_out)) for every complete image whose
         EOI lies at or after `lo`, in no particular order."""
-        dtype = self.out.weight.dtype
-        none = torch.zeros(0, dtype=torch.long, device=ids.device)
         if not bool((ids[:, lo:] == EOI).any()):  # (decoding: most steps; skips the layout of the prefix)
-            return none, none, torch.zeros(0, self.out.out_features, device=ids.device, dtype=dtype)
+            return self.nothing(ids)
         b, t, start, height, row_len, chans = finished_images(ids, lo)
         if b.numel() == 0:
-            return b, t, torch.zeros(0, self.out.out_features, device=ids.device, dtype=dtype)
+            return self.nothing(ids)
         vecs = []
         order = []
         keys = torch.stack([height, row_len, chans], dim=1)
@@ -145,10 +95,9 @@ class ImageEncoder(InputAdapter):
             sel = (keys == key).all(dim=1).nonzero(as_tuple=True)[0]
             h, rl, c = (int(v) for v in key)
             idx = start[sel, None] + torch.arange(h * rl, device=ids.device)  # (n, H·W·C)
-            px = ids[b[sel, None], idx].clamp(max=255).to(dtype) / 127.5 - 1.0
+            px = ids[b[sel, None], idx].clamp(max=255).to(self.out.weight.dtype) / 127.5 - 1.0
             px = px.view(-1, h, rl // c, c).permute(0, 3, 1, 2)  # (n, C, H, W)
             vecs.append(self.encode(px))
             order.append(sel)
         sel = torch.cat(order)
-        out = torch.cat(vecs)
-        return b[sel], t[sel], out
+        return b[sel], t[sel], torch.cat(vecs)

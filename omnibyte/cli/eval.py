@@ -12,7 +12,8 @@ def add_parser(sub) -> None:
     p.add_argument("model", help="run directory or model directory")
     p.add_argument("--data", help="prepared dataset (default: the run's), or any text file/folder, "
                    "which is prepared on the fly and scored whole")
-    p.add_argument("--split", default=None, help="split to score (default: val; all of an unprepared source)")
+    p.add_argument("--split", default=None, help="split to score (default: val; all of an unprepared source); "
+                   "with a multimodal --task, val (choosing recipes) or test (the final model's figures)")
     p.add_argument("--seq-len", type=positive_int, help="window length (default: the run's train.seq_len, else 1024)")
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--max-batches", type=positive_int, help="score only the first N batches")
@@ -74,7 +75,7 @@ def run_multimodal_task(args) -> int:
     if not data:
         raise OmnibyteError(f"--task {args.task} needs --data DIR (made by `omnibyte prepare --task/--mix`)")
     result = evaluate_task(args.model, data, n=args.limit, task=None if args.task == "all" else args.task,
-                           batch_size=args.batch_size)
+                           batch_size=args.batch_size, split=args.split or "val")
     print(json_line(result) if args.json else format_task_metrics(result))
     return 0
 

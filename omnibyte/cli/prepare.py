@@ -18,16 +18,19 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("sources", nargs="*", metavar="SRC", help="file, folder, glob or .jsonl file")
     p.add_argument("--out", metavar="DIR", help="dataset folder (default with no SRC: data/kjv)")
-    p.add_argument("--val-fraction", type=float, default=None,
-                   help="share of documents held out for val (0.01; with --task/--mix 0.1: the held-out "
-                   "examples are the task metric's test set)")
-    p.add_argument("--seed", type=seed_int, default=0, help="seed of the train/val split")
+    p.add_argument("--val-fraction", type=float, default=None, help="share of documents held out for val "
+                   "(default 0.01; files only: --task/--mix take --heldout)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the train/val split (--task/--mix: of "
+                   "the examples; val and test draw from seeds derived from it)")
     p.add_argument("--doc-bytes", type=int, default=16384, help="largest document cut from a text file")
     p.add_argument("--task", metavar="NAME", help="build a generated task suite instead of reading files: "
                    "clocks, shapes, fashion, speech or completion")
     p.add_argument("--mix", metavar="SPEC", help="build tasks and text shuffled into one dataset, e.g. "
                    "kjv:0.3,clocks:2000,shapes:2000,fashion:5000,speech:1000 (TASK:COUNT; kjv:SHARE or kjv:DOCS)")
-    p.add_argument("--n", type=int, default=2000, help="--task: number of examples")
+    p.add_argument("--n", type=int, default=2000, help="--task: number of training examples")
+    p.add_argument("--heldout", metavar="N|TASK:N,...", help="--task/--mix: examples of each task in each of the "
+                   "val and test splits, drawn from seeds of their own (Fashion-MNIST: from one half of its test "
+                   "images each); one count, or per task (default: 10%% of the task's count)")
     p.add_argument("--task-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="--task/--mix: a task option, e.g. size=48 (in a mix: clocks.size=48); repeatable")
     p.set_defaults(func=run)
@@ -45,9 +48,13 @@ def run(args) -> int:
 
         if args.sources:
             raise OmnibyteError("--task/--mix generate their data; give no SRC with them")
+        if args.val_fraction is not None:
+            raise OmnibyteError("--val-fraction is for files; --task/--mix hold out --heldout examples per task")
         print(prepare_tasks(args.out, task=args.task, mix=args.mix, n=args.n, seed=args.seed,
-                            val_fraction=args.val_fraction, options=args.task_opt))
+                            heldout=args.heldout, options=args.task_opt))
         return 0
+    if args.heldout is not None:
+        raise OmnibyteError("--heldout is for --task/--mix; files take --val-fraction")
     val_fraction = 0.01 if args.val_fraction is None else args.val_fraction
     if args.sources:
         if args.out is None:

@@ -1,4 +1,4 @@
-"""omnibyte report RUN [--out DIR] [--data DIR] [--n N] [--max-batches N] [--seed S] [--device D]"""
+"""omnibyte report RUN [--out DIR] [--data DIR] [--split val|test] [--n N] [--max-batches N] [--seed S] [--device D]"""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", metavar="DIR", help="report folder (default: RUN/report)")
     p.add_argument("--data", metavar="DIR", help="prepared dataset (default: the run's)")
     p.add_argument("--n", type=int, default=8, help="held-out examples shown and scored per task kind (default 8)")
+    p.add_argument("--split", default="val", choices=("val", "test"),
+                   help="held-out split shown and scored: val while choosing a recipe, test for a final model")
     p.add_argument("--max-batches", type=int, default=20,
                    help="validation windows scored for bits per byte, in batches of 4 (default 20)")
     p.add_argument("--seed", type=seed_int, default=0, help="sampling seed for generated text and images")
@@ -29,6 +31,6 @@ def run(args) -> int:
     if args.n < 1 or args.max_batches < 1:
         raise OmnibyteError("--n and --max-batches must be ≥ 1")
     index = write_report(args.run, args.out, data=args.data, n=args.n, max_batches=args.max_batches,
-                         device=args.device, seed=args.seed)
+                         device=args.device, seed=args.seed, split=args.split)
     print(f"wrote {index}")
     return 0

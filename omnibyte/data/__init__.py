@@ -8,10 +8,11 @@ from omnibyte.data.prepare import (
     expand_sources,
     prepare,
     write_dataset,
+    write_splits,
 )
 
 __all__ = [
     "DEFAULT_DATA_DIR", "BatchLoader", "ShardDataset", "document_from_record", "documents_from_path",
     "eval_batches", "expand_sources", "is_dataset", "kjv_documents", "prepare", "prepare_kjv", "read_meta",
-    "write_dataset",
+    "write_dataset", "write_splits",
 ]

@@ -211,57 +211,67 @@ def _nonempty_stream(dataset: ShardDataset, split: str):
     return stream
 
 
-def _windows(arr, starts: Sequence[int], length: int, fill, dtype,
-             lengths: Sequence[int] | None = None) -> np.ndarray:
-    """Rows arr[s : s+n] for each start (n = `length`, or that row's entry of `lengths`), padded
-    with `fill` up to `length`."""
-    out = np.full((len(starts), length), fill, dtype)
-    for row, s in enumerate(starts):
-        chunk = arr[s : s + (length if lengths is None else lengths[row])]
-        out[row, : len(chunk)] = chunk
+Window = list[tuple[int, int]]  # (start, length) pieces of a stream, laid side by side in one row
+
+
+def _windows(arr, windows: Sequence[Window], length: int, fill, dtype) -> np.ndarray:
+    """One row per window: its pieces of `arr` side by side, padded with `fill` up to `length`."""
+    out = np.full((len(windows), length), fill, dtype)
+    for row, pieces in enumerate(windows):
+        at = 0
+        for s, n in pieces:
+            chunk = arr[s : s + n]
+            out[row, at : at + len(chunk)] = chunk
+            at += len(chunk)
     return out
 
 
-def _batch(stream, aux: dict, starts: Sequence[int], seq_len: int,
-           lengths: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+def _batch(stream, aux: dict, windows: Sequence[Window], seq_len: int) -> dict[str, torch.Tensor]:
     """The batch dict every consumer sees: ids (B, T+1) int64 plus aux (B, T+1) float32."""
-    ids = _windows(stream, starts, seq_len + 1, PAD, np.int64, lengths)
-    batch = {"ids": torch.from_numpy(ids)}
+    batch = {"ids": torch.from_numpy(_windows(stream, windows, seq_len + 1, PAD, np.int64))}
     for name, arr in aux.items():
-        batch[name] = torch.from_numpy(_windows(arr, starts, seq_len + 1, 0.0, np.float32, lengths))
+        batch[name] = torch.from_numpy(_windows(arr, windows, seq_len + 1, 0.0, np.float32))
     return batch
 
 
-def document_windows(stream, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, lengths) of windows of at most seq_len + 1 ids that start at a document's BOS and
-    hold whole documents, packed greedily in stream order (the rest of a window is PAD). A document
-    longer than a window is cut into windows of its own that overlap by one id, as stream windows
-    do, so every id after a window's first is still a target exactly once per epoch."""
+def _stream_window(start: int, seq_len: int) -> Window:
+    return [(start, seq_len + 1)]
+
+
+OPEN_WINDOWS = 32  # windows being filled at once by `document_windows`
+
+
+def document_windows(stream, seq_len: int) -> list[Window]:
+    """Windows of at most seq_len + 1 ids that hold whole documents (the rest of a window is PAD).
+    Documents are packed first-fit, in stream order, into the first of up to `OPEN_WINDOWS` windows
+    being filled that has room (when one more is needed, the fullest is closed), so about 96% of a
+    window holds ids where packing consecutive documents left a quarter of a task mix's windows
+    empty. A document longer than a window is cut into windows of its own that overlap by one id,
+    as stream windows do, so every id after a window's first is still a target once per epoch."""
     ids = np.asarray(stream)
     bounds = np.flatnonzero(ids == BOS)
     if not len(bounds) or bounds[0] != 0:
         bounds = np.concatenate([[0], bounds])  # ids before the first BOS count as a document
     ends = np.append(bounds[1:], len(ids))
     width = seq_len + 1
-    starts, lengths = [], []
-    open_start = None  # start of the window being filled
+    done: list[Window] = []
+    filling: list[tuple[list[int], Window]] = []  # ([room left], pieces) of the windows being filled
     for a, b in zip(bounds.tolist(), ends.tolist()):
-        if open_start is not None and b - open_start <= width:
-            continue  # the document fits in the open window
-        if open_start is not None:
-            starts.append(open_start)
-            lengths.append(a - open_start)
-        if b - a <= width:
-            open_start = a
+        n = b - a
+        if n > width:  # a long document: windows of its own
+            done += [[(c, min(width, b - c))] for c in range(a, b - 1, seq_len)]
             continue
-        for c in range(a, b - 1, seq_len):  # a long document: windows of its own
-            starts.append(c)
-            lengths.append(min(width, b - c))
-        open_start = None
-    if open_start is not None:
-        starts.append(open_start)
-        lengths.append(len(ids) - open_start)
-    return np.asarray(starts, np.int64), np.asarray(lengths, np.int64)
+        for room, pieces in filling:
+            if room[0] >= n:
+                room[0] -= n
+                pieces.append((a, n))
+                break
+        else:
+            filling.append(([width - n], [(a, n)]))
+            if len(filling) > OPEN_WINDOWS:
+                fullest = min(range(len(filling)), key=lambda i: filling[i][0][0])
+                done.append(filling.pop(fullest)[1])
+    return done + [pieces for _, pieces in filling]
 
 
 class BatchLoader:
@@ -274,9 +284,9 @@ class BatchLoader:
     epochs follow each other seamlessly, rank r takes the r-th contiguous slice of each global
     batch, and the union over ranks is the 1-process batch of size world_size * batch_size.
 
-    With ``align_docs`` the windows are `document_windows` instead: each starts at a document
-    and holds whole documents (PAD after them), so a task example's question and answer, or an
-    image and its caption, are never cut apart; the same shuffling applies.
+    With ``align_docs`` the windows are `document_windows` instead: each holds whole documents
+    (PAD after them), so a task example's question and answer, or an image and its caption, are
+    never cut apart; the same shuffling applies.
     """
 
     def __init__(self, dataset: ShardDataset | str | Path, split: str = "train", batch_size: int = 8,
@@ -291,10 +301,8 @@ class BatchLoader:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.stream = _nonempty_stream(self.dataset, split)
         self.aux = _aux_arrays(self.dataset, split, aux)
-        self.starts = self.lengths = None
-        if align_docs:
-            self.starts, self.lengths = document_windows(self.stream, seq_len)
-        self.n_windows = len(self.starts) if align_docs else max(1, (len(self.stream) - 1) // seq_len)
+        self.windows = document_windows(self.stream, seq_len) if align_docs else None
+        self.n_windows = len(self.windows) if align_docs else max(1, (len(self.stream) - 1) // seq_len)
         self._perms: dict[int, np.ndarray] = {}
 
     def _perm(self, epoch: int) -> np.ndarray:
@@ -311,11 +319,11 @@ class BatchLoader:
     def get_batch(self, step: int) -> dict[str, torch.Tensor]:
         first = (step * self.world_size + self.rank) * self.batch_size
         positions = np.arange(first, first + self.batch_size)
-        windows = [int(self._perm(int(p // self.n_windows))[p % self.n_windows]) for p in positions]
-        if self.starts is not None:
-            return _batch(self.stream, self.aux, self.starts[windows].tolist(), self.seq_len,
-                          self.lengths[windows].tolist())
-        return _batch(self.stream, self.aux, [w * self.seq_len for w in windows], self.seq_len)
+        picks = [int(self._perm(int(p // self.n_windows))[p % self.n_windows]) for p in positions]
+        if self.windows is not None:
+            return _batch(self.stream, self.aux, [self.windows[w] for w in picks], self.seq_len)
+        return _batch(self.stream, self.aux, [_stream_window(w * self.seq_len, self.seq_len) for w in picks],
+                      self.seq_len)
 
     def iter_from(self, step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """Batches for step, step+1, ... forever: resuming a run is `iter_from(saved_step)`."""
@@ -345,5 +353,5 @@ def eval_batches(dataset: ShardDataset | str | Path, split: str = "val", batch_s
     for b, first in enumerate(range(0, n_windows, batch_size)):
         if max_batches is not None and b >= max_batches:
             return
-        starts = [k * seq_len for k in range(first, min(first + batch_size, n_windows))]
-        yield _batch(stream, aux_arrays, starts, seq_len)
+        windows = [_stream_window(k * seq_len, seq_len) for k in range(first, min(first + batch_size, n_windows))]
+        yield _batch(stream, aux_arrays, windows, seq_len)

@@ -7,8 +7,10 @@ modality touches that package, not this one.
 
 `write_dataset` streams documents into a scratch file first, then splits them into train/val
 at document level (needs the document count, which a stream only knows at its end) and writes
-the shards. Everything happens in a hidden temporary folder renamed into place at the end:
-an interrupted run never leaves something that looks like a finished dataset.
+the shards. `write_splits` takes documents already split (generated task suites draw their
+val and test examples from seeds of their own). Everything happens in a hidden temporary folder
+renamed into place at the end: an interrupted run never leaves something that looks like a
+finished dataset.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import glob
 import json
 import shutil
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -264,9 +266,30 @@ def write_dataset(documents: Iterable[Document], out: str | Path, *, sources: li
     The train/val split is at document level: a seeded permutation picks `n_val_docs` documents
     for val; both splits keep the original document order.
     """
-    out = Path(out)
     if not 0 <= val_fraction < 1:
         raise OmnibyteError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    return _write(out, sources, shard_ids, lambda tmp, writers: _split_by_fraction(documents, tmp, writers, sources,
+                                                                                    seed, val_fraction),
+                  {"seed": seed, "val_fraction": val_fraction}, ("train", "val"))
+
+
+def write_splits(splits: Mapping[str, Iterable[Document]], out: str | Path, *, sources: list[str], seed: int = 0,
+                 shard_ids: int = SHARD_IDS) -> dict:
+    """Write documents already split ({"train": docs, "val": docs, "test": docs}, in that order)
+    as a dataset at `out`, each split in the order given; returns meta."""
+    if "train" not in splits:
+        raise OmnibyteError("a dataset needs a train split")
+
+    def fill(tmp, writers):
+        for name, docs in splits.items():
+            for doc in docs:
+                _add(writers[name], document_array(doc), _doc_counts(doc))
+
+    return _write(out, sources, shard_ids, fill, {"seed": seed}, tuple(splits))
+
+
+def _write(out, sources, shard_ids, fill, info: dict, names: tuple[str, ...]) -> dict:
+    out = Path(out)
     if shard_ids < 1:
         raise OmnibyteError(f"shard size must be >= 1 id, got {shard_ids}")
     _check_out(out)
@@ -275,7 +298,18 @@ def write_dataset(documents: Iterable[Document], out: str | Path, *, sources: li
     tmp = temp_sibling(out)
     try:
         tmp.mkdir()
-        meta = _write_splits(documents, tmp, sources, seed, val_fraction, shard_ids)
+        writers = {name: ShardWriter(tmp, name, shard_ids) for name in names}
+        try:
+            fill(tmp, writers)
+        finally:
+            for w in writers.values():
+                w.close()
+        if not any(w.n_docs for w in writers.values()):
+            named = ", ".join(sources[:3]) + (", ..." if len(sources) > 3 else "")
+            raise OmnibyteError(f"no documents in {named or 'the sources'} (are the files empty?)")
+        meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "vocab_size": VOCAB_SIZE, "dtype": "uint16",
+                "splits": {name: w.info() for name, w in writers.items()},
+                "sources": [str(s) for s in sources], **info, "aux": {}}
         write_json_atomic(tmp / META_FILE, meta)  # last: only a complete folder has meta.json
         _swap_into_place(tmp, out)
     except BaseException:
@@ -284,47 +318,50 @@ def write_dataset(documents: Iterable[Document], out: str | Path, *, sources: li
     return meta
 
 
-def _write_splits(documents, tmp: Path, sources, seed, val_fraction, shard_ids) -> dict:
+def _doc_counts(doc: Document) -> dict[str, int] | None:
+    """Bytes per modality of a document; None when it holds nothing (an empty file or record)."""
+    counts = dict.fromkeys(MODALITIES, 0)
+    for seg in doc.segments:
+        kind, size = modality_bytes(seg)
+        counts[kind] += size
+    return counts if any(counts.values()) else None
+
+
+def _add(writer: ShardWriter, ids: np.ndarray, counts: dict[str, int] | None) -> None:
+    if counts is None:
+        return  # nothing to learn
+    writer.write(ids)
+    writer.n_docs += 1
+    for kind, size in counts.items():
+        writer.bytes[kind] += size
+
+
+def _split_by_fraction(documents, tmp: Path, writers: dict, sources, seed, val_fraction) -> None:
     # Pass 1: every document into one scratch stream; remember where each ends and what it holds.
     ends, doc_counts = [], []
     with open(tmp / "all.tmp", "wb") as f:
         n = 0
         for doc in documents:
-            if not any(modality_bytes(s)[1] for s in doc.segments):
-                continue  # an empty file or record holds nothing to learn
+            counts = _doc_counts(doc)
+            if counts is None:
+                continue
             arr = document_array(doc)
             arr.tofile(f)
             n += len(arr)
             ends.append(n)
-            counts = dict.fromkeys(MODALITIES, 0)
-            for seg in doc.segments:
-                kind, size = modality_bytes(seg)
-                counts[kind] += size
             doc_counts.append(counts)
     if not ends:
-        named = ", ".join(sources[:3]) + (", ..." if len(sources) > 3 else "")
-        raise OmnibyteError(f"no documents in {named or 'the sources'} (are the files empty?)")
+        return
 
     # Pass 2: copy each document to its split.
     n_docs = len(ends)
     is_val = np.zeros(n_docs, bool)
     is_val[np.random.default_rng(seed).permutation(n_docs)[: n_val_docs(n_docs, val_fraction)]] = True
-    writers = {"train": ShardWriter(tmp, "train", shard_ids), "val": ShardWriter(tmp, "val", shard_ids)}
     stream = np.memmap(tmp / "all.tmp", dtype=ID_DTYPE, mode="r")
     for i, (start, end) in enumerate(zip([0, *ends[:-1]], ends)):
-        w = writers["val" if is_val[i] else "train"]
-        w.write(np.asarray(stream[start:end]))
-        w.n_docs += 1
-        for kind, size in doc_counts[i].items():
-            w.bytes[kind] += size
-    for w in writers.values():
-        w.close()
+        _add(writers["val" if is_val[i] else "train"], np.asarray(stream[start:end]), doc_counts[i])
     del stream
     (tmp / "all.tmp").unlink()
-    return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "vocab_size": VOCAB_SIZE, "dtype": "uint16",
-            "splits": {name: w.info() for name, w in writers.items()},
-            "sources": [str(s) for s in sources], "seed": seed, "val_fraction": val_fraction,
-            "aux": {}}
 
 
 def clean_stale(out: Path) -> None:

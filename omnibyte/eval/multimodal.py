@@ -5,14 +5,18 @@ segment structure: an image block (BOI, header, pixels, EOI) is "image", an audi
 "audio", everything else (text bytes, BOS, EOS) is "text". The modalities' bits and bytes add
 up exactly to the totals of `bits_per_byte`.
 
-Task evaluation reads a task dataset's held-out records (see `omnibyte.data.tasks.common`):
+Task evaluation reads a task dataset's held-out records of its val or test split (see
+`omnibyte.data.tasks.common`):
 
 - text answers (clock, count, point, classify, transcribe): greedy decoding with the shared
   `generate` under `ModalityConstraint.text_only()`, up to the first newline, scored by the
   metric of the example's kind;
 - image answers (draw, complete): bits per byte of the answer ids given the prompt, teacher
   forced; "draw" also under a prompt naming a wrong class, "complete" also by the pixel error of
-  a greedy completion (decoded under `ModalityConstraint.from_prompt`, which finishes the block).
+  a greedy completion (decoded under `ModalityConstraint.from_prompt`, which finishes the block);
+- drawings (`draw_images`): an image sampled after a draw prompt through the constrained decoder,
+  which a caller may hand to a judge (a classifier that is not the model under test, e.g.
+  benchmarks/fashion_judge.py) to score the share drawn as the class asked for.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,16 +36,13 @@ from omnibyte.checks import resolve_device
 from omnibyte.data import ShardDataset, eval_batches
 from omnibyte.data.modality import MODALITIES, MODALITY_AUX, LabelledDataset, modality_labels
 from omnibyte.data.tasks.common import HELDOUT_FILE, read_heldout
+from omnibyte.data.tasks.fashion import CLASSES
 from omnibyte.data.tasks.shapes import Shape
 from omnibyte.errors import OmnibyteError
 from omnibyte.eval import metrics
-from omnibyte.format import (
-    EOS,
-    N_BYTES,
-    PAD,
-)
+from omnibyte.format import EOS, N_BYTES, PAD, ImageSegment, decode
 from omnibyte.generate import SamplingConfig, generate
-from omnibyte.generate.multimodal import ModalityConstraint
+from omnibyte.generate.multimodal import ModalityConstraint, open_block
 from omnibyte.models.base import OmniModel
 
 TEXT_KINDS = ("clock", "count", "point", "classify", "transcribe")
@@ -121,10 +122,12 @@ class ExampleResult:
     record: dict
     ids: list[int]  # the whole document, BOS ... EOS
     prediction: str | None = None  # text answers: what the model wrote (up to the newline)
-    answer_bits: float | None = None  # image answers: bits of the answer ids given the prompt
+    answer_bits: float | None = None  # bits of the (first) answer given the prompt, teacher forced
     answer_bytes: int | None = None
     counterfactual_bits: float | None = None  # draw: the same image under a wrong class name
     completion: list[int] | None = None  # complete: generated bottom-half pixels
+    drawn: ImageSegment | None = None  # draw: an image sampled after the prompt
+    judged: int | None = None  # draw: the class a judge saw in `drawn`
     extra: dict = field(default_factory=dict)
 
     @property
@@ -167,7 +170,8 @@ def _length_groups(items: list, length, batch_size: int, max_gap: int = 64) -> I
 
 
 def answer_text(model, results: list[ExampleResult], batch_size: int = 8, max_new: int | None = None) -> None:
-    """Fill `prediction` of text-answer results by greedy decoding, batched by prompt length."""
+    """Fill `prediction` of text-answer results by greedy decoding, batched by prompt length, and
+    `answer_bits` of the reference answer (through its newline) given the prompt."""
     if not results:
         return
     cap = max_new or max(len(r.record["answer"].encode()) for r in results) + 8
@@ -177,6 +181,15 @@ def answer_text(model, results: list[ExampleResult], batch_size: int = 8, max_ne
                         constraints=[ModalityConstraint.text_only() for _ in group])
         for r, new in zip(group, outs):
             r.prediction = _text_answer(new)
+    # the reference answer's bits given the prompt, teacher forced: a score that moves before the
+    # greedy answers do (a learning curve at a few hundred steps)
+    seqs = []
+    for r in results:
+        start = r.record["answer_start"]
+        end = start + len(r.record["answer"].encode()) + 1  # the answer and its newline
+        seqs.append((r.ids[:end], start, end))
+    for r, (bits, n) in zip(results, span_bits(model, seqs, batch_size)):
+        r.answer_bits, r.answer_bytes = bits, n
 
 
 @torch.no_grad()
@@ -229,6 +242,34 @@ def answer_images(model, results: list[ExampleResult], batch_size: int = 8, comp
             r.completion = [t for t in new if t < N_BYTES]
 
 
+def draw_images(model, results: list[ExampleResult], batch_size: int = 8, temperature: float = 1.0,
+                seed: int = 0) -> None:
+    """Fill `drawn` of draw results: an image of the true image's size sampled after the prompt
+    ("Draw a sneaker.\n"), through the constrained decoder that completes the block. Rows share
+    one random stream seeded with `seed` (a seeded stream per row would draw the same image for
+    every row with the same prompt), so the images depend on the batch size too."""
+    draws = [r for r in results if r.kind == "draw"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for group in _length_groups(draws, lambda r: r.record["answer_start"], batch_size):
+            sizes = [first_image(r.ids) for r in group]
+            blocks = [open_block(r.prompt, image=(s.width, s.height, s.channels)) for r, s in zip(group, sizes)]
+            cfg = SamplingConfig(max_new=max(m for _, _, m in blocks), temperature=temperature)
+            outs = generate(model, [ids for ids, _, _ in blocks], cfg, constraints=[c for _, c, _ in blocks])
+            for r, s, new in zip(group, sizes, outs):
+                n = s.width * s.height * s.channels
+                pixels = bytes(t for t in new if t < N_BYTES)[:n]
+                r.drawn = ImageSegment(s.width, s.height, s.channels, pixels.ljust(n, b"\0"))
+
+
+def first_image(ids: Sequence[int]) -> ImageSegment | None:
+    """The first image of a document's ids."""
+    for seg in decode(list(ids)).segments:
+        if isinstance(seg, ImageSegment):
+            return seg
+    return None
+
+
 def has_task_records(path: str | Path) -> bool:
     """Does the dataset at `path` hold multimodal task records (not, e.g., CUTE's held-out words)?"""
     file = Path(path) / HELDOUT_FILE
@@ -243,15 +284,19 @@ def has_task_records(path: str | Path) -> bool:
 
 
 def run_examples(model, task_dir: str | Path, task: str | None = None, n: int | None = None,
-                 batch_size: int = 8, kinds: Sequence[str] | None = None, complete: bool = True) -> list[ExampleResult]:
-    """Run the model on up to `n` held-out examples of each kind (of `task`, or of every task).
+                 batch_size: int = 8, kinds: Sequence[str] | None = None, complete: bool = True,
+                 split: str = "val", draws: int = 0, draw_temperature: float = 1.0,
+                 seed: int = 0) -> list[ExampleResult]:
+    """Run the model on up to `n` held-out examples of each kind (of `task`, or of every task) of
+    `split`: val while choosing recipes, test once per final model. The first `draws` draw
+    examples also get an image drawn (`draw_images`, sampled at `draw_temperature`).
 
-    The first n records of each kind in the val split are used, so runs compare like with like.
+    The first n records of each kind in the split are used, so runs compare like with like.
     """
     if not has_task_records(task_dir):
         raise OmnibyteError(f"{task_dir} holds no multimodal task examples (build it with `omnibyte prepare "
                             f"--task NAME` or `--mix SPEC`)")
-    records = read_heldout(task_dir, task)
+    records = read_heldout(task_dir, task, split)
     if kinds is not None:
         records = [r for r in records if r["kind"] in kinds]
     if n is not None:
@@ -264,15 +309,25 @@ def run_examples(model, task_dir: str | Path, task: str | None = None, n: int | 
                 seen[r["kind"]] = seen.get(r["kind"], 0) + 1
                 keep.append(r)
         records = keep
-    stream = ShardDataset(task_dir).stream("val")
+    stream = ShardDataset(task_dir).stream(split)
     results = [ExampleResult(r, [int(t) for t in stream[r["start"]:r["start"] + r["length"]]]) for r in records]
     for res in results:
         if len(res.ids) != res.record["length"] or res.ids[-1] != EOS:
-            raise OmnibyteError(f"{task_dir}: held-out record at {res.record['start']} does not match the val "
+            raise OmnibyteError(f"{task_dir}: held-out record at {res.record['start']} does not match the {split} "
                                 f"split; build the task dataset again")
     answer_text(model, [r for r in results if r.kind in TEXT_KINDS], batch_size)
     answer_images(model, [r for r in results if r.kind in IMAGE_KINDS], batch_size, complete)
+    if draws:
+        draw_images(model, [r for r in results if r.kind == "draw"][:draws], batch_size, draw_temperature, seed)
     return results
+
+
+def judge_draws(results: list[ExampleResult], judge: Callable[[list[ImageSegment]], list[int]]) -> None:
+    """Fill `judged` of the results with a drawing: the class `judge` (images → class ids) sees."""
+    drawn = [r for r in results if r.drawn is not None]
+    if drawn:
+        for r, label in zip(drawn, judge([r.drawn for r in drawn]), strict=True):
+            r.judged = int(label)
 
 
 def score_examples(results: list[ExampleResult]) -> dict[str, dict]:
@@ -287,6 +342,8 @@ def score_examples(results: list[ExampleResult]) -> dict[str, dict]:
             continue
         refs = [r.record["answer"] for r in rs]
         preds = [r.prediction or "" for r in rs]
+        scored = [r for r in rs if r.answer_bits is not None]
+        answer_bpb = sum(r.answer_bits for r in scored) / sum(r.answer_bytes for r in scored) if scored else None
         if kind == "clock":
             out[kind] = metrics.clock_scores(refs, preds)
         elif kind == "count":
@@ -298,9 +355,21 @@ def score_examples(results: list[ExampleResult]) -> dict[str, dict]:
             out[kind] = {**metrics.accuracy(refs, preds), "chance": 0.1,
                          "majority": metrics.accuracy(refs, [metrics.majority_answer(refs)] * len(refs))["accuracy"]}
         elif kind == "transcribe":
-            base = metrics.wer_cer(refs, [metrics.majority_answer(refs)] * len(refs))
-            out[kind] = {**metrics.wer_cer(refs, preds), "majority_wer": base["wer"], "majority_cer": base["cer"]}
+            out[kind] = _transcript_scores(refs, preds)
+            languages = sorted({r.record.get("language", "") for r in rs} - {""})
+            for lang in languages if len(languages) > 1 else ():  # each language on its own, too
+                mine = [i for i, r in enumerate(rs) if r.record.get("language") == lang]
+                scores = _transcript_scores([refs[i] for i in mine], [preds[i] for i in mine])
+                out[kind].update({f"{k}_{lang}": v for k, v in scores.items() if k != "n"})
+                out[kind][f"n_{lang}"] = len(mine)
+        if answer_bpb is not None:
+            out[kind]["answer_bpb"] = answer_bpb
     return out
+
+
+def _transcript_scores(refs: list[str], preds: list[str]) -> dict:
+    base = metrics.wer_cer(refs, [metrics.majority_answer(refs)] * len(refs))
+    return {**metrics.wer_cer(refs, preds), "majority_wer": base["wer"], "majority_cer": base["cer"]}
 
 
 def _image_scores(kind: str, rs: list[ExampleResult]) -> dict:
@@ -311,6 +380,11 @@ def _image_scores(kind: str, rs: list[ExampleResult]) -> dict:
         cf = [r for r in rs if r.counterfactual_bits is not None]
         if cf:
             scores["wrong_name_bpb"] = sum(r.counterfactual_bits for r in cf) / sum(r.answer_bytes for r in cf)
+        judged = [r for r in rs if r.judged is not None]
+        if judged:  # the share of drawings a judge took for the class asked for
+            scores["judged"] = float(np.mean([r.judged == r.record["label"] for r in judged]))
+            scores["judged_n"] = len(judged)
+            scores["chance_judged"] = 1 / len(CLASSES)
     done = [r for r in rs if r.completion is not None]
     if kind == "complete" and done:
         scores["mae"] = float(np.mean([metrics.pixel_mae(bytes(r.completion), bytes(truth_bottom(r)))
@@ -336,15 +410,16 @@ def copy_last_row(r: ExampleResult) -> list[int]:
 
 
 def evaluate_task(model, task_dir: str | Path, n: int | None = None, task: str | None = None,
-                  batch_size: int = 8, device: str | None = None) -> dict:
+                  batch_size: int = 8, device: str | None = None, split: str = "val") -> dict:
     """Task metrics of `model` (an OmniModel, or a model/run directory) on a task dataset.
 
     Up to `n` held-out examples per kind (all by default) of `task` (every task in the dataset
-    by default). Returns ``{"data", "task", "n", "metrics": {kind: {...}}}``.
+    by default) from `split` (val or test). Returns ``{"data", "split", "task", "n", "metrics":
+    {kind: {...}}}``.
     """
     model = _load_model(model, device)
-    results = run_examples(model, task_dir, task, n, batch_size)
-    return {"data": str(task_dir), "task": task or "all", "n": len(results),
+    results = run_examples(model, task_dir, task, n, batch_size, split=split)
+    return {"data": str(task_dir), "split": split, "task": task or "all", "n": len(results),
             "metrics": json_safe(score_examples(results))}
 
 
@@ -360,13 +435,13 @@ def json_safe(obj):
 
 def format_task_metrics(result: dict) -> str:
     """Readable lines: one per kind with the model's numbers and the chance/baseline ones."""
-    lines = [f"{result['task']} on {result['data']}: {result['n']} held-out examples"]
+    lines = [f"{result['task']} on {result['data']}: {result['n']} held-out {result.get('split', 'val')} examples"]
     for kind, m in result["metrics"].items():
         parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {'–' if v is None else v}" for k, v in m.items()]
         lines.append(f"  {kind:<10} " + ", ".join(parts))
     return "\n".join(lines)
 
 
-__all__ = ["MODALITIES", "ExampleResult", "bpb_by_modality", "evaluate_by_modality", "evaluate_task",
-           "format_by_modality", "format_task_metrics", "has_task_records", "json_safe", "modality_batches",
-           "modality_labels", "run_examples", "score_examples", "span_bits"]
+__all__ = ["MODALITIES", "ExampleResult", "bpb_by_modality", "draw_images", "evaluate_by_modality", "evaluate_task",
+           "first_image", "format_by_modality", "format_task_metrics", "has_task_records", "json_safe", "judge_draws",
+           "modality_batches", "modality_labels", "run_examples", "score_examples", "span_bits"]

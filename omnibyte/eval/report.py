@@ -19,6 +19,7 @@ import json
 import re
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +28,14 @@ from PIL import Image, ImageDraw
 from omnibyte.checks import check_vocab, resolve_device
 from omnibyte.data import ShardDataset
 from omnibyte.data.tasks.common import ANSWER_PREFIX
+from omnibyte.data.tasks.fashion import CLASSES
 from omnibyte.data.tasks.shapes import Shape
 from omnibyte.errors import OmnibyteError
 from omnibyte.eval import metrics
 from omnibyte.eval.multimodal import (
     ExampleResult,
     evaluate_by_modality,
+    first_image,
     has_task_records,
     json_safe,
     run_examples,
@@ -56,7 +59,8 @@ padding:.6em;white-space:pre-wrap}.ok{color:#080;font-weight:bold}.bad{color:#b0
 figure{display:inline-block;margin:.4em;text-align:center}figcaption{font-size:.85em}"""
 SECTION_TITLES = {"clock": ("clocks", "Clock reading"), "point": ("points", "Pointing"),
                   "count": ("counts", "Counting"), "classify": ("fashion", "Fashion-MNIST: image → name"),
-                  "draw": ("drawing", "Fashion-MNIST: name → image (bits per byte)"),
+                  "draw": ("drawing", "Fashion-MNIST: name → image (bits per byte; drawings and what a judge sees in "
+                                      "them)"),
                   "transcribe": ("speech", "Speech: transcripts against references"),
                   "complete": ("completion", "Image completion")}
 
@@ -119,13 +123,6 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>\n" for row in rows)
     return f"<table><tr>{head}</tr>\n{body}</table>"
-
-
-def first_image(ids: list[int]) -> ImageSegment | None:
-    for seg in decode(ids).segments:
-        if isinstance(seg, ImageSegment):
-            return seg
-    return None
 
 
 def first_audio(ids: list[int]) -> AudioSegment | None:
@@ -194,20 +191,21 @@ def summary_section(page: Page, run: Path, model: OmniModel, settings: dict) -> 
         if key in last:
             rows.append([f"last {key}", fmt(last[key])])
     body = table(["", ""], rows)
-    if (run / "loss.png").is_file():
-        shutil.copyfile(run / "loss.png", page.out / "loss.png")
-        body += '<p><img src="loss.png" alt="loss curve"></p>'
+    for name, alt in (("loss.png", "loss curve"), ("tasks.png", "task metrics on validation examples over training")):
+        if (run / name).is_file():
+            shutil.copyfile(run / name, page.out / name)
+            body += f'<p><img src="{name}" alt="{alt}"></p>'
     if settings:
         body += f"<details><summary>run.json</summary><pre>{esc(json.dumps(settings, indent=2))}</pre></details>"
     page.section("summary", "Run", body)
     return {k: last[k] for k in ("step", "loss", "val_bpb") if k in last}
 
 
-def bpb_section(page: Page, model: OmniModel, data: Path, seq_len: int, max_batches: int) -> dict:
-    res = evaluate_by_modality(model, data, "val", seq_len=seq_len, batch_size=4, max_batches=max_batches)
+def bpb_section(page: Page, model: OmniModel, data: Path, seq_len: int, max_batches: int, split: str) -> dict:
+    res = evaluate_by_modality(model, data, split, seq_len=seq_len, batch_size=4, max_batches=max_batches)
     rows = [[name, fmt(m["bpb"]), f"{m['bytes']:,}"] for name, m in res["modalities"].items() if m["bytes"]]
     rows.append(["<b>all</b>", f"<b>{fmt(res['bpb'])}</b>", f"{res['bytes']:,}"])
-    page.section("bpb", "Bits per byte by modality (validation)",
+    page.section("bpb", f"Bits per byte by modality ({split} split)",
                  table(["modality", "bits/byte", "bytes scored"], rows)
                  + f"<p class='chance'>First {max_batches} batches of 4 windows of {seq_len} ids; "
                  "uniform guessing is 8 bits/byte.</p>")
@@ -247,10 +245,10 @@ def image_prompts(results: list[ExampleResult], k: int = 6) -> list[tuple[str, l
         if seg is None:
             continue
         key = r.record.get("answer") if r.kind == "draw" else r.kind
-        if key in seen:
+        boi = r.ids.index(BOI)
+        if key in seen or boi < 2:  # (a question after its image leaves no prompt before it)
             continue
         seen.add(key)
-        boi = r.ids.index(BOI)
         out.append((question_of(r), r.ids[:boi], (seg.width, seg.height, seg.channels)))
         if len(out) == k:
             break
@@ -276,14 +274,14 @@ def images_section(page: Page, model: OmniModel, results: list[ExampleResult], s
                  "every pixel.</p>" + "".join(figures))
 
 
-def metrics_section(page: Page, scores: dict[str, dict]) -> None:
+def metrics_section(page: Page, scores: dict[str, dict], split: str) -> None:
     rows = []
     for kind, m in scores.items():
         shown = ", ".join(f"{k} {fmt(v)}" for k, v in m.items()
                           if not k.startswith(BASELINES) and k not in ("n", "tolerance"))
         base = ", ".join(f"{k} {fmt(v)}" for k, v in m.items() if k.startswith(BASELINES))
         rows.append([esc(kind), esc(m.get("n", "")), shown, f"<span class='chance'>{base}</span>"])
-    page.section("metrics", "Task metrics (held-out examples)",
+    page.section("metrics", f"Task metrics (held-out examples, {split} split)",
                  table(["kind", "examples", "model", "chance / baseline"], rows))
 
 
@@ -324,12 +322,20 @@ def kind_rows(page: Page, kind: str, rs: list[ExampleResult]) -> tuple[list[str]
                          esc(r.record["answer"]), esc(r.prediction), fmt(w)])
         return ["audio", "voice", "reference", "model", "WER"], rows
     if kind == "draw":
+        drawn = any(r.drawn is not None for r in rs)
         for r in rs:
             cf = r.counterfactual_bits / r.answer_bytes if r.counterfactual_bits is not None else float("nan")
             wrong = esc(r.record.get("counterfactual", "").strip())
-            rows.append([page.image(first_image(r.ids), "draw"), esc(question_of(r)),
-                         fmt(r.answer_bits / r.answer_bytes), f"{fmt(cf)} ({wrong})"])
-        return ["true image", "prompt", "bits/byte", "under a wrong name"], rows
+            row = [page.image(first_image(r.ids), "draw"), esc(question_of(r)),
+                   fmt(r.answer_bits / r.answer_bytes), f"{fmt(cf)} ({wrong})"]
+            if drawn:
+                seen = "" if r.judged is None else CLASSES[r.judged]
+                ok = "ok" if r.judged == r.record["label"] else "bad"
+                row += [page.image(r.drawn, "drawn") if r.drawn is not None else "",
+                        f"<span class='{ok}'>{esc(seen)}</span>" if seen else ""]
+            rows.append(row)
+        return ["true image", "prompt", "bits/byte", "under a wrong name"] + (
+            ["drawn by the model", "the judge sees"] if drawn else []), rows
     if kind == "complete":
         for r in rs:
             seg = first_image(r.ids)
@@ -344,13 +350,14 @@ def kind_rows(page: Page, kind: str, rs: list[ExampleResult]) -> tuple[list[str]
     return [], []
 
 
-def task_sections(page: Page, results: list[ExampleResult]) -> None:
+def task_sections(page: Page, results: list[ExampleResult], n: int) -> None:
+    """A section per task kind showing its first `n` examples (drawings: first those with an image drawn)."""
     by_kind: dict[str, list[ExampleResult]] = {}
-    for r in results:
+    for r in sorted(results, key=lambda r: r.drawn is None):
         by_kind.setdefault(r.kind, []).append(r)
     for kind, (sid, title) in SECTION_TITLES.items():
         if kind in by_kind:
-            header, rows = kind_rows(page, kind, by_kind[kind])
+            header, rows = kind_rows(page, kind, by_kind[kind][:n])
             page.section(sid, title, table(header, rows))
 
 
@@ -358,12 +365,17 @@ def task_sections(page: Page, results: list[ExampleResult]) -> None:
 
 
 def write_report(run: str | Path, out: str | Path | None = None, data: str | Path | None = None, n: int = 8,
-                 max_batches: int = 20, device: str | None = None, seed: int = 0, quiet: bool = False) -> Path:
+                 max_batches: int = 20, device: str | None = None, seed: int = 0, quiet: bool = False,
+                 split: str = "val", results: list[ExampleResult] | None = None,
+                 sections: Sequence[tuple[str, str, str]] = ()) -> Path:
     """Write `out`/index.html (default RUN/report) for the model in run directory `run`; returns its path.
 
-    `data` defaults to the run's dataset; `n` examples per task kind are run and shown;
-    `max_batches` windows of validation data are scored for bits per byte. Each stage is
-    announced on stderr unless `quiet` (generation with a hierarchical model on a CPU takes minutes).
+    `data` defaults to the run's dataset; `n` held-out examples per task kind of `split` (val while
+    choosing, test for a final model) are run and shown; `max_batches` windows of that split are
+    scored for bits per byte. A caller that already ran the examples (all of them, drawings judged)
+    passes `results`: the metrics are then theirs, and the first `n` per kind are shown. `sections`
+    ((id, title, HTML) each) go first on the page. Each stage is announced on stderr unless `quiet`
+    (generation with a hierarchical model on a CPU takes minutes).
     """
 
     def stage(what: str) -> None:
@@ -381,6 +393,8 @@ def write_report(run: str | Path, out: str | Path | None = None, data: str | Pat
     if out.exists() and not (out / "index.html").is_file() and any(out.iterdir()):
         raise OmnibyteError(f"{out} exists and holds something other than a report; choose another --out")
     dataset = ShardDataset(data)
+    if split not in dataset.splits:
+        raise OmnibyteError(f"{data} has no {split} split (has: {', '.join(dataset.splits)})")
     check_vocab(dataset, model)
 
     # written whole into a temporary folder, then swapped in: a failed report leaves the old one
@@ -389,7 +403,8 @@ def write_report(run: str | Path, out: str | Path | None = None, data: str | Pat
     tmp = temp_sibling(out)
     tmp.mkdir()
     try:
-        write_pages(tmp, run, model, settings, dataset, seq_len, n, max_batches, seed, stage)
+        write_pages(tmp, run, model, settings, dataset, seq_len, n, max_batches, seed, stage, split, results,
+                    sections)
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -398,25 +413,28 @@ def write_report(run: str | Path, out: str | Path | None = None, data: str | Pat
 
 
 def write_pages(out: Path, run: Path, model: OmniModel, settings: dict, dataset: ShardDataset, seq_len: int,
-                n: int, max_batches: int, seed: int, stage) -> None:
+                n: int, max_batches: int, seed: int, stage, split: str, results: list[ExampleResult] | None,
+                sections: Sequence[tuple[str, str, str]]) -> None:
     """index.html, metrics.json and the media they show, into the folder `out`."""
     data = dataset.path
     page = Page(out)
-    numbers: dict = {"run": summary_section(page, run, model, settings)}
+    for sid, title, body in sections:
+        page.section(sid, title, body)
+    numbers: dict = {"run": summary_section(page, run, model, settings), "split": split}
     stage("bits per byte by modality")
-    numbers["bits_per_byte"] = bpb_section(page, model, data, seq_len, max_batches)
+    numbers["bits_per_byte"] = bpb_section(page, model, data, seq_len, max_batches, split)
     stage("generating text")
     text_section(page, model, dataset, seed)
-    if has_task_records(data):
+    if results is None and has_task_records(data):
         stage(f"answering up to {n} held-out examples per task kind")
-        results = run_examples(model, data, n=n)
-        if results:
-            scores = score_examples(results)
-            numbers["tasks"] = scores
-            stage("generating images")
-            images_section(page, model, results, seed)
-            metrics_section(page, scores)
-            task_sections(page, results)
+        results = run_examples(model, data, n=n, split=split)
+    if results:
+        scores = score_examples(results)
+        numbers["tasks"] = scores
+        stage("generating images")
+        images_section(page, model, results, seed)
+        metrics_section(page, scores, split)
+        task_sections(page, results, n)
     (out / "metrics.json").write_text(json.dumps(json_safe(numbers), indent=2) + "\n")
     (out / "index.html").write_text(page.html(f"omnibyte report: {run.name} ({model.arch})"))
 

@@ -67,13 +67,21 @@ class TrainConfig:
     distill_from: str = ""
     distill_temperature: float = 1.0  # T: above 1 softens both distributions
     distill_weight: float = 0.5  # loss = (1 - w) · data loss + w · T² · KL
+    # a task dataset's metrics (clock reading, counts, WER, ...) on the first task_eval_n held-out val
+    # examples of each kind, every task_eval_every steps and at the end (0 = never): each task's
+    # validation curve in metrics.jsonl, as val_<kind>_<metric>
+    task_eval_every: int = 0
+    task_eval_n: int = 50
 
     def __post_init__(self):
         positive = ("steps", "batch_size", "seq_len", "grad_accum", "log_every")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be ≥ 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "eval_batches", "save_every", "threads", "seed"):
+        if self.task_eval_n < 1:
+            raise ValueError(f"train.task_eval_n must be ≥ 1, got {self.task_eval_n}")
+        for name in ("warmup_steps", "eval_every", "eval_batches", "save_every", "threads", "task_eval_every",
+                     "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be ≥ 0, got {getattr(self, name)}")
         if self.lr <= 0:

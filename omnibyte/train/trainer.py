@@ -34,6 +34,7 @@ from omnibyte.data.bpe import TOKENIZER_FILE, dataset_tokenizer
 from omnibyte.data.modality import ANSWER_AUX, MODALITY_AUX, TEXT, LabelledDataset
 from omnibyte.errors import OmnibyteError
 from omnibyte.eval.bpb import bits_per_byte
+from omnibyte.eval.multimodal import has_task_records, run_examples, score_examples
 from omnibyte.files import CHECKPOINT, replace_dir
 from omnibyte.memory import check_fits, forward_bytes, training_bytes
 from omnibyte.models.registry import build_model, load_model
@@ -167,6 +168,9 @@ class Trainer:
         self.loader = BatchLoader(self.dataset, "train", tc.batch_size, tc.seq_len, tc.seed,
                                   self.dist.rank, self.dist.world_size, aux=aux, align_docs=tc.align_docs)
         self.has_val = self.dataset.n_ids("val") > 1 if "val" in self.dataset.splits else False
+        if tc.task_eval_every and not has_task_records(self.dataset.path):
+            raise OmnibyteError(f"train.task_eval_every needs a task dataset: {self.dataset.path} holds no held-out "
+                                f"task examples (build one with `omnibyte prepare --task/--mix`)")
         if self.has_val:  # a missing or truncated val shard (or aux array) is found now, not after the last step
             next(eval_batches(self.dataset, "val", 1, 1, 1, aux=tuple(self.extras.values())))
         # tables a model marks sparse (BLT's hash n-grams): sparse gradients and row-wise updates, on
@@ -319,6 +323,20 @@ class Trainer:
         return bits_per_byte(self.model, batches, self.extras, autocast=self.autocast,
                              bytes_per_id=self.bytes_per_id)
 
+    def evaluate_tasks(self) -> dict:
+        """Task metrics on the first `task_eval_n` val examples of each kind, flattened as
+        val_<kind>_<metric> (chance levels left out: they do not move)."""
+        self.sync_weights()
+        self.model.eval()
+        try:
+            with self.autocast():
+                results = run_examples(self.model, self.dataset.path, n=self.cfg.train.task_eval_n, complete=False)
+        finally:
+            self.model.train()
+        return {f"val_{kind}_{k}": v for kind, m in score_examples(results).items() for k, v in m.items()
+                if isinstance(v, int | float) and not k.startswith(("chance", "majority", "wrong_name", "copy_row"))
+                and k not in ("n", "tolerance", "bytes") and not k.startswith("n_") and v == v}
+
     # --- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
         self.sync_weights()
@@ -438,6 +456,11 @@ class Trainer:
                         bar.set_postfix(loss=f"{loss:.3f}", val_bpb=f"{ev['bpb']:.3f}", refresh=False)
                         last["val_bpb"] = ev["bpb"]
                     t_log = time.perf_counter()  # evaluation time is not training throughput
+                if tc.task_eval_every and (self.step % tc.task_eval_every == 0 or done):
+                    tasks = self.evaluate_tasks() if self.dist.main else None
+                    if tasks:
+                        self.log({"step": self.step, **tasks})
+                    t_log = time.perf_counter()
                 bar.update(1)
                 interrupted = self._stop_signal is not None or (stop_after is not None and self.step >= stop_after)
                 if (tc.save_every and self.step % tc.save_every == 0) or done or interrupted:
@@ -465,8 +488,14 @@ class Trainer:
         return last
 
 
+# the task metrics tasks.png draws, each the one its target is set on (error rates capped at 1 by the axis)
+TASK_CURVES = ("val_classify_accuracy", "val_clock_hour", "val_clock_within", "val_count_accuracy", "val_point_f1",
+               "val_transcribe_cer", "val_transcribe_cer_en", "val_transcribe_cer_fr")
+
+
 def plot_metrics(run_dir: Path) -> Path | None:
-    """loss.png: training loss and validation bpb against step."""
+    """loss.png: training loss and validation bpb against step; tasks.png: each task metric on the
+    validation examples against step (when the run logged them: `train.task_eval_every`)."""
     f = Path(run_dir) / "metrics.jsonl"
     if not f.is_file():
         return None
@@ -491,6 +520,20 @@ def plot_metrics(run_dir: Path) -> Path | None:
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
+    curves = {k: [(r["step"], r[k]) for r in rows if k in r] for k in TASK_CURVES}
+    curves = {k: v for k, v in curves.items() if v}
+    if curves:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for k, points in curves.items():
+            ax.plot(*zip(*points), "o-", label=k.removeprefix("val_"))
+        ax.set_xlabel("step")
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{Path(run_dir).name}: task metrics on validation examples")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(Path(run_dir) / "tasks.png", dpi=100)
+        plt.close(fig)
     return out
 
 

@@ -18,18 +18,23 @@ cost of reading it once. `prompts` lists the later questions' spans, which are p
 under `train.prompt_loss_weight`) like the first; metrics score the first answer only, whose
 prompt is the same as without the follow-ups.
 
-A task dataset is an ordinary prepared dataset (`omnibyte.data.write_dataset`) plus:
+A task dataset is an ordinary prepared dataset (`omnibyte.data.write_splits`) with three splits:
+``train`` (the examples asked for), ``val`` and ``test`` (held-out examples drawn from seeds of
+their own, `split_seed`, and for Fashion-MNIST from the two halves of its official test images),
+plus:
 
-    tasks.json      what was built: each task's example count, seed and options
-    heldout.jsonl   one line per val-split document that came from a task: ``task``, ``kind``,
-                    ``start`` (offset of its BOS in the val stream), ``length`` (ids),
-                    ``answer_start`` and the example's meta
+    tasks.json      what was built: each task's example counts, seeds and options
+    heldout.jsonl   one line per val or test document that came from a task: ``split``, ``task``,
+                    ``kind``, ``start`` (offset of its BOS in that split's stream), ``length``
+                    (ids), ``answer_start`` and the example's meta
     {split}.answer.bin  aux array ``answer`` (one value per id): 0 on a task example's prompt
                     (BOS through the answer prefix), 1 on its answer and on plain documents —
                     what `train.prompt_loss_weight` reads
 
-The val split *is* the held-out set: the trainer never trains on it, and task metrics read
-the prompts straight from its stream.
+Recipes, sizes and step counts are chosen on ``val``; ``test`` is scored once per final model.
+The trainer never trains on either, and task metrics read the prompts straight from their
+streams. Datasets built before the test split existed hold a val split only (their records
+carry no ``split``; they are val records).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +50,7 @@ import numpy as np
 
 from omnibyte.data.loader import ShardDataset
 from omnibyte.data.modality import ANSWER_AUX
-from omnibyte.data.prepare import document_array, write_dataset
+from omnibyte.data.prepare import document_array, write_splits
 from omnibyte.errors import OmnibyteError
 from omnibyte.files import write_atomic, write_json_atomic
 from omnibyte.format import BOS, EOS, Document, Segment, TextSegment
@@ -53,6 +58,10 @@ from omnibyte.format import BOS, EOS, Document, Segment, TextSegment
 ANSWER_PREFIX = "Answer: "
 HELDOUT_FILE = "heldout.jsonl"
 TASKS_FILE = "tasks.json"
+HELDOUT_SPLITS = ("val", "test")
+# added to a dataset's seed for its held-out examples: every example is a pure function of (task,
+# seed, index), so train, val and test draw from three streams that never meet
+SPLIT_SEED_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_003}
 
 
 @dataclass
@@ -64,6 +73,11 @@ class Example:
 
     def document(self) -> Document:
         return Document(list(self.segments))
+
+
+def split_seed(seed: int, split: str) -> int:
+    """The seed the examples of `split` are drawn from, for a dataset built with `seed`."""
+    return seed + SPLIT_SEED_OFFSET[split]
 
 
 def example_rng(task: str, seed: int, index: int) -> np.random.Generator:
@@ -106,16 +120,17 @@ def _doc_key(doc_ids: np.ndarray) -> bytes:
     return hashlib.sha1(np.ascontiguousarray(doc_ids, dtype=np.uint16).tobytes()).digest()
 
 
-def write_task_dataset(items: Iterable[tuple[str, Document | Example]], out: str | Path, *, sources: list[str],
-                       seed: int, val_fraction: float, info: dict) -> dict:
-    """Write (task name, document or example) pairs as a dataset plus tasks.json and heldout.jsonl.
+def write_task_dataset(splits: Mapping[str, Iterable[tuple[str, Document | Example]]], out: str | Path, *,
+                       sources: list[str], seed: int, info: dict) -> dict:
+    """Write (task name, document or example) pairs per split ({"train": ..., "val": ..., "test": ...})
+    as a dataset plus tasks.json and heldout.jsonl.
 
     Plain documents (text corpora in a mix) are trained on and scored for bits per byte but get
-    no held-out record. Returns the dataset's meta with ``heldout`` (records per task) added.
+    no held-out record. Returns the dataset's meta with ``heldout`` ({split: {task: records}}) added.
     """
     records: dict[bytes, dict] = {}
 
-    def documents() -> Iterator[Document]:
+    def documents(items) -> Iterator[Document]:
         for task, item in items:
             if isinstance(item, Example):
                 doc = item.document()
@@ -126,7 +141,8 @@ def write_task_dataset(items: Iterable[tuple[str, Document | Example]], out: str
             else:
                 yield item
 
-    meta = write_dataset(documents(), out, sources=sources, seed=seed, val_fraction=val_fraction)
+    meta = write_splits({name: documents(items) for name, items in splits.items()}, out, sources=sources,
+                        seed=seed)
     out = Path(out)
     dataset = ShardDataset(out)
     heldout = []
@@ -143,33 +159,41 @@ def write_task_dataset(items: Iterable[tuple[str, Document | Example]], out: str
             answer[s:s + rec["answer_start"]] = 0
             for a, b in rec.get("prompts", ()):
                 answer[s + a:s + b] = 0
-            if split == "val":
-                heldout.append({"task": rec["task"], "kind": rec["kind"], "start": int(s), "length": int(e + 1 - s),
+            if split in HELDOUT_SPLITS:
+                heldout.append({"split": split, "task": rec["task"], "kind": rec["kind"], "start": int(s),
+                                "length": int(e + 1 - s),
                                 **{k: v for k, v in rec.items() if k not in ("task", "kind")}})
         dataset.write_aux(split, ANSWER_AUX, answer)
     write_atomic(out / HELDOUT_FILE, lambda f: f.write("".join(json.dumps(r) + "\n" for r in heldout).encode()))
-    counts: dict[str, int] = {}
+    counts: dict[str, dict[str, int]] = {split: {} for split in HELDOUT_SPLITS}
     for r in heldout:
-        counts[r["task"]] = counts.get(r["task"], 0) + 1
+        counts[r["split"]][r["task"]] = counts[r["split"]].get(r["task"], 0) + 1
     write_json_atomic(out / TASKS_FILE, {**info, "heldout": counts})
     return {**dataset.meta, "heldout": counts}
 
 
-def read_heldout(path: str | Path, task: str | None = None) -> list[dict]:
-    """Held-out records of the task dataset at `path` (only `task`'s when given)."""
+def read_heldout(path: str | Path, task: str | None = None, split: str = "val") -> list[dict]:
+    """Held-out records of `split` (val or test) of the task dataset at `path` (only `task`'s when given)."""
     file = Path(path) / HELDOUT_FILE
     if not file.is_file():
         raise OmnibyteError(f"{path} has no {HELDOUT_FILE}: it is not a task dataset "
                             f"(build one with `omnibyte prepare --task NAME --out DIR`)")
+    if split not in HELDOUT_SPLITS:
+        raise OmnibyteError(f"held-out examples live in the {' and '.join(HELDOUT_SPLITS)} splits, not {split!r}")
     try:
         records = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
     except ValueError as e:
         raise OmnibyteError(f"{file} is corrupt: {e}") from None
+    if records and all("split" not in r for r in records) and split != "val":
+        raise OmnibyteError(f"{path} was built before task datasets had a test split (its held-out examples are "
+                            f"val examples): build it again with `omnibyte prepare --task/--mix`")
+    records = [r for r in records if r.get("split", "val") == split]
     if task is not None:
         have = sorted({r["task"] for r in records})
         records = [r for r in records if r["task"] == task]
         if not records:
-            raise OmnibyteError(f"{path} has no held-out examples of task {task!r} (has: {', '.join(have) or 'none'})")
+            raise OmnibyteError(f"{path} has no held-out {split} examples of task {task!r} "
+                                f"(has: {', '.join(have) or 'none'})")
     return records
 
 

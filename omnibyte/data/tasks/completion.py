@@ -11,7 +11,7 @@ shapes task's synthetic canvases (RGB, no question).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from omnibyte.data.tasks import fashion, shapes
 from omnibyte.data.tasks.common import Example, example_rng, media_example
@@ -27,16 +27,27 @@ PROMPT = "Complete the image."
 class CompletionConfig:
     source: str = "fashion"  # fashion | shapes
     root: str = fashion.DEFAULT_ROOT  # Fashion-MNIST folder (source fashion)
-    split: str = "train"  # Fashion-MNIST split (source fashion)
+    split: str = "train"  # Fashion-MNIST split (source fashion; see fashion.SPLITS)
     size: int = 32  # canvas side (source shapes)
 
     def __post_init__(self):
         if self.source not in ("fashion", "shapes"):
             raise ValueError(f"completion source must be fashion or shapes, got {self.source!r}")
-        if self.split not in fashion.FILES:
-            raise ValueError(f"completion split must be train or test, got {self.split!r}")
+        if self.split not in fashion.SPLITS:
+            raise ValueError(f"completion split must be one of {', '.join(fashion.SPLITS)}, got {self.split!r}")
         if not 16 <= self.size <= 1024:
             raise ValueError(f"completion size must be in 16..1024, got {self.size}")
+
+
+def heldout_config(cfg: CompletionConfig, split: str) -> CompletionConfig:
+    """Held-out Fashion-MNIST completions come from the `split`'s half of the test images, as the
+    fashion task's do; shapes canvases need nothing but their own seed."""
+    if cfg.source != "fashion":
+        return cfg
+    if cfg.split != "train":
+        raise OmnibyteError(f"completion: held-out examples come from the test images, so a task dataset trains on "
+                            f"split train, not {cfg.split}")
+    return replace(cfg, split=f"heldout-{split}")
 
 
 def completion_example(seg: ImageSegment, **meta) -> Example:

@@ -7,13 +7,18 @@ permutation from its end, so the two share no image until together they need the
 
 A "draw" example also records a counterfactual prompt naming another class: scoring the same
 image under the wrong name tells whether the model uses the name at all.
+
+Held-out examples of a task dataset come from the official test images, split once into two
+fixed halves (`HALVES`): the val split's examples from one, the test split's from the other, so
+a recipe chosen on val never saw a test image. Each held-out example is the default generator's
+(half draw, half classify), whatever share of drawing the training examples have.
 """
 
 from __future__ import annotations
 
 import gzip
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,20 +33,24 @@ DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+# the halves of the official test images that task datasets hold out as val and test examples
+HALVES = {"heldout-val": 0, "heldout-test": 1}
+HALF_ORDER_SEED = 0x7E57  # fixed: which image falls in which half never depends on a dataset's seed
 IDX_UBYTE = 0x08
 QUESTIONS = ("What is this?", "What kind of clothing is this?")
+SPLITS = (*FILES, *HALVES)
 
 
 @dataclass
 class FashionConfig:
     root: str = DEFAULT_ROOT  # folder with the idx files
-    split: str = "train"  # train (60,000 images) | test (10,000)
+    split: str = "train"  # train (60,000 images) | test (10,000) | heldout-val, heldout-test (5,000 each)
     draw: float = 0.5  # share of name → image examples (the rest are image → name)
     question_last: bool = False  # the question after the media block, right before the answer
 
     def __post_init__(self):
-        if self.split not in FILES:
-            raise ValueError(f"fashion split must be train or test, got {self.split!r}")
+        if self.split not in SPLITS:
+            raise ValueError(f"fashion split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if not 0 <= self.draw <= 1:
             raise ValueError(f"fashion.draw is a share in [0, 1], got {self.draw}")
 
@@ -78,7 +87,12 @@ def _find(root: Path, stem: str) -> Path:
 
 @lru_cache(maxsize=4)
 def load_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 (N, 28, 28), labels uint8 (N,)) of one split."""
+    """(images uint8 (N, 28, 28), labels uint8 (N,)) of one split (or one half of the test split)."""
+    if split in HALVES:
+        images, labels = load_split(root, "test")
+        order = np.random.default_rng(HALF_ORDER_SEED).permutation(len(images))
+        half = np.sort(np.array_split(order, 2)[HALVES[split]])
+        return images[half], labels[half]
     images_stem, labels_stem = FILES[split]
     images = read_idx(_find(Path(root), images_stem))
     labels = read_idx(_find(Path(root), labels_stem))
@@ -87,6 +101,15 @@ def load_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     if labels.size and labels.max() >= len(CLASSES):
         raise OmnibyteError(f"Fashion-MNIST in {root}: label {labels.max()} is not one of the 10 classes")
     return images, labels
+
+
+def heldout_config(cfg: FashionConfig, split: str) -> FashionConfig:
+    """The config of the held-out `split`'s (val or test) examples: that split's half of the test
+    images, half of them drawn."""
+    if cfg.split != "train":
+        raise OmnibyteError(f"fashion: held-out examples come from the test images, so a task dataset trains on "
+                            f"split train, not {cfg.split}")
+    return replace(cfg, split=f"heldout-{split}", draw=FashionConfig.draw)
 
 
 def image_order(n_images: int, seed: int) -> np.ndarray:

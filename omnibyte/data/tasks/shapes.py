@@ -4,7 +4,8 @@
   With ``questions`` > 1 the canvas is asked about other kinds as well, one after another
   (training data: one canvas then teaches several counts; metrics score the first answer).
   ``describe`` adds "How many of each shape are there?" → ``circles 1, squares 0, triangles 2,
-  diamonds 0`` after them, a caption of the whole canvas.
+  diamonds 0`` after them, a caption of the whole canvas; ``locate`` adds "Point to every shape."
+  → a Molmo point for each shape, left to right, named by its colour and kind.
 - point: "Point to the red circle." → Molmo's point format, percent coordinates with one
   decimal: ``<point x="52.9" y="43.9" alt="red circle">red circle</point>``, or for several
   matches ``<points x1="…" y1="…" x2="…" y2="…" alt="red circles">red circles</points>``.
@@ -50,6 +51,9 @@ class ShapesConfig:
     # then "How many of each shape are there?" → "circles 1, squares 0, triangles 2, diamonds 0": a
     # dense caption of the canvas (training data; Molmo trains on such descriptions before questions)
     describe: bool = False
+    # then "Point to every shape." → one <point …> per shape, left to right, its alt its colour and kind:
+    # a caption of where everything is, whose parts a "point to the red circle" answer repeats
+    locate: bool = False
 
     def __post_init__(self):
         if not 16 <= self.size <= 1024:
@@ -173,14 +177,14 @@ def make_example(index: int, seed: int, cfg: ShapesConfig) -> Example:
         question, answer, targets = point_question(shapes, pick.colour, pick.kind, cfg)
         groups = sorted({(s.colour, s.kind) for s in shapes} - {(pick.colour, pick.kind)})
         more = [point_question(shapes, *groups[i], cfg)[:2] for i in follow_ups(rng, len(groups), cfg)]
-        more += [describe_question(shapes)] if cfg.describe else []
+        more += captions(shapes, cfg)
         return qa_example(question, seg, answer, "point", cfg.question_last, more,
                           targets=[s.to_dict() for s in targets], **geometry)
     kind = KINDS[int(rng.integers(len(KINDS)))]
     question, answer = count_question(shapes, kind)
     others = [k for k in KINDS if k != kind]
     more = [count_question(shapes, others[i]) for i in follow_ups(rng, len(others), cfg)]
-    more += [describe_question(shapes)] if cfg.describe else []
+    more += captions(shapes, cfg)
     return qa_example(question, seg, answer, "count", cfg.question_last, more,
                       shape=kind, count=int(answer), **geometry)
 
@@ -203,6 +207,17 @@ def count_question(shapes: list[Shape], kind: str) -> tuple[str, str]:
 def describe_question(shapes: list[Shape]) -> tuple[str, str]:
     """The count of every kind, in KINDS order: ``circles 1, squares 0, triangles 2, diamonds 0``."""
     return "How many of each shape are there?", ", ".join(f"{k}s {count_of(shapes, k)}" for k in KINDS)
+
+
+def locate_question(shapes: list[Shape], cfg: ShapesConfig) -> tuple[str, str]:
+    """Every shape as a Molmo point named by its colour and kind, left to right."""
+    points = [point_answer([s], cfg.size, cfg.size, f"{s.colour} {s.kind}") for s in sorted(shapes, key=lambda s: s.x)]
+    return "Point to every shape.", " ".join(points)
+
+
+def captions(shapes: list[Shape], cfg: ShapesConfig) -> list[tuple[str, str]]:
+    """The caption questions a canvas ends with: counts of every kind (`describe`), every shape's point (`locate`)."""
+    return [describe_question(shapes)] * cfg.describe + [locate_question(shapes, cfg)] * cfg.locate
 
 
 def point_question(shapes: list[Shape], colour: str, kind: str, cfg: ShapesConfig) -> tuple[str, str, list[Shape]]:

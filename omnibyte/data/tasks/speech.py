@@ -1,9 +1,10 @@
 """Spoken words: digit strings and short phrases synthesised by espeak-ng → transcript.
 
 Each clip varies voice (regional accents × voice variants), speed, pitch and loudness; leading
-and trailing silence is trimmed, then it becomes an 8 kHz µ-law audio segment. English by
-default; French (``languages = ["en", "fr"]``) transcribes in French. Transcripts are lower
-case without punctuation, as WER/CER compare them.
+and trailing silence is trimmed, then it becomes an 8 kHz µ-law audio segment. English and
+French by default, each clip in one of them, transcribed in its own language (``languages =
+["en"]`` for English alone). Transcripts are lower case without punctuation, as WER/CER compare
+them (French keeps its accents).
 
 espeak-ng runs as a subprocess, several at once; each clip's settings are drawn from its own
 seeded stream first, so the output does not depend on scheduling.
@@ -47,9 +48,11 @@ ESPEAK = "espeak-ng"
 
 @dataclass
 class SpeechConfig:
-    languages: list[str] = field(default_factory=lambda: ["en"])  # en and/or fr
+    languages: list[str] = field(default_factory=lambda: ["en", "fr"])  # en and/or fr
     phrases: float = 0.3  # share of short phrases (the rest are strings of 1..max_digits digits)
-    max_digits: int = 2  # two digits at these speeds: clips of 0.2-0.8 s, at most ~6,500 ids a document
+    # two digits at these speeds: clips of 0.2-1.2 s (a slow three-word phrase), a document of ~4,000
+    # ids on average and at most ~9,600
+    max_digits: int = 2
     min_speed: int = 160  # words per minute
     max_speed: int = 240
     sample_rate: int = 8000  # Hz of the audio segment
