@@ -162,6 +162,42 @@ def test_cached_step_equals_full_forward(subject, chunks):
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-4)
 
 
+def test_rows_join_and_leave_at_their_own_positions(subject):
+    """Rows of one decoding state fed at different times, in chunks of their own, alone or with
+    others, consecutive or not, one row cleared and reused: each row's logits equal the full
+    forward of its own sequence (what decoding it alone gives)."""
+    name, m = subject
+    if "+" in name:
+        seqs = [media_ids(0)[0], media_ids(0)[1], media_ids(1)[0], media_ids(1)[1]]
+    else:
+        seqs = list(text_ids(2, 40)) + list(text_ids(2, 40, seed=1))
+    seqs = [s[:40] for s in seqs]
+    # (rows, ids per row): row 0 starts alone, row 2 joins later, row 1 later still; then row 0 is
+    # cleared and starts another sequence. Rows of a call stand at different positions.
+    schedule = [([0], 5), ([0], 1), ([2], 9), ([0, 2], 1), ([0, 2], 1), ([1], 3), ([0, 1, 2], 1), ([0, 2], 3),
+                ([0, 1, 2], 1), ([1], 12), ([0, 1, 2], 2), ("clear 0", 0), ([0], 6), ([0, 1, 2], 1), ([0, 2], 1),
+                ([0, 1, 2], 4)]
+    state = m.init_state(3, 48)
+    owner = {0: 0, 1: 1, 2: 2}  # row → the sequence it decodes
+    fed = {r: 0 for r in owner}
+    got: dict[int, list[torch.Tensor]] = {r: [] for r in owner}
+    for rows, t in schedule:
+        if rows == "clear 0":
+            m.clear_rows(state, [0])
+            owner[0], fed[0], got[0] = 3, 0, []
+            continue
+        ids = torch.stack([seqs[owner[r]][fed[r]:fed[r] + t] for r in rows])
+        logits = m.step(state, ids, rows)
+        assert logits.shape == (len(rows), t, m.cfg.vocab_size)
+        for i, r in enumerate(rows):
+            got[r].append(logits[i])
+            fed[r] += t
+    for r, pieces in got.items():
+        seq = seqs[owner[r]][:fed[r]]
+        torch.testing.assert_close(torch.cat(pieces), m(seq[None]).logits[0], atol=1e-5, rtol=1e-4,
+                                   msg=lambda msg, r=r: f"row {r}: {msg}")
+
+
 def prompts(name: str) -> list[list[int]]:
     if "+" in name:
         rows = media_ids()

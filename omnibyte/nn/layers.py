@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from omnibyte.nn.cache import KVCache, eager_lru_cache
+from omnibyte.nn.cache import CacheRows, KVCache, Rows, eager_lru_cache
 from omnibyte.nn.window_attention import window_attention
 
 
@@ -185,7 +185,7 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
         self.rope_theta, self.use_rope = rope_theta, use_rope
 
-    def forward(self, x, pos, mask=None, cache: KVCache | None = None, window: int = 0):
+    def forward(self, x, pos, mask=None, cache: CacheRows | None = None, window: int = 0):
         qkv = rearrange(self.wqkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_heads)
         tables = None
         if self.use_rope:  # pos: positions, or the (cos, sin) tables a stack made once for all layers
@@ -240,20 +240,19 @@ def mlp_hidden(dim: int, ratio: float, multiple_of: int = 32) -> int:
     return multiple_of * math.ceil(int(dim * ratio) / multiple_of)
 
 
-def token_shift(x: torch.Tensor, cache: KVCache | None = None, key: str = "") -> torch.Tensor:
+def token_shift(x: torch.Tensor, cache: CacheRows | None = None, key: str = "") -> torch.Tensor:
     """Replace the second half of each position's channels by the previous position's (zeros
     before the first), as in RWKV and MEGABYTE-pytorch: a one-step look-back that every
     sublayer gets for free, which small byte models learn much faster with.
 
     With a cache, the previous position of the first new one is the last position of the
-    previous call, kept in `cache.shifted[key]`; a reset cache starts from zeros again."""
+    previous call, kept per row in the cache; a cleared row starts from zeros again."""
     keep, shift = x.chunk(2, dim=-1)
-    prev = cache.shifted.get(key) if cache is not None else None
-    if prev is None:
-        prev = torch.zeros_like(shift[:, :1])
-    if cache is not None:
-        cache.shifted[key] = shift[:, -1:]
-    return torch.cat([keep, torch.cat([prev, shift[:, :-1]], dim=1)], dim=-1)
+    prev = cache.last_shift(key, shift) if cache is not None else torch.zeros_like(shift[:, :1])
+    out = torch.cat([keep, torch.cat([prev, shift[:, :-1]], dim=1)], dim=-1)
+    if cache is not None:  # after the read above: the kept value is written in place
+        cache.keep_shift(key, shift)
+    return out
 
 
 class Block(nn.Module):
@@ -346,26 +345,53 @@ class TransformerStack(nn.Module):
                 std = 0.02 / math.sqrt(2 * len(self.layers)) if deep else 0.02
                 nn.init.normal_(p, std=std)
 
-    def forward(self, x, pos=None, mask=None, caches: list[KVCache] | None = None):
-        """x: (B, T, dim). pos: (T,) or (B, T) absolute positions (default 0..T-1, or continuing the
-        cache). mask: bool, broadcastable to (B, H, T, T_keys); default causal (+ window)."""
+    def forward(self, x, pos=None, mask=None, caches: list[KVCache] | None = None, rows: Rows = None,
+                advance: list[int] | None = None):
+        """x: (B, T, dim). pos: (T,) or (B, T) absolute positions (default 0..T-1, or continuing each
+        row's cache). mask: bool, broadcastable to (B, H, T, T_keys); default causal (+ window).
+
+        With caches, `rows` names the cache rows x feeds (default all) and `advance` how many of
+        the T positions each row keeps (default all): rows may stand at different positions, then
+        each gets its own positions and mask."""
         if not self.layers:  # an empty stack (e.g. a BLT without local encoder layers): the norm only
             return self.norm(x)
         t = x.shape[1]
-        offset = caches[0].length if caches else 0
+        head_dim = self.dim // self.n_heads
+        starts = caches[0].lengths_of(rows) if caches else [0]
+        if any(s != starts[0] for s in starts):
+            return self._ragged(x, pos, mask, caches, rows, advance, starts)
+        offset = starts[0]
         # a sliding window without a dense mask: the banded kernel when training, the last `window`
         # cached keys when decoding one position (the cache keeps them all; a mask over them all
         # cost a mask build per step and attention over the whole past)
         window = self.window if mask is None and (not caches or t == 1) else 0
         if mask is None and not window and (self.window > 0 or (caches and t > 1)):
             mask = causal_mask(t, offset + t, x.device, offset=offset, window=self.window)
-        head_dim = self.dim // self.n_heads
         if pos is None:
             rope = arange_rope_tables(offset, t, head_dim, self.rope_theta, x.device)
         else:
             rope = rope_tables(pos, head_dim, self.rope_theta, x.device)
         for i, layer in enumerate(self.layers):
-            x = layer(x, rope, mask, caches[i] if caches else None, window)
+            x = layer(x, rope, mask, caches[i].rows(rows, advance) if caches else None, window)
+        return self.norm(x)
+
+    def _ragged(self, x, pos, mask, caches, rows, advance, starts):
+        """Rows at different positions: positions start..start+T-1 of each row, a causal (+ window)
+        mask per row over the keys from the earliest any row's window reaches."""
+        t = x.shape[1]
+        first = torch.tensor(starts, device=x.device)[:, None]  # (R, 1)
+        qpos = first + torch.arange(t, device=x.device)  # (R, T)
+        end = max(starts) + t
+        lo = max(0, min(starts) - self.window + 1) if self.window > 0 and mask is None else 0
+        if mask is None:
+            kpos = torch.arange(lo, end, device=x.device)
+            mask = kpos <= qpos[..., None]  # (R, T, keys)
+            if self.window > 0:
+                mask = mask & (qpos[..., None] - kpos < self.window)
+            mask = mask[:, None]
+        rope = rope_tables(qpos if pos is None else pos, self.dim // self.n_heads, self.rope_theta, x.device)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rope, mask, caches[i].rows(rows, advance, first_key=lo), 0)
         return self.norm(x)
 
     def new_caches(self, batch_size: int, max_len: int, device, dtype) -> list[KVCache]:
