@@ -168,7 +168,10 @@ class Scripted(nn.Module):
     def init_state(self, batch_size, max_len):
         return None
 
-    def step(self, state, ids):
+    def clear_rows(self, state, rows=None):
+        pass
+
+    def step(self, state, ids, rows=None):
         return self._logits(ids)
 
 

@@ -18,7 +18,7 @@ from helpers import text_ids
 
 from omnibyte.eval.flops import measure_flops_per_byte
 from omnibyte.format import AUDIO_MULAW8, BOS, EOI, N_BYTES, AudioSegment, Document, ImageSegment, TextSegment, encode
-from omnibyte.generate import SamplingConfig, generate
+from omnibyte.generate import DecodeBatch, SamplingConfig, generate
 from omnibyte.generate.reference import rerun_greedy
 from omnibyte.models import OmniModel, build_model
 from omnibyte.models.registry import _MODULES
@@ -227,6 +227,46 @@ def test_batched_generation_equals_each_row_alone(subject):
     cfg = SamplingConfig(max_new=12, temperature=1.0, top_k=20, seed=3)
     ps = prompts(name)
     assert generate(m, ps, cfg) == [generate(m, [p], cfg)[0] for p in ps]
+
+
+def test_rows_joining_a_running_batch_generate_what_they_generate_alone(subject):
+    """A two-row DecodeBatch: rows join while others decode, one is dropped midway and its slot
+    reused, each with its own sampling settings; every finished row equals its lone generation."""
+    name, m = subject
+    m = sharpen(m)
+    ps = prompts(name) + [prompts(name)[0][:5]]
+    cfgs = [SamplingConfig(max_new=10, temperature=1.0, top_k=20, seed=3), SamplingConfig(max_new=7, temperature=0),
+            SamplingConfig(max_new=9, temperature=0.8, top_p=0.9, seed=5), SamplingConfig(max_new=6, temperature=0)]
+    batch = DecodeBatch(m, capacity=2, max_len=64, prefill_chunk=8)
+    got: dict[int, list[int]] = {}
+    row_in: dict[int, int] = {}  # slot → the prompt decoding there
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            for slot, tok, finished in batch.step():
+                got[row_in[slot]].append(tok)
+                if finished:
+                    del row_in[slot]
+
+    def join(i: int) -> None:
+        row_in[batch.add(ps[i], cfgs[i])] = i
+        got[i] = []
+
+    join(0)
+    run(3)
+    join(3)  # joins while row 0 decodes
+    run(2)
+    slot = next(s for s, i in row_in.items() if i == 3)
+    batch.drop(slot)  # leaves midway: its slot is reused below
+    del row_in[slot], got[3]
+    join(1)
+    run(40)  # until rows 0 and 1 finish
+    join(2)
+    join(3)
+    run(40)
+    assert not batch.rows
+    for i in range(4):
+        assert got[i] == generate(m, [ps[i]], cfgs[i])[0], i
 
 
 # --------------------------------------------------------------------------- saving, learning, cost

@@ -66,7 +66,10 @@ class Adversary(torch.nn.Module):
     def init_state(self, batch_size, max_len):
         return None
 
-    def step(self, state, ids):
+    def clear_rows(self, state, rows=None):
+        pass
+
+    def step(self, state, ids, rows=None):
         return self.logits.expand(*ids.shape, VOCAB_SIZE).clone()
 
 

@@ -1,20 +1,22 @@
 """The one decoding loop for every model: prefill with the model's caches, then one id per step.
 
-Rows of a batch never affect each other: all rows advance through the same absolute positions
-(a row whose prompt is longer is fed its own prompt ids while shorter rows already sample),
-and each row samples with its own generator seeded like a lone run. So a batched row gets
-exactly what it would get alone.
+`DecodeBatch` holds rows that decode side by side in one model state. Rows join (`add`) and
+leave (`drop`, or when they finish) between steps; each step feeds every row's prompt a chunk
+further and gives every prompted row one new id, all rows' new ids in one model call. Rows never
+affect each other: each stands at its own position in the state and samples with its own
+generator, seeded like a lone run, so a row gets exactly what it would get decoded alone.
+`generate` runs a fixed set of prompts through one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from omnibyte.errors import OmnibyteError
-from omnibyte.format import EOS, PAD
+from omnibyte.format import EOS
 from omnibyte.generate.constraints import Constraint, TextOnly, default_mask
 
 
@@ -62,6 +64,107 @@ def choose(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator | Non
     return int(torch.multinomial(probs.cpu(), 1, generator=gen))
 
 
+PREFILL_CHUNK = 512  # prompt ids a row is fed per step: a long prompt does not stall the other rows
+
+
+@dataclass
+class _Row:
+    prompt: list[int]
+    cfg: SamplingConfig
+    constraint: Constraint
+    gen: torch.Generator | None
+    fed: int = 0  # prompt ids fed so far
+    logits: torch.Tensor | None = None  # (V,) for the next id, once the whole prompt is fed
+    new: list[int] = field(default_factory=list)
+    done: bool = False
+
+
+class DecodeBatch:
+    """Rows decoding side by side: up to `capacity` rows of up to `max_len` ids each (prompt and
+    new ids). A row's id is its slot in the model state; a finished or dropped row frees it."""
+
+    @torch.inference_mode()
+    def __init__(self, model, capacity: int, max_len: int, prefill_chunk: int = PREFILL_CHUNK):
+        if capacity < 1 or max_len < 1 or prefill_chunk < 1:
+            raise OmnibyteError(f"a decoding batch needs capacity, max_len and prefill_chunk ≥ 1, got "
+                                f"{capacity}, {max_len} and {prefill_chunk}")
+        self.model, self.capacity, self.max_len, self.prefill_chunk = model, capacity, max_len, prefill_chunk
+        model.eval()
+        self.state = model.init_state(capacity, max_len)
+        self.rows: dict[int, _Row] = {}
+        self._dirty: set[int] = set()  # freed slots whose state still holds an old sequence
+
+    @property
+    def free(self) -> int:
+        return self.capacity - len(self.rows)
+
+    @torch.inference_mode()
+    def add(self, prompt: Sequence[int], cfg: SamplingConfig, constraint: Constraint | None = None) -> int:
+        """A new row (its prompt is fed over the next steps); returns its id."""
+        prompt = [int(t) for t in prompt]
+        if not prompt:
+            raise OmnibyteError("every prompt needs at least one id (start it with BOS)")
+        if len(prompt) + cfg.max_new > self.max_len:
+            raise OmnibyteError(f"prompt of {len(prompt)} ids + {cfg.max_new} new ids exceeds the {self.max_len} "
+                                f"ids a row holds")
+        if not self.free:
+            raise OmnibyteError(f"all {self.capacity} rows are busy")
+        slot = min(set(range(self.capacity)) - set(self.rows))
+        if slot in self._dirty:
+            self.model.clear_rows(self.state, [slot])
+            self._dirty.discard(slot)
+        gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
+        self.rows[slot] = _Row(prompt, cfg, constraint if constraint is not None else TextOnly(), gen,
+                               done=cfg.max_new == 0)
+        return slot
+
+    def drop(self, row: int) -> None:
+        """The row leaves the batch now (a finished row has left already)."""
+        if self.rows.pop(row, None) is not None:
+            self._dirty.add(row)
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[int, int, bool]]:
+        """Feed prompts a chunk further, then sample one id for every row whose prompt is in and
+        feed those ids. Returns (row, id, finished) for each new id; finished rows have left."""
+        device = self.model.device
+        for r, row in sorted(self.rows.items()):
+            if row.fed < len(row.prompt) and not row.done:
+                chunk = row.prompt[row.fed:row.fed + self.prefill_chunk]
+                logits = self.model.step(self.state, torch.tensor([chunk], device=device), [r])
+                row.fed += len(chunk)
+                if row.fed == len(row.prompt):
+                    row.logits = logits[0, -1]
+        out, feed = [], []
+        for r, row in sorted(self.rows.items()):
+            if row.logits is None or row.done:
+                continue
+            tok = self._choose(row)
+            row.new.append(tok)
+            row.done = len(row.new) >= row.cfg.max_new or (row.cfg.stop_at_eos and tok == EOS)
+            out.append((r, tok, row.done))
+            if not row.done:
+                feed.append((r, tok))
+        for r, row in list(self.rows.items()):
+            if row.done:
+                self.drop(r)
+        if feed:
+            rows = [r for r, _ in feed]
+            logits = self.model.step(self.state, torch.tensor([[t] for _, t in feed], device=device), rows)
+            for i, r in enumerate(rows):
+                self.rows[r].logits = logits[i, -1]
+        return out
+
+    def _choose(self, row: _Row) -> int:
+        logits = row.logits.float()
+        mask = row.constraint.allowed(logits.shape[-1])
+        if mask is None:
+            mask = default_mask(logits.shape[-1])
+        tok = choose(logits.masked_fill(~mask.to(logits.device), float("-inf")), row.cfg, row.gen)
+        row.constraint.advance(tok)
+        return tok
+
+
 @torch.inference_mode()
 def generate(
     model,
@@ -75,50 +178,14 @@ def generate(
     cfg = cfg or SamplingConfig()
     if not prompts or any(len(p) == 0 for p in prompts):
         raise OmnibyteError("every prompt needs at least one id (start it with BOS)")
-    b = len(prompts)
-    constraints = list(constraints) if constraints is not None else [TextOnly() for _ in range(b)]
-    device = model.device
-    lens = [len(p) for p in prompts]
-    total = max(lens) + cfg.max_new
-    gens = []
-    for _ in range(b):
-        g = None
-        if cfg.seed is not None:
-            g = torch.Generator().manual_seed(cfg.seed)
-        gens.append(g)
-
-    model.eval()
-    state = model.init_state(b, total)
-    seqs = [list(map(int, p)) for p in prompts]
-    new: list[list[int]] = [[] for _ in range(b)]
-    done = [cfg.max_new == 0] * b
-    n0 = min(lens)
-    logits = model.step(state, torch.tensor([s[:n0] for s in seqs], device=device))[:, -1]
-    pos = n0
-    while not all(done):
-        nxt = []
-        for r in range(b):
-            if pos < lens[r]:
-                tok = seqs[r][pos]  # still inside this row's prompt
-            elif done[r]:
-                tok = PAD  # finished rows idle; nothing reads their outputs
-            else:
-                row = logits[r].float()
-                mask = constraints[r].allowed(row.shape[-1])
-                if mask is None:
-                    mask = default_mask(row.shape[-1])
-                row = row.masked_fill(~mask.to(row.device), float("-inf"))
-                tok = choose(row, cfg, gens[r])
-                constraints[r].advance(tok)
-                new[r].append(tok)
-                seqs[r].append(tok)
-                if on_token is not None:
-                    on_token(r, tok)
-                if len(new[r]) >= cfg.max_new or (cfg.stop_at_eos and tok == EOS):
-                    done[r] = True
-            nxt.append(tok)
-        pos += 1
-        if all(done):
-            break
-        logits = model.step(state, torch.tensor(nxt, device=device)[:, None])[:, -1]
+    constraints = list(constraints) if constraints is not None else [TextOnly() for _ in prompts]
+    batch = DecodeBatch(model, len(prompts), max(len(p) for p in prompts) + cfg.max_new)
+    slots = [batch.add(p, cfg, c) for p, c in zip(prompts, constraints)]
+    row_of = {s: i for i, s in enumerate(slots)}
+    new: list[list[int]] = [[] for _ in prompts]
+    while batch.rows:
+        for slot, tok, _ in batch.step():
+            new[row_of[slot]].append(tok)
+            if on_token is not None:
+                on_token(row_of[slot], tok)
     return new

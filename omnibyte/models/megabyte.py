@@ -55,7 +55,7 @@ from omnibyte.format import N_BYTES, PAD, VOCAB_SIZE
 from omnibyte.models.base import ModelOutput, OmniModel
 from omnibyte.models.registry import register
 from omnibyte.nn import KVCache, StackConfig, TransformerStack, stack_flops
-from omnibyte.nn.cache import Rows, at_positions, join_rows, row_index
+from omnibyte.nn.cache import Rows, join_rows, row_index, take
 
 
 @dataclass
@@ -250,28 +250,25 @@ class Megabyte(OmniModel):
                 out = out.new_zeros(R, *out.shape[1:]).index_copy(0, torch.tensor(sel, device=dev), out)
             g = torch.cat([g, out], dim=1)  # (R, 1 + c, P, local dim)
 
-        # local input of position j: previous byte (pad at slot 0) + slot j % P of its patch's g
-        n_t = torch.tensor(n, device=dev)[:, None]
-        j = n_t + 1 + torch.arange(T, device=dev)  # (R, T)
-        slot, patch = j % P, j // P - n_t // P
+        # local input of position j: previous byte (pad at slot 0) + slot j % P of its patch's g,
+        # which is entry j - aP = m + 1 + i of the row's patches laid end to end
         if not self.cfg.carry_byte:
-            prev = torch.where((slot == 0)[..., None], self.local_pad, prev)
-        x = prev + g[torch.arange(R, device=dev)[:, None], patch, slot]  # (R, T, local dim)
+            first_slot = torch.tensor([[(k + 1 + i) % P == 0 for i in range(T)] for k in n], device=dev)
+            prev = torch.where(first_slot[..., None], self.local_pad, prev)
+        x = prev + take(rearrange(g, "r c p d -> r (c p) d"), [k + 1 for k in m], T)  # (R, T, local dim)
         loc = join_rows(state.local[idx], kept, x)  # local inputs from a patch's slot 0
         width = -(-loc.shape[1] // P) * P
         loc = F.pad(loc, (0, 0, 0, width - loc.shape[1]))
         h = self.local_model(rearrange(loc, "r (w p) d -> (r w) p d", p=P))
-        h = rearrange(h, "(r w) p d -> r (w p) d", r=R)
-        first = torch.tensor(kept, device=dev)[:, None]
-        out = at_positions(h, first + torch.arange(T, device=dev))
+        out = take(rearrange(h, "(r w) p d -> r (w p) d", r=R), kept, T)
 
         # keep the last position's patch: its local inputs, its ids' global embeddings, its context
-        ahead = torch.arange(P, device=dev)
-        last_start = first + T - 1 - (n_t + T) % P  # where that patch starts in `loc`
-        state.local[idx] = at_positions(loc, last_start + ahead)
-        done_t = torch.tensor(done, device=dev)[:, None]
-        state.buf[idx] = at_positions(seq, done_t * P + ahead)
-        state.g[idx] = g[torch.arange(R, device=dev), done_t[:, 0]]
+        last = [(k + T) % P + 1 for k in n]  # positions of that patch so far
+        state.local[idx, :max(last)] = take(loc, [k + T - q for k, q in zip(kept, last)], max(last))
+        left = [(k + T) % P for k in m]  # ids of that patch so far
+        if max(left):
+            state.buf[idx, :max(left)] = take(seq, [d * P for d in done], max(left))
+        state.g[idx] = take(g.flatten(2), done, 1).view_as(state.g[idx])
         for r, k in zip(rows_l, n):
             state.n[r] = k + T
         return self.head(out)

@@ -125,15 +125,21 @@ class CacheRows:
 def join_rows(kept: torch.Tensor, counts: Sequence[int], new: torch.Tensor) -> torch.Tensor:
     """Per row, the first counts[r] vectors of `kept` (R, K, D) followed by `new` (R, T, D): a
     (R, max(counts) + T, D) tensor whose rows past their own count + T repeat their last vector."""
-    r, k, t = kept.shape[0], kept.shape[1], new.shape[1]
-    if all(c == k for c in counts):
-        return torch.cat([kept, new], dim=1)
+    if all(c == counts[0] for c in counts):
+        return torch.cat([kept[:, :counts[0]], new], dim=1)
+    k, t = kept.shape[1], new.shape[1]
     n = torch.tensor(counts, device=new.device)[:, None]  # (R, 1)
-    j = torch.arange(max(counts) + t, device=new.device).expand(r, -1)
-    return at_positions(torch.cat([kept, new], dim=1), torch.where(j < n, j, k + j - n))
+    j = torch.arange(max(counts) + t, device=new.device)
+    src = torch.where(j < n, j, k + j - n)
+    both = torch.cat([kept, new], dim=1)
+    return both.gather(1, src.clamp(max=k + t - 1)[..., None].expand(-1, -1, both.shape[-1]))
 
 
-def at_positions(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """x (R, T, D) at positions pos (R, N) of each row → (R, N, D); positions past the end read
-    the last vector."""
+def take(x: torch.Tensor, starts: Sequence[int], count: int) -> torch.Tensor:
+    """x (R, N, D) → (R, count, D): positions starts[r]..starts[r]+count-1 of each row. A slice
+    when every row starts at one position (then they must lie inside x); otherwise a gather, where
+    positions past the end read the last vector."""
+    if all(s == starts[0] for s in starts):
+        return x[:, starts[0]:starts[0] + count]
+    pos = torch.tensor(starts, device=x.device)[:, None] + torch.arange(count, device=x.device)
     return x.gather(1, pos.clamp(max=x.shape[1] - 1)[..., None].expand(-1, -1, x.shape[-1]))
