@@ -15,6 +15,7 @@ Reading (any format Pillow opens: PNG, JPEG, BMP, GIF (first frame), WebP, TIFF,
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
@@ -135,16 +136,36 @@ def image_segment_from_path(path: str | Path, size: tuple[int, int] | None = Non
         raise OmnibyteError(f"{path}: no such image file")
     try:
         with Image.open(path) as img:
-            img.seek(0)  # animated GIF/WebP/APNG: first frame
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return image_segment_from_pil(img, size, mode)
+            return _read_opened(img, size, mode)
     except OmnibyteError as e:
         raise OmnibyteError(f"{path}: {e}") from None
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        # UnidentifiedImageError (not an image) and truncated-data errors are OSErrors
+    except _READ_ERRORS as e:
         msg = _one_line(e).replace(repr(str(path)), "").strip()  # the path leads the message already
         raise OmnibyteError(f"{path}: cannot read image: {msg}") from None
+
+
+def image_segment_from_bytes(data: bytes, size: tuple[int, int] | None = None, mode: str | None = None,
+                             max_pixels: int | None = None) -> ImageSegment:
+    """An image file's bytes (an upload) → ImageSegment. `max_pixels` refuses a larger image from
+    its header, before its pixels are decoded (a small PNG can declare a huge canvas)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise OmnibyteError(f"image of {img.width}x{img.height} pixels is larger than the {max_pixels} "
+                                    f"pixels allowed")
+            return _read_opened(img, size, mode)
+    except _READ_ERRORS as e:
+        raise OmnibyteError(f"cannot read image: {_one_line(e)}") from None
+
+
+# UnidentifiedImageError (not an image) and truncated-data errors are OSErrors
+_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+def _read_opened(img: Image.Image, size: tuple[int, int] | None, mode: str | None) -> ImageSegment:
+    img.seek(0)  # animated GIF/WebP/APNG: first frame
+    img.load()
+    return image_segment_from_pil(ImageOps.exif_transpose(img), size, mode)
 
 
 def segment_to_pil(seg: ImageSegment) -> Image.Image:
@@ -161,15 +182,22 @@ def segment_to_pixels(seg: ImageSegment) -> np.ndarray:
     return a.reshape(shape).copy()
 
 
+def encode_png(seg: ImageSegment) -> bytes:
+    """The segment as PNG file bytes."""
+    buf = io.BytesIO()
+    segment_to_pil(seg).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def save_png(seg: ImageSegment, path: str | Path) -> Path:
     """Write the segment as a PNG (atomically: a temp file in the same folder, then rename)."""
     path = Path(path)
-    img = segment_to_pil(seg)
+    data = encode_png(seg)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # opened normally: the umask sets its mode
     try:
         with open(tmp, "wb") as f:
-            img.save(f, format="PNG")
+            f.write(data)
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -177,6 +205,6 @@ def save_png(seg: ImageSegment, path: str | Path) -> Path:
     return path
 
 
-__all__ = ["DEFAULT_MAX_SIDE", "IMAGE_SUFFIXES", "RESAMPLE", "channels_for_mode", "default_size",
-           "image_segment_from_array", "image_segment_from_path", "image_segment_from_pil", "parse_size",
-           "save_png", "segment_to_pil", "segment_to_pixels"]
+__all__ = ["DEFAULT_MAX_SIDE", "IMAGE_SUFFIXES", "RESAMPLE", "channels_for_mode", "default_size", "encode_png",
+           "image_segment_from_array", "image_segment_from_bytes", "image_segment_from_path",
+           "image_segment_from_pil", "parse_size", "save_png", "segment_to_pil", "segment_to_pixels"]
