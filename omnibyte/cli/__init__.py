@@ -11,14 +11,14 @@ import sys
 
 from omnibyte.errors import OmnibyteError
 
-COMMANDS = ["prepare", "train", "eval", "generate", "patch", "bench", "report"]
+COMMANDS = ["prepare", "train", "eval", "generate", "patch", "bench", "report", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="omnibyte",
         description="Tokenizer-free byte-level models (byte transformer, MEGABYTE, BLT) for text, images "
-        "and audio: prepare data, train, evaluate in bits per byte, generate, inspect patches.",
+        "and audio: prepare data, train, evaluate in bits per byte, generate, inspect patches, serve.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:

@@ -1,0 +1,64 @@
+"""Running the app: `serve` (blocking, the CLI's) and `run_in_thread` (tests and benchmarks).
+
+SIGTERM (and Ctrl-C) first closes the engine: no new request is taken, and every open stream ends
+after the text it has (finish reason "length") with ``data: [DONE]``; then uvicorn stops, waiting
+for those responses to be sent.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from omnibyte.models import OmniModel
+from omnibyte.serve.app import create_app
+from omnibyte.serve.settings import ServeSettings
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: FastAPI):
+        super().__init__(config)
+        self.app = app
+
+    def handle_exit(self, sig, frame) -> None:
+        self.app.state.engine.close()  # open streams end now, cleanly
+        super().handle_exit(sig, frame)
+
+
+def serve(model: str | Path | OmniModel, host: str = "127.0.0.1", port: int = 8000,
+          settings: ServeSettings | None = None, log_level: str = "info") -> None:
+    """Serve a model until SIGTERM or Ctrl-C."""
+    app = create_app(model, settings)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
+    _Server(config, app).run()
+
+
+@contextmanager
+def run_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeout: float = 60.0) -> Iterator[str]:
+    """Serve `app` on a background thread; yields its base URL once the model is loaded (port 0:
+    a free one), and stops the server on exit."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    server = _Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5), app)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="omnibyte-http", daemon=True)
+    thread.start()
+    engine = app.state.engine
+    deadline = time.monotonic() + timeout
+    while not (server.started and (engine.ready or engine.error)):
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+        sock.close()
