@@ -292,8 +292,9 @@ def test_a_full_queue_gets_503_and_in_process_client(run_dir):
 
 
 class Scripted(FakeModel):
-    """A 'model' that writes `text` after the byte '>', one byte per step, then EOS: its bytes are
-    all different, so each one names the next."""
+    """A 'model' that writes `text` after the byte '>', one byte per step (10 ms each, so that the
+    pieces of a stream arrive one by one), then EOS: its bytes are all different, so each one
+    names the next."""
 
     arch = "scripted"
 
@@ -303,6 +304,7 @@ class Scripted(FakeModel):
         self.after = {a: b for a, b in zip(data, data[1:])}
 
     def logits(self, ids):
+        time.sleep(0.01)
         out = torch.full((*ids.shape, VOCAB_SIZE), -10.0)
         for (r, t), i in np.ndenumerate(ids.numpy()):
             out[r, t, self.after.get(int(i), EOS)] = 10.0
@@ -318,7 +320,7 @@ def test_a_stream_never_splits_a_utf8_character_and_stops_before_a_stop_sequence
         pieces = [ch.choices[0].text for ch in c.completions.create(model="omnibyte", prompt="go>", temperature=0,
                                                                     stream=True)]
         assert "".join(pieces) == text
-        assert [p for p in pieces if p] == ["h", "é", " ", "✓", "😀", "!"]  # whole characters, one per piece
+        assert [p for p in pieces if p] == ["h", "é", " ", "✓", "😀", "!"]  # whole characters, as they complete
         r = c.completions.create(model="omnibyte", prompt="go>", temperature=0, stop=["😀", "xyz"])
         assert r.choices[0].text == "hé ✓" and r.choices[0].finish_reason == "stop"
         r = c.completions.create(model="omnibyte", prompt="go>", temperature=0, max_tokens=5)  # cut inside ✓

@@ -40,28 +40,55 @@ class SamplingConfig:
             raise OmnibyteError(f"top-p must be in (0, 1], got {self.top_p}")
 
 
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+def filter_logits(logits: torch.Tensor, top_k: int | Sequence[int] = 0,
+                  top_p: float | Sequence[float] = 1.0) -> torch.Tensor:
     """Keep the top-k ids and the smallest set whose probability reaches top_p; others → -inf.
-    logits: (V,) already divided by the temperature."""
-    if top_k > 0 and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
+    logits: (V,) or (R, V), already divided by the temperature; top_k (0 = off) and top_p (1 =
+    off) are one value, or one per row. Each row is filtered as it would be alone."""
+    rows = logits.reshape(-1, logits.shape[-1])  # (R, V)
+    n, v = rows.shape
+    ks = list(top_k) if isinstance(top_k, Sequence) else [top_k] * n
+    ps = list(top_p) if isinstance(top_p, Sequence) else [top_p] * n
+    if any(0 < k < v for k in ks):
+        at = torch.tensor([min(max(k, 1), v) - 1 for k in ks], device=rows.device)[:, None]
+        kth = rows.sort(dim=-1, descending=True).values.gather(1, at)  # (R, 1): each row's k-th largest
+        off = torch.tensor([not 0 < k < v for k in ks], device=rows.device)[:, None]
+        rows = rows.masked_fill((rows < kth) & ~off, float("-inf"))
+    if any(p < 1.0 for p in ps):
+        sorted_logits, order = torch.sort(rows, dim=-1, descending=True)
         probs = sorted_logits.softmax(-1)
         # drop an id when the mass before it already reaches top_p (the first id always stays)
-        drop = probs.cumsum(-1) - probs >= top_p
-        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
-    return logits
+        p = torch.tensor(ps, device=rows.device, dtype=probs.dtype)[:, None]
+        drop = (probs.cumsum(-1) - probs >= p) & (p < 1.0)
+        rows = rows.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
+    return rows.reshape(logits.shape)
 
 
-def choose(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator | None) -> int:
-    """One id from (V,) logits (already masked) by greedy or temperature/top-k/top-p sampling."""
-    if cfg.temperature == 0:
-        return int(logits.argmax())
-    logits = filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p)
-    probs = logits.softmax(-1)
-    return int(torch.multinomial(probs.cpu(), 1, generator=gen))
+def choose_rows(logits: torch.Tensor, cfgs: Sequence[SamplingConfig],
+                gens: Sequence[torch.Generator | None]) -> list[int]:
+    """One id per row of (R, V) logits (already masked), each by its own row's settings and
+    generator: greedy, or temperature/top-k/top-p sampling. The filters run on all rows at once;
+    a row's id is the one it would get alone."""
+    out = [0] * len(cfgs)
+    greedy = [i for i, c in enumerate(cfgs) if c.temperature == 0]
+    if greedy:
+        best = logits[greedy].argmax(-1).tolist() if len(greedy) < len(cfgs) else logits.argmax(-1).tolist()
+        for i, tok in zip(greedy, best):
+            out[i] = tok
+    sampled = [i for i, c in enumerate(cfgs) if c.temperature > 0]
+    if sampled:
+        temps = torch.tensor([cfgs[i].temperature for i in sampled], device=logits.device)[:, None]
+        rows = logits[sampled].float() / temps
+        probs = filter_logits(rows, [cfgs[i].top_k for i in sampled], [cfgs[i].top_p for i in sampled]).softmax(-1)
+        probs = probs.cpu()
+        # what torch.multinomial(probs[j], 1, generator) does, for all rows at once: the argmax of
+        # probs / Exp(1) noise, each row's noise drawn from its own generator
+        noise = torch.empty_like(probs)
+        for j, i in enumerate(sampled):
+            noise[j].exponential_(1, generator=gens[i])
+        for i, tok in zip(sampled, (probs / noise).argmax(-1).tolist()):
+            out[i] = tok
+    return out
 
 
 PREFILL_CHUNK = 512  # prompt ids a row is fed per step: a long prompt does not stall the other rows
@@ -136,15 +163,19 @@ class DecodeBatch:
                 if row.fed == len(row.prompt):
                     row.logits = logits[0, -1]
         out, feed = [], []
-        for r, row in sorted(self.rows.items()):
-            if row.logits is None or row.done:
-                continue
-            tok = self._choose(row)
-            row.new.append(tok)
-            row.done = len(row.new) >= row.cfg.max_new or (row.cfg.stop_at_eos and tok == EOS)
-            out.append((r, tok, row.done))
-            if not row.done:
-                feed.append((r, tok))
+        ready = [(r, row) for r, row in sorted(self.rows.items()) if row.logits is not None and not row.done]
+        if ready:
+            logits = torch.stack([row.logits for _, row in ready]).float()  # (R, V)
+            masks = torch.stack([self._allowed(row, logits.shape[-1]) for _, row in ready]).to(logits.device)
+            toks = choose_rows(logits.masked_fill(~masks, float("-inf")), [row.cfg for _, row in ready],
+                               [row.gen for _, row in ready])
+            for (r, row), tok in zip(ready, toks):
+                row.constraint.advance(tok)
+                row.new.append(tok)
+                row.done = len(row.new) >= row.cfg.max_new or (row.cfg.stop_at_eos and tok == EOS)
+                out.append((r, tok, row.done))
+                if not row.done:
+                    feed.append((r, tok))
         for r, row in list(self.rows.items()):
             if row.done:
                 self.drop(r)
@@ -155,14 +186,10 @@ class DecodeBatch:
                 self.rows[r].logits = logits[i, -1]
         return out
 
-    def _choose(self, row: _Row) -> int:
-        logits = row.logits.float()
-        mask = row.constraint.allowed(logits.shape[-1])
-        if mask is None:
-            mask = default_mask(logits.shape[-1])
-        tok = choose(logits.masked_fill(~mask.to(logits.device), float("-inf")), row.cfg, row.gen)
-        row.constraint.advance(tok)
-        return tok
+    @staticmethod
+    def _allowed(row: _Row, vocab_size: int) -> torch.Tensor:
+        mask = row.constraint.allowed(vocab_size)
+        return default_mask(vocab_size) if mask is None else mask
 
 
 @torch.inference_mode()

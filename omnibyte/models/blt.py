@@ -46,7 +46,7 @@ from omnibyte.format import PAD, VOCAB_SIZE
 from omnibyte.media.layout import document_ids
 from omnibyte.models.base import ModelOutput, OmniModel
 from omnibyte.models.registry import register
-from omnibyte.nn import StackConfig, TransformerStack, causal_mask, stack_flops
+from omnibyte.nn import KVCache, StackConfig, TransformerStack, causal_mask, stack_flops
 from omnibyte.nn.cache import Rows, row_index
 from omnibyte.nn.cross_attention import CrossBlock
 from omnibyte.nn.hash_ngram import HashNgramEmbedding, NgramConfig
@@ -119,9 +119,9 @@ class BLTState:
     n_open: torch.Tensor  # (B,) patches begun
     n_closed: torch.Tensor  # (B,) patches fed to the latent model (its cache holds them in order)
     doc: torch.Tensor  # (B,) current document index
-    enc_caches: list
-    lat_caches: list
-    dec_caches: list
+    enc_caches: KVCache
+    lat_caches: KVCache
+    dec_caches: KVCache
     dec_k: torch.Tensor  # (B, L+2, k, H, D) decoder keys per slot (0 = start, p+1 = patch p; last: scratch)
     dec_v: torch.Tensor
     patches: PatchStream
@@ -245,7 +245,7 @@ class BLT(OmniModel):
             state.lengths[r] = 0
         for t in (state.n_open, state.n_closed, state.doc):
             t[idx] = 0
-        for cache in (*state.enc_caches, *state.lat_caches, *state.dec_caches):
+        for cache in (state.enc_caches, state.lat_caches, state.dec_caches):
             cache.clear(rows)
         k0, v0 = self.decoder_kv(self.start.view(1, 1, -1))  # (1, 1, k, H, D): slot 0, the start vector
         state.dec_k[idx, 0], state.dec_v[idx, 0] = k0[:, 0], v0[:, 0]

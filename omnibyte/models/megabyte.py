@@ -99,7 +99,7 @@ class MegabyteState:
     n % P ids so far; `local` the local model's inputs at positions aP..n, which it reads again for
     the next positions of the patch (it runs over a patch from slot 0, with no cache)."""
 
-    global_caches: list[KVCache]
+    global_caches: KVCache
     g: torch.Tensor  # (B, P, local dim)
     buf: torch.Tensor  # (B, P, global embedding width), the first n % P valid
     local: torch.Tensor  # (B, P, local dim), the first n % P + 1 valid
@@ -149,7 +149,7 @@ class Megabyte(OmniModel):
         e = rearrange(e, "b (m p) d -> b m (p d)", p=self.cfg.patch_size)
         return self.patch_proj(e) if self.patch_proj is not None else e
 
-    def run_global(self, x: torch.Tensor, caches: list[KVCache] | None = None, rows: Rows = None,
+    def run_global(self, x: torch.Tensor, caches: KVCache | None = None, rows: Rows = None,
                    advance: list[int] | None = None) -> torch.Tensor:
         """(B, m, global dim) global inputs → (B, m, P, local dim): each patch's output split into
         its P slots and projected to the local width. Decoding passes the caches' rows it feeds
@@ -205,8 +205,7 @@ class Megabyte(OmniModel):
         """Rows back to no ids: the global model runs on its pad (patch 0's context), and position
         0's local input is the local pad plus slot 0 of that output."""
         rows = list(range(len(state.n))) if rows is None else list(rows)
-        for cache in state.global_caches:
-            cache.clear(rows)
+        state.global_caches.clear(rows)
         idx = row_index(rows, state.g.device)
         g = self.run_global(self.global_pad.expand(len(rows), 1, -1), state.global_caches, rows)[:, 0]
         state.g[idx] = g

@@ -15,7 +15,7 @@ from omnibyte.adapters import AdaptersConfig, InputAdapters
 from omnibyte.format import VOCAB_SIZE
 from omnibyte.models.base import ModelOutput, OmniModel
 from omnibyte.models.registry import register
-from omnibyte.nn import StackConfig, TransformerStack, stack_flops
+from omnibyte.nn import KVCache, StackConfig, TransformerStack, stack_flops
 from omnibyte.nn.cache import Rows
 
 
@@ -46,7 +46,7 @@ class TransformerConfig:
 
 @dataclass
 class TransformerState:
-    caches: list
+    caches: KVCache
     adapters: object = None
 
 
@@ -81,8 +81,7 @@ class Transformer(OmniModel):
         return self.head(self.stack(x, caches=state.caches, rows=rows))
 
     def clear_rows(self, state: TransformerState, rows: Rows = None) -> None:
-        for cache in state.caches:
-            cache.clear(rows)
+        state.caches.clear(rows)
         self.adapters.clear_rows(state.adapters, rows)
 
     def attention_window(self) -> int:

@@ -154,7 +154,8 @@ def create_app(model: str | Path | OmniModel, settings: ServeSettings | None = N
     @app.get("/health")
     async def health():
         if engine.ready:
-            return {"status": "ok", "model": name, "queued": engine.queued}
+            return {"status": "ok", "model": name, "running": engine.running, "queued": engine.queued,
+                    **engine.stats}
         status = {"status": "error", "error": engine.error} if engine.error else {"status": "loading"}
         return JSONResponse(status, status_code=503)
 
@@ -315,32 +316,44 @@ def _data(obj) -> str:
 
 
 async def _stream(engine: Engine, job: Job, meta: dict, chunk, include_usage: bool):
-    """The job's events as server-sent events. When the client goes away the generator is
-    cancelled, and the job leaves its row."""
+    """The job's events as server-sent events. Text that arrived while the last chunk was being
+    sent goes out as one chunk (a busy server sends fewer, larger chunks instead of falling
+    behind). When the client goes away the generator is cancelled, and the job leaves its row."""
     try:
         if chunk is _chat_chunk:
             yield _data(chunk(meta, delta={"role": "assistant", "content": ""}))
         while True:
-            kind, value = await job.events.get()
-            if kind == "text":
-                yield _data(chunk(meta, text=value))
-            elif kind == "progress":
-                total = len(job.prefix) + job.cfg.max_new
-                yield _data({**chunk(meta, delta={}), "omnibyte": {"media_ids": value, "media_total": total}})
-            elif kind == "error":
-                yield _data(ApiError(500, value, "decoding_failed", "server_error").body())
-                break
-            else:  # done
-                if job.media is not None:
-                    yield _data(chunk(meta, delta={"content": [await asyncio.to_thread(_media_part, job)]}))
-                yield _data(chunk(meta, finish=value))
-                if include_usage:
-                    yield _data({**_head(meta), "choices": [], "usage": _usage(job, meta)})
-                break
-        yield "data: [DONE]\n\n"
+            for kind, value in _merge_text(await job.take()):
+                if kind == "text":
+                    yield _data(chunk(meta, text=value))
+                elif kind == "progress":
+                    total = len(job.prefix) + job.cfg.max_new
+                    yield _data({**chunk(meta, delta={}), "omnibyte": {"media_ids": value, "media_total": total}})
+                elif kind == "error":
+                    yield _data(ApiError(500, value, "decoding_failed", "server_error").body())
+                    yield "data: [DONE]\n\n"
+                    return
+                else:  # done
+                    if job.media is not None:
+                        yield _data(chunk(meta, delta={"content": [await asyncio.to_thread(_media_part, job)]}))
+                    yield _data(chunk(meta, finish=value))
+                    if include_usage:
+                        yield _data({**_head(meta), "choices": [], "usage": _usage(job, meta)})
+                    yield "data: [DONE]\n\n"
+                    return
     finally:
         if job.finish_reason is None:
             engine.cancel(job)
+
+
+def _merge_text(events: list[tuple[str, object]]) -> list[tuple[str, object]]:
+    out: list[tuple[str, object]] = []
+    for kind, value in events:
+        if kind == "text" and out and out[-1][0] == "text":
+            out[-1] = ("text", out[-1][1] + value)
+        else:
+            out.append((kind, value))
+    return out
 
 
 async def _collect(engine: Engine, job: Job, request: Request) -> str | None:
@@ -349,17 +362,18 @@ async def _collect(engine: Engine, job: Job, request: Request) -> str | None:
     try:
         while True:
             try:
-                kind, value = await asyncio.wait_for(job.events.get(), timeout=0.5)
+                events = await asyncio.wait_for(job.take(), timeout=0.5)
             except TimeoutError:
                 if await request.is_disconnected():
                     return None
                 continue
-            if kind == "text":
-                pieces.append(value)
-            elif kind == "error":
-                raise ApiError(500, value, "decoding_failed", "server_error")
-            elif kind == "done":
-                return "".join(pieces)
+            for kind, value in events:
+                if kind == "text":
+                    pieces.append(value)
+                elif kind == "error":
+                    raise ApiError(500, value, "decoding_failed", "server_error")
+                elif kind == "done":
+                    return "".join(pieces)
     finally:
         if job.finish_reason is None:
             engine.cancel(job)

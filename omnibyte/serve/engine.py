@@ -3,9 +3,9 @@
 Requests (`Job`s) wait in a bounded queue until a row of the batch is free, then join it between
 two decoding steps; every step gives each running request one new id, all in one model call. A
 request leaves its row when it finishes, when its stop sequence appears, or at once when its
-client goes away (`cancel`). Each job streams its events back to the event loop that made it:
-("text", piece), ("progress", ids so far) for media, and finally ("done", finish reason) or
-("error", message).
+client goes away (`cancel`). Each job sends its events back to the event loop that made it
+(`Job.take`): ("text", piece), ("progress", ids so far) for media, and finally ("done", finish
+reason) or ("error", message).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -29,6 +30,11 @@ from omnibyte.serve.text import TextStream
 log = logging.getLogger("omnibyte.serve")
 
 PROGRESS_EVERY = 64  # ids between progress events of a media output
+# Events reach the event loop in one wake-up every DELIVER_EVERY seconds per running row (5 ms
+# with one row, 80 ms with 16), at most every DELIVER_MAX: each wake-up lets the server's thread
+# take the GIL, and with many rows fewer, larger chunks keep the decoding thread going. A finished
+# job's events go at once.
+DELIVER_EVERY, DELIVER_MAX = 0.005, 0.1
 
 
 class Unavailable(Exception):
@@ -50,8 +56,10 @@ class Job:
         self.new: list[int] = []
         self.finish_reason: str | None = None
         self.cancelled = False
-        self.events: asyncio.Queue = asyncio.Queue()
-        self._loop = loop
+        self._events: deque[tuple[str, object]] = deque()  # arrived, on the event loop
+        self._ready = asyncio.Event()
+        self._outbox: list[tuple[str, object]] = []  # sent, on the engine thread, not yet delivered
+        self.loop = loop
 
     @property
     def output(self) -> list[int]:
@@ -59,7 +67,20 @@ class Job:
         return self.prefix + self.new
 
     def send(self, kind: str, value=None) -> None:
-        self._loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        """Queue an event; `deliver` hands the queued events of many jobs to their loops at once."""
+        self._outbox.append((kind, value))
+
+    def _arrive(self, events: list[tuple[str, object]]) -> None:
+        self._events.extend(events)
+        self._ready.set()
+
+    async def take(self) -> list[tuple[str, object]]:
+        """The events that arrived since the last call (waits for one)."""
+        await self._ready.wait()
+        self._ready.clear()
+        events = list(self._events)
+        self._events.clear()
+        return events
 
     # --- called on the engine thread ----------------------------------------------------------
     def accept(self, tok: int, last: bool) -> bool:
@@ -88,6 +109,23 @@ class Job:
     def fail(self, message: str) -> None:
         self.finish_reason = "error"
         self.send("error", message)
+
+
+def deliver(jobs) -> None:
+    """Hand every job's queued events to its event loop: one wake-up per loop per decoding step,
+    not one per event (each wake-up lets the server's thread take the GIL)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, list]]] = {}
+    for job in jobs:
+        if job._outbox:
+            by_loop.setdefault(job.loop, []).append((job, job._outbox))
+            job._outbox = []
+    for loop, items in by_loop.items():
+        loop.call_soon_threadsafe(_arrive_all, items)
+
+
+def _arrive_all(items: list[tuple[Job, list]]) -> None:
+    for job, events in items:
+        job._arrive(events)
 
 
 class Engine:
@@ -156,6 +194,8 @@ class Engine:
             batch = self._new_batch()
             self.ready = True
             running = self._running
+            unsent: set[Job] = set()  # jobs with events not yet delivered
+            sent_at = time.monotonic()
             while True:
                 with self._cond:
                     for row, job in list(running.items()):
@@ -164,8 +204,10 @@ class Engine:
                             del running[row]
                     self._pending = deque(j for j in self._pending if not j.cancelled)
                     if self._closing:
-                        for job in [*running.values(), *self._pending]:
+                        ending = [*running.values(), *self._pending]
+                        for job in ending:
                             job.finish("length")
+                        deliver({*unsent, *ending})
                         self._pending.clear()
                         return
                     while self._pending and batch.free:
@@ -174,7 +216,10 @@ class Engine:
                             running[batch.add(job.prompt, job.cfg, job.constraint)] = job
                         except OmnibyteError as e:  # requests are checked before they queue; still
                             job.fail(str(e))
+                            deliver([job])
                     if not running:
+                        deliver(unsent)
+                        unsent.clear()
                         self._cond.wait()
                         continue
                 self.stats["steps"] += 1
@@ -185,15 +230,25 @@ class Engine:
                     log.exception("decoding step failed")
                     for job in running.values():
                         job.fail(f"decoding failed: {type(e).__name__}: {e}")
+                    deliver({*unsent, *running.values()})
+                    unsent.clear()
                     running.clear()
                     batch = self._new_batch()
                     continue
+                ended = False
                 for row, tok, last in events:
                     job = running[row]
+                    unsent.add(job)
                     if job.accept(tok, last):
                         if not last:
                             batch.drop(row)
                         del running[row]
+                        ended = True
+                now = time.monotonic()
+                if ended or now - sent_at >= min(DELIVER_MAX, DELIVER_EVERY * len(running)):
+                    deliver(unsent)
+                    unsent.clear()
+                    sent_at = now
 
     def _new_batch(self) -> DecodeBatch:
         s = self.settings
