@@ -288,6 +288,41 @@ def test_a_full_queue_gets_503_and_in_process_client(run_dir):
         assert [s for s, _ in results] == [200, 200] and all(lines[-1] == "data: [DONE]" for _, lines in results)
 
 
+class Slow(FakeModel):
+    """Loads only when `loaded` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.loaded = threading.Event()
+
+    def eval(self):
+        self.loaded.wait(30)
+        return super().eval()
+
+    def logits(self, ids):
+        return torch.zeros(*ids.shape, VOCAB_SIZE)
+
+
+def test_health_is_503_until_the_model_is_loaded_and_a_bad_model_is_reported():
+    slow = Slow()
+    with TestClient(create_app(slow, ServeSettings(max_batch=1, max_context=64))) as c:
+        r = c.get("/health")
+        assert r.status_code == 503 and r.json()["status"] == "loading"
+        r = c.post("/v1/completions", json={"model": "omnibyte", "prompt": "x"})
+        assert r.status_code == 503 and r.json()["error"]["message"] == "the model is loading"
+        slow.loaded.set()
+        deadline = time.monotonic() + 10
+        while c.get("/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    with TestClient(create_app("/nonexistent/run")) as c:
+        while (r := c.get("/health")).json()["status"] == "loading":
+            time.sleep(0.01)
+        assert r.status_code == 503 and r.json()["status"] == "error" and "/nonexistent/run" in r.json()["error"]
+        r = c.post("/v1/completions", json={"model": "run", "prompt": "x"})
+        assert r.status_code == 503 and "failed to load" in r.json()["error"]["message"]
+
+
 # ----------------------------------------------------------------------------- text pieces
 
 

@@ -93,6 +93,7 @@ def ask(page, prompt: str):
 
 
 def test_chat_streams_text_reads_an_image_and_a_clip_draws_and_shows_patches(page, tmp_path_factory):
+    expect(page.locator("#record")).to_be_visible()  # 127.0.0.1 is a secure context: the microphone may be asked
     page.fill("#max-tokens", "120")
     answer = ask(page, "In the beginning")
     assert len(answer.locator(".text").inner_text()) > 20
