@@ -96,10 +96,12 @@ class MegabyteState:
     """Decoding state of each row after its n ids (MEGABYTE position p predicts id p): the global
     cache holds patches 0..a of the row, a = n // P (the pad, then the completed patches); `g` is
     the global output for patch a, split into slots; `buf` holds the global embeddings of patch a's
-    n % P ids so far; `local` the local model's inputs at positions aP..n, which it reads again for
-    the next positions of the patch (it runs over a patch from slot 0, with no cache)."""
+    n % P ids so far; the local cache holds slots 0..n % P of patch a, and `local` the local
+    model's inputs there (a call of several ids reads them again: it runs the local model over
+    whole patches from slot 0, as training does)."""
 
     global_caches: KVCache
+    local_caches: KVCache
     g: torch.Tensor  # (B, P, local dim)
     buf: torch.Tensor  # (B, P, global embedding width), the first n % P valid
     local: torch.Tensor  # (B, P, local dim), the first n % P + 1 valid
@@ -194,6 +196,7 @@ class Megabyte(OmniModel):
         P, L = self.cfg.patch_size, self.cfg.local_model.dim
         state = MegabyteState(
             global_caches=self.global_model.new_caches(batch_size, max_len // P + 1, p.device, p.dtype),
+            local_caches=self.local_model.new_caches(batch_size, P, p.device, p.dtype),
             g=p.new_zeros(batch_size, P, L), buf=p.new_zeros(batch_size, P, self.global_embed.embedding_dim),
             local=p.new_zeros(batch_size, P, L), n=[0] * batch_size,
             adapters=self.adapters.init_state(batch_size, max_len, p.device))
@@ -206,10 +209,12 @@ class Megabyte(OmniModel):
         0's local input is the local pad plus slot 0 of that output."""
         rows = list(range(len(state.n))) if rows is None else list(rows)
         state.global_caches.clear(rows)
+        state.local_caches.clear(rows)
         idx = row_index(rows, state.g.device)
         g = self.run_global(self.global_pad.expand(len(rows), 1, -1), state.global_caches, rows)[:, 0]
         state.g[idx] = g
         state.local[idx, 0] = self.local_pad + g[:, 0]
+        self.local_model(state.local[idx, :1], caches=state.local_caches, rows=rows)  # slot 0, for later slots
         for r in rows:
             state.n[r] = 0
         self.adapters.clear_rows(state.adapters, rows)
@@ -219,9 +224,10 @@ class Megabyte(OmniModel):
         """Feed ids (R, T) to `rows` — a prompt or one id each — and return their (R, T, V) logits.
 
         Row r at n ids computes positions n+1..n+T. The global model steps once per patch the call
-        completes, for the rows that complete one, each at its own patch index. The local model
-        runs over every patch the new positions touch, from its slot 0 (kept inputs, then new ones),
-        as in training, so rows at different slots of their patches share one call.
+        completes, for the rows that complete one, each at its own patch index. One id per row: the
+        local model takes one position per row from its cache (restarted where a patch begins), rows
+        at different slots together. Several ids: it runs over every patch they touch from its slot
+        0 (kept inputs, then new ones), as in training, then refills the cache with the last patch.
         """
         R, T = ids.shape
         P, dev = self.cfg.patch_size, ids.device
@@ -256,14 +262,22 @@ class Megabyte(OmniModel):
             prev = torch.where(first_slot[..., None], self.local_pad, prev)
         x = prev + take(rearrange(g, "r c p d -> r (c p) d"), [k + 1 for k in m], T)  # (R, T, local dim)
         loc = join_rows(state.local[idx], kept, x)  # local inputs from a patch's slot 0
-        width = -(-loc.shape[1] // P) * P
-        loc = F.pad(loc, (0, 0, 0, width - loc.shape[1]))
-        h = self.local_model(rearrange(loc, "r (w p) d -> (r w) p d", p=P))
-        out = take(rearrange(h, "(r w) p d -> r (w p) d", r=R), kept, T)
+        last = [(k + T) % P + 1 for k in n]  # positions of the last position's patch so far
+        if T == 1:
+            opened = [r for r, q in zip(rows_l, last) if q == 1]  # a new patch: its cache restarts
+            if opened:
+                state.local_caches.clear(opened)
+            out = self.local_model(x, caches=state.local_caches, rows=rows)
+        else:
+            width = -(-loc.shape[1] // P) * P
+            h = self.local_model(rearrange(F.pad(loc, (0, 0, 0, width - loc.shape[1])), "r (w p) d -> (r w) p d", p=P))
+            out = take(rearrange(h, "(r w) p d -> r (w p) d", r=R), kept, T)
 
-        # keep the last position's patch: its local inputs, its ids' global embeddings, its context
-        last = [(k + T) % P + 1 for k in n]  # positions of that patch so far
+        # keep the last position's patch: its local inputs (and cache), its ids' global embeddings, its context
         state.local[idx, :max(last)] = take(loc, [k + T - q for k, q in zip(kept, last)], max(last))
+        if T > 1:  # the cache restarts with slots 0..(n + T) % P of the last patch (spare ones not kept)
+            state.local_caches.clear(rows_l)
+            self.local_model(state.local[idx, :max(last)], caches=state.local_caches, rows=rows, advance=last)
         left = [(k + T) % P for k in m]  # ids of that patch so far
         if max(left):
             state.buf[idx, :max(left)] = take(seq, [d * P for d in done], max(left))

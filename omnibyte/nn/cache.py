@@ -83,6 +83,8 @@ class CacheFeed:
 
     def __init__(self, cache: KVCache, t: int, rows: Rows = None, advance: Sequence[int] | None = None,
                  first_key: int = 0):
+        if advance is not None and all(a == t for a in advance):
+            advance = None  # every row keeps all it feeds
         self.cache, self.t, self.advance, self.first_key = cache, t, advance, first_key
         self.rows = list(range(len(cache.lengths))) if rows is None else list(rows)
         self.span = slice(self.rows[0], self.rows[-1] + 1)  # the batch rows the call computes
