@@ -6,10 +6,20 @@ web page, over one model whose decoding batch requests join and leave between st
     app = create_app("runs/demo", ServeSettings())    # in-process: fastapi.testclient.TestClient(app)
 """
 
-from omnibyte.serve.app import create_app
-from omnibyte.serve.engine import Engine, Job
-from omnibyte.serve.run import run_in_thread, serve
+import importlib
+
 from omnibyte.serve.settings import ServeSettings
-from omnibyte.serve.text import TextStream
+
+# The app, the engine and the runner import torch and fastapi. They load when first named, so the
+# command line, which reads ServeSettings' defaults to build `omnibyte serve --help`, stays quick.
+_WHERE = {"create_app": "app", "Engine": "engine", "Job": "engine", "run_in_thread": "run", "serve": "run",
+          "TextStream": "text"}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"omnibyte.serve.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'omnibyte.serve' has no attribute {name!r}")
+
 
 __all__ = ["Engine", "Job", "ServeSettings", "TextStream", "create_app", "run_in_thread", "serve"]
