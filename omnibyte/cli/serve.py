@@ -40,21 +40,18 @@ def add_parser(sub) -> None:
                    help=f"length of an input or generated clip (default {d.max_audio_seconds:g})")
     p.add_argument("--name", help="the model id /v1/models lists (default: the run folder's name)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: one fewer than the cores, at least 1: "
+                   "the HTTP thread needs one)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import torch
-
     from omnibyte.serve import ServeSettings, serve
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     settings = ServeSettings(api_key=args.api_key, max_batch=args.max_batch, max_context=args.max_context,
                              max_tokens=args.max_tokens, default_max_tokens=min(256, args.max_tokens),
                              max_queue=args.max_queue, max_body_bytes=int(args.max_body_mb * 2**20),
                              max_image_side=args.max_image_side, max_audio_seconds=args.max_audio_seconds,
                              device=args.device, model_name=args.name)
-    serve(args.model, host=args.host, port=args.port, settings=settings)
+    serve(args.model, host=args.host, port=args.port, settings=settings, threads=args.threads)
     return 0
