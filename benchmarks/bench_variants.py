@@ -3,14 +3,14 @@
 Takes one run of an `omnibyte bench` folder (benchmarks/eval_bench.py writes runs/bench-small), by
 default its BLT-entropy run, and trains the same model, data, batch, schedule and seed again with
 the changes each variant names: the patcher (another entropy model, a global or a relative
-threshold, another mean patch size), other model fields (local width, layers), training settings
+threshold, another mean patch size), other model fields (stack sizes, n-gram tables), training settings
 (learning rate, seed). Steps are ⌊budget / (FLOPs per byte × bytes per step)⌋ as in the bench, so a
 cheaper model or larger patches buy more steps. Bits per byte over the whole val split, as the
 bench reports them.
 
 Each variant is NAME=JSON. The JSON's keys `model` and `train` are deep-merged into the run's
-[model] and [train] tables; `bytes_per_patch` sets the mean patch size the FLOPs count uses; any
-other key is a [patcher] field. Thresholds come from
+[model] and [train] tables; any other key is a [patcher] field (`bytes_per_patch` sets the mean
+patch size the FLOPs count uses). Thresholds come from
 `omnibyte patch calibrate MODEL --data data/kjv --target-bytes-per-patch X [--relative]`:
 
     .venv/bin/python -m benchmarks.bench_variants \\
@@ -18,7 +18,7 @@ other key is a [patcher] field. Thresholds come from
         'global-5.1={"threshold": 2.59589, "bytes_per_patch": 5.1}' \\
         'relative-5.1={"threshold": 1.04615, "relative": true, "bytes_per_patch": 5.1}'
     .venv/bin/python -m benchmarks.bench_variants --base blt-space --budget 2e12 \\
-        'local64={"model": {"dim_local": 64}}' 'lr5e-3={"train": {"lr": 5e-3}}'
+        'local64={"model": {"encoder": {"dim": 64}, "decoder": {"dim": 64}}}' 'lr5e-3={"train": {"lr": 5e-3}}'
 
 Runs land in --out/BASE-BUDGET/NAME (default runs/bench-variants); a variant whose run finished is reused.
 """
@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import REPO, header, train_run, write_section
-from omnibyte.eval.bench import budget_steps
+from omnibyte.bench import budget_steps
+from omnibyte.models import compat
 from omnibyte.models.registry import build_model
 
 
@@ -63,11 +64,9 @@ def plan(base: dict, over: dict, budget: float, data: str, threads: int) -> tupl
     raw = copy.deepcopy(base)
     over = copy.deepcopy(over)
     model = raw["model"]
-    model.pop("entropy_model_config", None)  # rebuilt from patcher.entropy_model
+    model.get("patcher", {}).pop("entropy_model_config", None)  # rebuilt from patcher.entropy_model
     merge(model, over.pop("model", {}))
     merge(raw["train"], over.pop("train", {}))
-    if "bytes_per_patch" in over:
-        model["bytes_per_patch"] = over.pop("bytes_per_patch")
     if over:
         if "patcher" not in model:
             sys.exit(f"error: {sorted(over)} are patcher fields, but the base run has no patcher")
@@ -82,7 +81,7 @@ def plan(base: dict, over: dict, budget: float, data: str, threads: int) -> tupl
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("variants", nargs="+", help="NAME=JSON (model/train overrides, patcher fields, bytes_per_patch)")
+    ap.add_argument("variants", nargs="+", help="NAME=JSON (model/train overrides, patcher fields)")
     ap.add_argument("--bench", type=Path, default=REPO / "runs" / "bench-small", help="bench folder")
     ap.add_argument("--base", default="blt-entropy", help="which of the bench's models to start from")
     ap.add_argument("--budget", default="6e12", help="which of the bench's budgets (its run name suffix)")
@@ -95,7 +94,7 @@ def main() -> int:
     base_file = args.bench / "runs" / f"{args.base}-{args.budget}" / "run.json"
     if not base_file.is_file():
         sys.exit(f"error: no {base_file}: run `.venv/bin/python -m benchmarks.eval_bench` (or omnibyte bench) first")
-    base = json.loads(base_file.read_text())
+    base = compat.run_config(json.loads(base_file.read_text()))  # a run saved before a rename: today's names
     data = base["data"]["path"] if args.base == "bpe" else args.data
     budget = float(args.budget)
     out = args.out or REPO / "runs" / "bench-variants" / f"{args.base}-{args.budget}"

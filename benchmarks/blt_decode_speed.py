@@ -1,5 +1,5 @@
 """Cached BLT decoding alone: bytes/s of greedy generation with blt_speed's generation model
-(dim_local 128, entropy patching), no full re-run; median (min–max) of --repeats generations.
+(local width 128, entropy patching), no full re-run; median (min–max) of --repeats generations.
 
 With --against DIR it compares this checkout with another one (say, an older commit) on the
 same machine: each round runs one generation in a fresh process per checkout, each importing
@@ -30,15 +30,14 @@ def measure(n: int, threads: int) -> dict:
 
     from benchmarks import blt_speed as bs
     from omnibyte.generate import SamplingConfig, generate
-    from omnibyte.patching import PatcherConfig
     from omnibyte.patching.calibrate import calibrate_threshold
 
     torch.set_num_threads(threads)
     p = bs.FULL
-    em = bs.entropy_model(p)
+    em = bs.entropy_lm(p)
     thr = calibrate_threshold(em, torch.tensor([bs.PROMPT[1:] * 8]), p["bytes_per_patch"])
     torch.manual_seed(0)
-    model = bs.blt(p, p["local_dims"][-1], PatcherConfig("entropy", threshold=thr), em).eval()
+    model = bs.blt(p, p["local_dims"][-1], {"kind": "entropy", "threshold": thr}, em).eval()
     generate(model, [bs.PROMPT], SamplingConfig(max_new=20, temperature=0, stop_at_eos=False))  # warm-up
     t0 = time.perf_counter()
     out = generate(model, [bs.PROMPT], SamplingConfig(max_new=n, temperature=0, stop_at_eos=False))[0]

@@ -1,7 +1,7 @@
 """BLT training step time with dense AdamW over the hash n-gram tables vs sparse gradients and lazy
-row updates (`--train.sparse_embeddings`, omnibyte/train/optim.py), at several table sizes.
+row updates (`--model.ngrams.sparse`, omnibyte/train/optim.py), at several table sizes.
 
-The model is the `omnibyte bench --preset small` BLT (local 48, latent 64 × 4, six n-gram tables),
+The model is the `omnibyte bench --preset small` BLT (local 48, latent 64 × 4, n-gram tables for n = 2..8),
 static patches of 5 bytes (about its entropy patches' mean), batch 16 × 256 bytes of KJV text, one
 thread. Each step is forward + backward + global clip + optimizer step, timed in three parts.
 Both models live in this process; after 2 warm-up steps each, every round runs one dense and one
@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import compare, fmt_time, header, results_file, results_option, train_step, write_section
-from omnibyte.eval.bench import PRESETS
+from omnibyte.bench import load_preset
+from omnibyte.config import merge
 from omnibyte.models import build_model
 from omnibyte.train.config import TrainConfig
-from omnibyte.train.optim import clip_grad_norm, make_optimizer, ngram_tables
+from omnibyte.train.optim import clip_grad_norm, make_optimizer
 
 
 def kjv_batch(batch: int, seq_len: int) -> torch.Tensor:
@@ -46,7 +47,7 @@ def main() -> int:
     results_option(ap, "results_blt.md")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    preset = PRESETS["small"]
+    preset = load_preset("small")
     model_cfg = dict(preset.blt, patcher={"kind": "static", "patch_size": 5})
     buckets = [int(b) for b in args.buckets.split(",")]
     batch, seq_len, steps = (preset.batch_size, preset.seq_len, args.steps) if not args.quick else (2, 64, 2)
@@ -54,18 +55,17 @@ def main() -> int:
         buckets = [1024]
     ids = kjv_batch(batch, seq_len)
     lines = header("BLT: dense vs sparse (lazy) updates of the hash n-gram tables")
-    lines += [f"Bench-preset BLT (local 48, latent 64 × 4, n-grams 3–8), static patches of 5, batch {batch} × "
-              f"{seq_len} bytes, fp32, one thread; median of {steps} interleaved rounds of one dense and one "
-              "sparse step after 2 warm-up steps each (the step's min–max in brackets).", "",
+    sizes = model_cfg["ngrams"]["sizes"]
+    lines += [f"Bench-preset BLT (local 48, latent 64 × 4, n-grams {min(sizes)}–{max(sizes)}), static patches of 5, "
+              f"batch {batch} × {seq_len} bytes, fp32, one thread; median of {steps} interleaved rounds of one dense "
+              "and one sparse step after 2 warm-up steps each (the step's min–max in brackets).", "",
               "| rows per table | params | updates | forward (ms) | backward + clip (ms) | optimizer (ms) | "
               "step (ms) | speed-up |", "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
     for n in buckets:
         steps_of = {}
         for kind in ("dense", "sparse"):
             torch.manual_seed(0)
-            m = build_model("blt", {**model_cfg, "hash_buckets": n}).train()
-            for table in ngram_tables(m):
-                table.sparse = kind == "sparse"
+            m = build_model("blt", merge(model_cfg, {"ngrams": {"buckets": n, "sparse": kind == "sparse"}})).train()
             opt = make_optimizer(m, TrainConfig(lr=2e-3), torch.device("cpu"))
             steps_of[kind] = train_step(m, ids, opt=opt, clip=1.0, clip_fn=clip_grad_norm)
         t = compare(steps_of, repeats=steps, warmup=2)

@@ -27,10 +27,10 @@ import argparse
 import torch
 
 from benchmarks.common import (
+    bytes_only,
     compare,
     fmt_rate,
     fmt_speedup,
-    full_rerun,
     header,
     results_file,
     results_option,
@@ -39,30 +39,32 @@ from benchmarks.common import (
 )
 from omnibyte.format import BOS, N_BYTES
 from omnibyte.generate import SamplingConfig, generate
+from omnibyte.generate.reference import rerun_greedy
 from omnibyte.models import build_model
-from omnibyte.models.blt import BLT, BLTConfig, LatentConfig, LocalConfig
+from omnibyte.models.blt import BLT
 from omnibyte.patching import PatcherConfig, mean_patch_len, patch_starts
 
-FULL = dict(batch_size=4, seq_len=2048, dim_global=256, n_layers=4, n_heads=4, local_dims=(64, 128),
+FULL = dict(batch_size=4, seq_len=2048, latent_dim=256, n_layers=4, n_heads=4, local_dims=(64, 128),
             local_heads=2, enc_layers=1, dec_layers=2, window=128, bytes_per_patch=4.5, steps=7,
-            gen_bytes=2000, gen_repeats=3, entropy_model=dict(dim=64, n_layers=2, n_heads=4, window=64))
-QUICK = dict(FULL, batch_size=2, seq_len=256, dim_global=64, n_layers=2, local_dims=(32,), window=64, steps=3,
-             gen_bytes=40, gen_repeats=2, entropy_model=dict(dim=32, n_layers=1, n_heads=2, window=32))
+            gen_bytes=2000, gen_repeats=3, entropy_lm=dict(dim=64, n_layers=2, n_heads=4, window=64))
+QUICK = dict(FULL, batch_size=2, seq_len=256, latent_dim=64, n_layers=2, local_dims=(32,), window=64, steps=3,
+             gen_bytes=40, gen_repeats=2, entropy_lm=dict(dim=32, n_layers=1, n_heads=2, window=32))
 PROMPT = [BOS, *b"In the beginning God created the heaven and the earth."]
 
 
-def blt(p: dict, dim_local: int, patcher: PatcherConfig, entropy_model=None) -> BLT:
-    cfg = BLTConfig(dim_local=dim_local, dim_global=p["dim_global"],
-                    encoder=LocalConfig(p["enc_layers"], p["local_heads"], p["window"]),
-                    latent=LatentConfig(p["n_layers"], p["n_heads"]),
-                    decoder=LocalConfig(p["dec_layers"], p["local_heads"], p["window"]),
-                    patcher=patcher, bytes_per_patch=p["bytes_per_patch"])
-    return BLT(cfg, entropy_model=entropy_model)
+def blt(p: dict, width: int, patcher: dict, entropy_model=None) -> BLT:
+    """The benchmark's BLT at local width `width`, patching by the [patcher] fields `patcher`."""
+    def local(n_layers):
+        return {"dim": width, "n_layers": n_layers, "n_heads": p["local_heads"], "window": p["window"]}
+    cfg = {"encoder": local(p["enc_layers"]), "decoder": local(p["dec_layers"]),
+           "latent": {"dim": p["latent_dim"], "n_layers": p["n_layers"], "n_heads": p["n_heads"]},
+           "patcher": {"bytes_per_patch": p["bytes_per_patch"], **patcher}}
+    return build_model("blt", cfg, entropy_model=entropy_model)
 
 
-def entropy_model(p: dict):
+def entropy_lm(p: dict):
     torch.manual_seed(1)
-    return build_model("transformer", p["entropy_model"]).eval()
+    return build_model("transformer", p["entropy_lm"]).eval()
 
 
 # --------------------------------------------------------------------------- training
@@ -74,14 +76,14 @@ def training(p: dict) -> list[str]:
     ids = torch.randint(0, N_BYTES, (b, t + 1), generator=g)
     # per-byte scores thresholded at 1 - 1/bpp: a patch starts with probability 1/bpp
     scores = torch.rand(b, t, generator=g)
-    patcher = PatcherConfig("entropy", threshold=1 - 1 / p["bytes_per_patch"])
-    starts = patch_starts(ids[:, :-1], patcher, scores)
+    patcher = {"kind": "entropy", "threshold": 1 - 1 / p["bytes_per_patch"]}
+    starts = patch_starts(ids[:, :-1], PatcherConfig(**patcher), scores)
 
     torch.manual_seed(0)
-    models = {"byte transformer": (build_model("transformer", dict(dim=p["dim_global"], n_layers=p["n_layers"],
+    models = {"byte transformer": (build_model("transformer", dict(dim=p["latent_dim"], n_layers=p["n_layers"],
                                                                    n_heads=p["n_heads"])), {})}
     for dl in p["local_dims"]:
-        models[f"BLT, dim_local {dl}"] = (blt(p, dl, patcher, entropy_model(p)), {"entropies": scores})
+        models[f"BLT, local width {dl}"] = (blt(p, dl, patcher, entropy_lm(p)), {"entropies": scores})
     steps = {name: train_step(model, ids, extra=extra) for name, (model, extra) in models.items()}
     times = compare(steps, repeats=p["steps"], warmup=1, log=True)
 
@@ -89,7 +91,7 @@ def training(p: dict) -> list[str]:
     lines = [f"Training throughput, batch {b} × {t} random bytes, forward + backward + AdamW: median (min–max) of "
              f"{p['steps']} interleaved rounds of one step per model after one warm-up step. BLT patches: mean "
              f"{mean_patch_len(starts):.2f} bytes (variable length, precomputed scores as in entropy-patched "
-             f"training); latent {p['dim_global']} × {p['n_layers']} layers = the byte transformer's width and "
+             f"training); latent {p['latent_dim']} × {p['n_layers']} layers = the byte transformer's width and "
              f"depth; encoder {p['enc_layers']} / decoder {p['dec_layers']} layers, window {p['window']}.", "",
              "| model | params (trainable) | train FLOPs/byte | bytes/s | vs byte transformer |",
              "| --- | ---: | ---: | ---: | ---: |"]
@@ -107,26 +109,28 @@ def training(p: dict) -> list[str]:
 def generation(p: dict) -> list[str]:
     n = p["gen_bytes"]
     dl = p["local_dims"][-1]
-    lines = [f"Greedy generation of {n} bytes after a {len(PROMPT)}-id prompt, batch 1, BLT with dim_local {dl} "
-             f"(same sizes as above): cached `omnibyte.generate` vs the full forward re-run per byte; median "
-             f"(min–max) of {p['gen_repeats']} interleaved rounds.", "",
+    lines = [f"Greedy generation of {n} bytes (bytes only, no EOS) after a {len(PROMPT)}-id prompt, batch 1, BLT "
+             f"with local width {dl} (same sizes as above): cached `omnibyte.generate` vs the full forward re-run "
+             f"per byte (`omnibyte.generate.reference.rerun_greedy`); median (min–max) of {p['gen_repeats']} "
+             "interleaved rounds.", "",
              "| patching | cached bytes/s | full re-run bytes/s | speed-up | same bytes |",
              "| --- | ---: | ---: | ---: | ---: |"]
-    em = entropy_model(p)
+    em = entropy_lm(p)
     calib = torch.tensor([PROMPT[1:] * 8])
     from omnibyte.patching.calibrate import calibrate_threshold
 
     thr = calibrate_threshold(em, calib, p["bytes_per_patch"])
-    for label, patcher, ent in (("static, 4 bytes", PatcherConfig("static", patch_size=4), None),
+    for label, patcher, ent in (("static, 4 bytes", {"kind": "static", "patch_size": 4}, None),
                                 (f"entropy (calibrated to {p['bytes_per_patch']} on the prompt)",
-                                 PatcherConfig("entropy", threshold=thr), em)):
+                                 {"kind": "entropy", "threshold": thr}, em)):
         torch.manual_seed(0)
         model = blt(p, dl, patcher, ent).eval()
-        cfg = SamplingConfig(max_new=n, temperature=0, stop_at_eos=False)
-        generate(model, [PROMPT], SamplingConfig(max_new=8, temperature=0, stop_at_eos=False))  # warm-up
-        full_rerun(model, PROMPT, 8)
-        times = compare({"cached": lambda model=model, cfg=cfg: generate(model, [PROMPT], cfg)[0],
-                         "full re-run": lambda model=model: full_rerun(model, PROMPT, n)},
+        cfg = SamplingConfig(max_new=n, temperature=0)
+        generate(model, [PROMPT], SamplingConfig(max_new=8, temperature=0))  # warm-up
+        rerun_greedy(model, PROMPT, 8)
+        times = compare({"cached": lambda model=model, cfg=cfg: generate(model, [PROMPT], cfg,
+                                                                              constraints=[bytes_only()])[0],
+                         "full re-run": lambda model=model: rerun_greedy(model, PROMPT, n, bytes_only())},
                         repeats=p["gen_repeats"], warmup=0, log=True)
         cached, full = times["cached"].values[-1], times["full re-run"].values[-1]
         same = next((i for i, (a, b) in enumerate(zip(cached, full)) if a != b), n)

@@ -45,11 +45,14 @@ from benchmarks.common import (
     write_section,
 )
 
-FULL = dict(batch_size=4, seq_len=2048, patch_size=4, dim_local=128, dim_global=256, local_heads=2,
-            global_heads=4, enc_layers=1, dec_layers=2, global_layers=4, windows=[512, 128], cross_attn_k=2,
-            hash_buckets=4096, ngram_sizes=[3, 4, 5, 6, 7, 8], steps=2, rounds=4, threads=2, lr=1e-4)
-QUICK = dict(FULL, batch_size=2, seq_len=256, dim_local=32, dim_global=64, global_layers=2, windows=[64],
-             hash_buckets=256, rounds=2)
+# sizes in omnibyte's names (BLTConfig's stacks and n-gram tables; the local window varies by round)
+FULL = dict(batch_size=4, seq_len=2048, patch_size=4, encoder=dict(dim=128, n_layers=1, n_heads=2),
+            latent=dict(dim=256, n_layers=4, n_heads=4), decoder=dict(dim=128, n_layers=2, n_heads=2),
+            windows=[512, 128], cross_attn_k=2, ngrams=dict(buckets=4096, sizes=[3, 4, 5, 6, 7, 8]), steps=2,
+            rounds=4, threads=2, lr=1e-4)
+QUICK = dict(FULL, batch_size=2, seq_len=256, encoder=dict(FULL["encoder"], dim=32),
+             latent=dict(FULL["latent"], dim=64, n_layers=2), decoder=dict(FULL["decoder"], dim=32), windows=[64],
+             ngrams=dict(FULL["ngrams"], buckets=256), rounds=2)
 SIDES = {"omnibyte": "omnibyte", "hf": "transformers"}
 
 
@@ -62,16 +65,12 @@ def mlp_hidden(dim: int, ratio: float = 8 / 3, multiple_of: int = 32) -> int:
 
 
 def omnibyte_model(job: dict):
-    from omnibyte.models.blt import BLT, BLTConfig, LatentConfig, LocalConfig
-    from omnibyte.patching import PatcherConfig
+    from omnibyte.models import build_model
 
-    cfg = BLTConfig(dim_local=job["dim_local"], dim_global=job["dim_global"], cross_attn_k=job["cross_attn_k"],
-                    encoder=LocalConfig(job["enc_layers"], job["local_heads"], job["window"]),
-                    latent=LatentConfig(job["global_layers"], job["global_heads"]),
-                    decoder=LocalConfig(job["dec_layers"], job["local_heads"], job["window"]),
-                    hash_buckets=job["hash_buckets"], ngram_sizes=tuple(job["ngram_sizes"]),
-                    patcher=PatcherConfig("static", patch_size=job["patch_size"]))
-    model = BLT(cfg)
+    model = build_model("blt", {"encoder": {**job["encoder"], "window": job["window"]}, "latent": job["latent"],
+                                "decoder": {**job["decoder"], "window": job["window"]},
+                                "cross_attn_k": job["cross_attn_k"], "ngrams": job["ngrams"],
+                                "patcher": {"kind": "static", "patch_size": job["patch_size"]}})
 
     def loss(ids):  # ids (B, T+1)
         return model(ids[:, :-1], ids[:, 1:]).loss
@@ -83,17 +82,20 @@ def hf_model(job: dict):
     import torch
     from transformers import BltConfig, BltForCausalLM
 
-    dl, dg, k = job["dim_local"], job["dim_global"], job["cross_attn_k"]
-    local = dict(hidden_size=dl, num_attention_heads=job["local_heads"], hidden_size_global=dg, cross_attn_k=k,
-                 intermediate_size=mlp_hidden(dl), cross_attn_all_layers=False)
+    enc, dec, lat, k = job["encoder"], job["decoder"], job["latent"], job["cross_attn_k"]
+
+    def local(stack):
+        return dict(hidden_size=stack["dim"], num_attention_heads=stack["n_heads"], hidden_size_global=lat["dim"],
+                    cross_attn_k=k, intermediate_size=mlp_hidden(stack["dim"]), cross_attn_all_layers=False,
+                    num_hidden_layers=stack["n_layers"])
+
     cfg = BltConfig(
         vocab_size=260, patch_in_forward=False, use_cache=False, cross_attn_k=k,
-        local_attention_window_len=job["window"], encoder_hash_byte_group_vocab=job["hash_buckets"],
-        encoder_hash_byte_group_size=list(job["ngram_sizes"]), max_position_embeddings=job["seq_len"] + 8,
-        encoder_config=dict(local, num_hidden_layers=job["enc_layers"]),
-        decoder_config=dict(local, num_hidden_layers=job["dec_layers"]),
-        global_config=dict(hidden_size=dg, num_attention_heads=job["global_heads"],
-                           num_hidden_layers=job["global_layers"], intermediate_size=mlp_hidden(dg)),
+        local_attention_window_len=job["window"], encoder_hash_byte_group_vocab=job["ngrams"]["buckets"],
+        encoder_hash_byte_group_size=list(job["ngrams"]["sizes"]), max_position_embeddings=job["seq_len"] + 8,
+        encoder_config=local(enc), decoder_config=local(dec),
+        global_config=dict(hidden_size=lat["dim"], num_attention_heads=lat["n_heads"],
+                           num_hidden_layers=lat["n_layers"], intermediate_size=mlp_hidden(lat["dim"])),
         attn_implementation="sdpa")
     model = BltForCausalLM(cfg)
     t, p = job["seq_len"], job["patch_size"]
@@ -155,14 +157,15 @@ def main() -> int:
             return Measured(r["step_s"], r)
         return measure
 
+    enc, dec, lat, ng = job["encoder"], job["decoder"], job["latent"], job["ngrams"]
     lines = header("BLT vs transformers BltForCausalLM" + (" (quick)" if args.quick else "")) + [
         f"Batch {job['batch_size']} × {job['seq_len']} random bytes, forward + backward + AdamW, {job['threads']} "
         f"threads, fp32: median (min–max) over {job['rounds']} rounds; in each round one fresh process per side "
         f"(order alternating) runs a warm-up step and {job['steps']} timed steps, whose median is its sample. Both: "
-        f"static patches of {job['patch_size']}, latent {job['dim_global']} × {job['global_layers']} layers "
-        f"({job['global_heads']} heads), local width {job['dim_local']} ({job['local_heads']} heads), encoder "
-        f"{job['enc_layers']} / decoder {job['dec_layers']} layers, k = {job['cross_attn_k']}, {job['hash_buckets']} "
-        f"hash buckets × n-grams {job['ngram_sizes']}; the local attention window varies.", "",
+        f"static patches of {job['patch_size']}, latent {lat['dim']} × {lat['n_layers']} layers "
+        f"({lat['n_heads']} heads), local width {enc['dim']} ({enc['n_heads']} heads), encoder "
+        f"{enc['n_layers']} / decoder {dec['n_layers']} layers, k = {job['cross_attn_k']}, {ng['buckets']} "
+        f"hash buckets × n-grams {ng['sizes']}; the local attention window varies.", "",
         "| local window | params omnibyte / transformers | omnibyte bytes/s | transformers bytes/s | "
         "omnibyte / transformers | loss first → last (ours; theirs) |",
         "| ---: | ---: | ---: | ---: | ---: | --- |"]

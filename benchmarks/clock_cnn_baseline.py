@@ -6,10 +6,11 @@ and data, or hard for a byte-level model.
     .venv/bin/python -m benchmarks.clock_cnn_baseline --task shapes --size 24 --n-train 30000 --minutes 2
     .venv/bin/python -m benchmarks.clock_cnn_baseline --net omnibyte --batch 15 --steps 1463
 
-`--net omnibyte` trains omnibyte's own `ImageEncoder` (the BLT's `model.image_encoder`, with its
-output gain `--gain`) under one linear head per answer instead of the plain CNN: whether that
-encoder can learn the task by itself. `--steps` (with `--batch`) fixes the number of examples
-seen instead of the time.
+`--net omnibyte` trains omnibyte's own `ImageEncoder` (the `image_encoder` input adapter,
+`omnibyte.adapters.image_encoder`, with its output gain `--gain`) under one linear head per answer
+instead of the plain CNN: whether that encoder can learn the task by itself. `--probe RUN` takes the
+trained encoder of a model saved in RUN (its `model.adapters["image_encoder"]`) instead. `--steps`
+(with `--batch`) fixes the number of examples seen instead of the time.
 
 `--net question` (shapes) is closer to what the BLT has to learn: the encoder's summary plus an
 embedding of the shape kind a question names go through one residual MLP block to a single count
@@ -35,11 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from omnibyte.adapters.image_encoder import ImageEncoder, ImageEncoderConfig
 from omnibyte.data.tasks.clocks import ClocksConfig, render_clock
 from omnibyte.data.tasks.common import example_rng
 from omnibyte.data.tasks.shapes import KINDS, ShapesConfig, count_of, place_shapes, render_shapes
 from omnibyte.models.base import OmniModel
-from omnibyte.nn.image_encoder import ImageEncoder
 
 
 def faces(n: int, seed: int, cfg: ClocksConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -89,12 +90,13 @@ class SmallCNN(nn.Module):
 
 
 class EncoderHeads(nn.Module):
-    """omnibyte's ImageEncoder (width 32, a 64-wide summary; or a trained BLT's, frozen) under one
+    """omnibyte's ImageEncoder (width 32, a 64-wide summary; or a trained model's, frozen) under one
     linear head per answer."""
 
     def __init__(self, heads: tuple[int, ...], gain: float, encoder: ImageEncoder | None = None):
         super().__init__()
-        self.encoder = ImageEncoder(32, 64, gain=gain) if encoder is None else encoder.requires_grad_(False)
+        self.encoder = (ImageEncoder(ImageEncoderConfig(32, gain), 64) if encoder is None
+                        else encoder.requires_grad_(False))
         self.heads = nn.ModuleList(nn.Linear(self.encoder.out.out_features, k) for k in heads)
 
     def forward(self, x):
@@ -109,7 +111,7 @@ class QuestionHead(nn.Module):
 
     def __init__(self, kinds: int, answers: int, gain: float, dim: int = 64):
         super().__init__()
-        self.encoder = ImageEncoder(32, dim, gain=gain)
+        self.encoder = ImageEncoder(ImageEncoderConfig(32, gain), dim)
         self.kind = nn.Embedding(kinds, dim)
         nn.init.normal_(self.kind.weight, std=1.0)  # a byte embedding's size
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
@@ -131,14 +133,14 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=0, help="> 0: train this many steps instead of --minutes")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--net", default="plain", choices=["plain", "omnibyte", "question"],
-                    help="plain: the four-layer CNN; omnibyte: the BLT's ImageEncoder and linear heads; "
+                    help="plain: the four-layer CNN; omnibyte: omnibyte's ImageEncoder and linear heads; "
                          "question (shapes): the ImageEncoder and the asked kind through an MLP to one count head")
     ap.add_argument("--questions", type=int, default=1, choices=[1, 4],
                     help="--net question: answers taught per canvas (1: the asked kind's; 4: every kind's)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--probe", metavar="RUN",
-                    help="--net omnibyte: take the image encoder of the BLT saved in RUN and train only the "
-                         "linear heads (a linear probe: what its summary tells about the image)")
+                    help="--net omnibyte: take the image_encoder adapter of the model saved in RUN and train only "
+                         "the linear heads (a linear probe: what its summary tells about the image)")
     ap.add_argument("--gain", type=float, default=1.0, help="--net omnibyte or question: the encoder's output gain")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -162,9 +164,12 @@ def main() -> int:
     if args.net == "plain":
         model = SmallCNN(x.shape[1], args.size, heads)
     elif args.net == "omnibyte":
-        trained = OmniModel.from_pretrained(args.probe).image_encoder if args.probe else None
-        if args.probe and trained is None:
-            ap.error(f"{args.probe} has no image encoder (model.image_encoder is 0)")
+        trained = None
+        if args.probe:
+            adapters = OmniModel.from_pretrained(args.probe).adapters
+            if "image_encoder" not in adapters:
+                ap.error(f"{args.probe} has no image encoder (no [model.adapters.image_encoder])")
+            trained = adapters["image_encoder"]
         model = EncoderHeads(heads, args.gain, trained)
     else:
         model = QuestionHead(len(KINDS), cfg.max_shapes + 1, args.gain)

@@ -263,23 +263,21 @@ def peak_rss_mib() -> float:
 # --------------------------------------------------------------------------- omnibyte models and runs
 
 
-def full_rerun(model, prompt: list[int], n: int) -> list[int]:
-    """Greedy decoding the slow way: the whole sequence through `forward` for every new byte
-    (bytes and EOS allowed, as `omnibyte.generate`'s text mode), on the model's device."""
+def bytes_only():
+    """A decoding constraint (`omnibyte.generate.constraints`) that allows the 256 byte values only,
+    for `generate` and `omnibyte.generate.reference.rerun_greedy` alike: greedy decoding then makes
+    exactly the number of bytes asked for, where an untrained model would often pick EOS after a few
+    dozen and end a timed generation early."""
     import torch
 
-    from omnibyte.format import EOS, N_BYTES
+    from omnibyte.format import N_BYTES
+    from omnibyte.generate.constraints import Constraint
 
-    allowed = torch.zeros(model.cfg.vocab_size, dtype=torch.bool, device=model.device)
-    allowed[:N_BYTES] = True
-    allowed[EOS] = True
-    seq, out = list(prompt), []
-    with torch.no_grad():
-        for _ in range(n):
-            logits = model(torch.tensor([seq], device=model.device)).logits[0, -1]
-            out.append(int(logits.masked_fill(~allowed, float("-inf")).argmax()))
-            seq.append(out[-1])
-    return out
+    class BytesOnly(Constraint):
+        def allowed(self, vocab_size: int) -> torch.Tensor:
+            return torch.arange(vocab_size) < N_BYTES
+
+    return BytesOnly()
 
 
 def metrics(run_dir: Path) -> list[dict]:

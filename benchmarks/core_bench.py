@@ -36,11 +36,11 @@ import torch
 
 from benchmarks.common import (
     Measured,
+    bytes_only,
     compare,
     fmt_rate,
     fmt_speedup,
     fmt_time,
-    full_rerun,
     header,
     results_file,
     results_option,
@@ -53,6 +53,7 @@ from benchmarks.common import (
 from omnibyte.data import BatchLoader, prepare
 from omnibyte.format import BOS
 from omnibyte.generate import SamplingConfig, generate
+from omnibyte.generate.reference import rerun_greedy
 from omnibyte.models import build_model
 from omnibyte.train import load_run_config
 from omnibyte.train.optim import make_optimizer
@@ -144,18 +145,19 @@ def bench_generate(s: dict, threads: int, samples: int, check_full: bool) -> lis
     generate(model, [prompt], SamplingConfig(max_new=8, temperature=0))  # warm-up
     out = []
     for n in s["gen"]:
-        cfg = SamplingConfig(max_new=n, temperature=0, stop_at_eos=False)
-        sides = {"cached": lambda cfg=cfg: generate(model, [prompt], cfg)[0]}
+        cfg = SamplingConfig(max_new=n, temperature=0)
+        sides = {"cached": lambda cfg=cfg: generate(model, [prompt], cfg, constraints=[bytes_only()])[0]}
         if samples:
             sides["re-run"] = lambda n=n: Measured(rerun_estimate(model, prompt, n, samples))
             how = f"estimated from {samples} timed steps"
         else:
-            sides["re-run"] = lambda n=n: full_rerun(model, prompt, n)
+            sides["re-run"] = lambda n=n: rerun_greedy(model, prompt, n, bytes_only())
             how = "every step run"
         print(f"generation: {n} bytes, {s['gen_rounds']} rounds ...", flush=True)
         row = {"n": n, "how": how, **compare(sides, repeats=s["gen_rounds"], warmup=0, log=True)}
         if check_full:
-            full = compare({"full": lambda n=n: full_rerun(model, prompt, n)}, repeats=1, warmup=0)["full"]
+            full = compare({"full": lambda n=n: rerun_greedy(model, prompt, n, bytes_only())}, repeats=1,
+                           warmup=0)["full"]
             assert full.values[0] == row["cached"].values[-1], "the naive loop and the KV-cache loop disagree"
             row["full"] = full
         out.append(row)
@@ -182,8 +184,10 @@ def report(s: dict, threads: int, train: dict | None, gen: list[dict]) -> list[s
                   f"{fmt_rate(trainer, train['bytes'])} |", "",
                   f"Trainer overhead: {mid - 1:+.1%} (per round {lo - 1:+.1%} to {hi - 1:+.1%}; target ≤ 10%).", ""]
     if gen:
-        lines += [f"Generation: {s['n_layers']}-layer, {s['dim']}-wide byte transformer, greedy, 64-byte prompt, no "
-                  f"early stop; median (min–max) over {s['gen_rounds']} interleaved rounds.", "",
+        lines += [f"Generation: {s['n_layers']}-layer, {s['dim']}-wide byte transformer, greedy, 64-byte prompt, "
+                  "bytes only (no EOS, so no early stop); the full re-run is "
+                  f"`omnibyte.generate.reference.rerun_greedy`; median (min–max) over {s['gen_rounds']} interleaved "
+                  "rounds.", "",
                   "| new bytes | KV cache bytes/s | full re-run bytes/s | speed-up | re-run timing |",
                   "| ---: | ---: | ---: | ---: | --- |"]
         for r in gen:

@@ -29,7 +29,7 @@ from benchmarks.common import (
     table_lines,
     write_section,
 )
-from omnibyte.eval.bench import MODELS, Bench
+from omnibyte.bench import MODELS, Bench
 
 
 def main() -> int:

@@ -22,9 +22,9 @@ import sys
 import time
 
 from benchmarks.common import OUT, REPO, header, results_file, results_option, table_lines, write_section
+from omnibyte.bench import MODELS, Bench
 from omnibyte.data import is_dataset
 from omnibyte.data.tasks.cute import DEFAULT_WORDS, load_words, write_cute
-from omnibyte.eval.bench import MODELS, Bench
 
 N_TRAIN = 20000
 

@@ -17,7 +17,7 @@ import sys
 import time
 
 from benchmarks.common import OUT, REPO, header, quick_corpus, results_file, results_option, table_lines, write_section
-from omnibyte.eval.bench import MODELS, Bench
+from omnibyte.bench import MODELS, Bench
 
 
 def main() -> int:

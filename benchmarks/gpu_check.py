@@ -34,11 +34,11 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import REPO, compare, fmt_rate, fmt_speedup, full_rerun, header, train_step, write_section
+from benchmarks.common import REPO, bytes_only, compare, fmt_rate, fmt_speedup, header, train_step, write_section
 from omnibyte.format import BOS, N_BYTES
 from omnibyte.generate import SamplingConfig, generate
+from omnibyte.generate.reference import rerun_greedy
 from omnibyte.models import build_model
-from omnibyte.models.blt import BLT, BLTConfig, LatentConfig, LocalConfig
 from omnibyte.patching import PatcherConfig, mean_patch_len, patch_starts
 from omnibyte.patching.calibrate import calibrate_threshold
 
@@ -73,7 +73,7 @@ def text_batch(b: int, t: int, device) -> torch.Tensor:
     return torch.tensor(rows, device=device)
 
 
-def tiny_entropy_model():
+def tiny_entropy_lm():
     torch.manual_seed(1)
     em = build_model("transformer", {"dim": 32, "n_layers": 2, "n_heads": 4, "window": 16}).eval()
     torch.nn.init.normal_(em.head.weight, std=0.3)  # spread the entropies apart
@@ -85,14 +85,15 @@ def small_models() -> dict[str, callable]:
     def blt(kind):
         def make():
             em = None
-            patcher = PatcherConfig(kind, patch_size=4)
+            patcher = {"kind": kind, "patch_size": 4}
             if kind == "entropy":
-                em = tiny_entropy_model()
-                patcher = PatcherConfig("entropy", threshold=calibrate_threshold(em, text_batch(2, 256, "cpu"), 4.0))
+                em = tiny_entropy_lm()
+                patcher = {"kind": "entropy", "threshold": calibrate_threshold(em, text_batch(2, 256, "cpu"), 4.0)}
             torch.manual_seed(0)
-            return BLT(BLTConfig(dim_local=32, dim_global=64, encoder=LocalConfig(1, 2, window=16),
-                                 latent=LatentConfig(2, 4), decoder=LocalConfig(2, 2, window=16), hash_buckets=257,
-                                 patcher=patcher), entropy_model=em)
+            return build_model("blt", {"encoder": {"dim": 32, "n_layers": 1, "n_heads": 2, "window": 16},
+                                       "latent": {"dim": 64, "n_layers": 2, "n_heads": 4},
+                                       "decoder": {"dim": 32, "n_layers": 2, "n_heads": 2, "window": 16},
+                                       "ngrams": {"buckets": 257}, "patcher": patcher}, entropy_model=em)
         return make
 
     def seeded(arch, cfg):
@@ -102,8 +103,8 @@ def small_models() -> dict[str, callable]:
         return make
 
     return {"transformer": seeded("transformer", {"dim": 64, "n_layers": 2, "n_heads": 4}),
-            "megabyte": seeded("megabyte", {"patch_size": 4, "global_dim": 64, "global_layers": 2,
-                                            "local_dim": 32, "local_layers": 2}),
+            "megabyte": seeded("megabyte", {"patch_size": 4, "global_model": {"dim": 64, "n_layers": 2},
+                                            "local_model": {"dim": 32, "n_layers": 2}}),
             "blt-static": blt("static"), "blt-space": blt("space"), "blt-entropy": blt("entropy")}
 
 
@@ -172,14 +173,18 @@ def check_model(name: str, make, dev: torch.device, compile_: bool) -> None:
     def decoding():
         model = gpu.eval()
         prompt = [BOS, *TEXT[:20]]
-        cfg = SamplingConfig(max_new=48, temperature=0, stop_at_eos=False)
-        cached = generate(model, [prompt], cfg)[0]
-        full = full_rerun(model, prompt, 48)
+        cfg = SamplingConfig(max_new=48, temperature=0)
+
+        def greedy(prompts):  # 48 new bytes per row: no EOS, which an untrained model picks early
+            return generate(model, prompts, cfg, constraints=[bytes_only() for _ in prompts])
+
+        cached = greedy([prompt])[0]
+        full = rerun_greedy(model, prompt, 48, bytes_only())
         same = next((i for i, (a, b) in enumerate(zip(cached, full)) if a != b), len(full))
-        report(f"{name}: cached decoding = full re-run on {dev.type}", same == len(full), f"{same}/{len(full)} bytes")
+        report(f"{name}: cached decoding = full re-run on {dev.type}", cached == full, f"{same}/{len(full)} bytes")
         other = [BOS, *TEXT[30:41]]
-        both = generate(model, [prompt, other], cfg)
-        alone = [cached, generate(model, [other], cfg)[0]]
+        both = greedy([prompt, other])
+        alone = [cached, greedy([other])[0]]
         report(f"{name}: batched = alone on {dev.type}", both == alone)
     guarded(f"{name}: cached decoding", decoding)
 
@@ -250,19 +255,20 @@ def throughput(p: dict, dev: torch.device, deadline: float, modes=("eager", "com
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, N_BYTES, (b, t + 1), generator=g).to(dev)
     scores = torch.rand(b, t, generator=g).to(dev)
-    patcher = PatcherConfig("entropy", threshold=1 - 1 / p["bpp"])  # a patch starts with probability 1/bpp
-    starts = patch_starts(ids[:, :-1], patcher, scores)
+    patcher = {"kind": "entropy", "threshold": 1 - 1 / p["bpp"], "bytes_per_patch": p["bpp"]}
+    starts = patch_starts(ids[:, :-1], PatcherConfig(**patcher), scores)  # a patch starts with probability 1/bpp
     em = build_model("transformer", {"dim": 64, "n_layers": 2, "n_heads": 4, "window": 64}).eval()
     builders = {
         "byte transformer": lambda: build_model("transformer", {"dim": dg, "n_layers": nl, "n_heads": nh}),
-        f"BLT, dim_local {p['local']}": lambda: BLT(BLTConfig(
-            dim_local=p["local"], dim_global=dg, encoder=LocalConfig(1, p["local_heads"], p["window"]),
-            latent=LatentConfig(nl, nh), decoder=LocalConfig(p["dec_layers"], p["local_heads"], p["window"]),
-            patcher=patcher, bytes_per_patch=p["bpp"]), entropy_model=em),
-        "MEGABYTE, P 8": lambda: build_model("megabyte", {"patch_size": 8, "global_dim": dg, "global_layers": nl,
-                                                          "global_heads": nh, "local_dim": p["local"],
-                                                          "local_layers": p["dec_layers"],
-                                                          "local_heads": p["local_heads"]}),
+        f"BLT, local width {p['local']}": lambda: build_model("blt", {
+            "encoder": {"dim": p["local"], "n_layers": 1, "n_heads": p["local_heads"], "window": p["window"]},
+            "latent": {"dim": dg, "n_layers": nl, "n_heads": nh},
+            "decoder": {"dim": p["local"], "n_layers": p["dec_layers"], "n_heads": p["local_heads"],
+                        "window": p["window"]},
+            "patcher": patcher}, entropy_model=em),
+        "MEGABYTE, P 8": lambda: build_model("megabyte", {
+            "patch_size": 8, "global_model": {"dim": dg, "n_layers": nl, "n_heads": nh},
+            "local_model": {"dim": p["local"], "n_layers": p["dec_layers"], "n_heads": p["local_heads"]}}),
     }
     lines = [f"Training throughput on the GPU: batch {b} × {t} random bytes, bf16 autocast, forward + backward + "
              f"fused AdamW, median (min–max) of {p['steps']} steps after warm-up. Global width {dg} × {nl} layers for "
@@ -314,20 +320,24 @@ def throughput(p: dict, dev: torch.device, deadline: float, modes=("eager", "com
 def generation(p: dict, dev: torch.device) -> list[str]:
     n = p["gen_bytes"]
     torch.manual_seed(0)
-    model = BLT(BLTConfig(dim_local=64, dim_global=256, encoder=LocalConfig(1, 2, 128), latent=LatentConfig(4, 4),
-                          decoder=LocalConfig(2, 2, 128), patcher=PatcherConfig("static", patch_size=4))).to(dev).eval()
+    model = build_model("blt", {"encoder": {"dim": 64, "n_layers": 1, "n_heads": 2, "window": 128},
+                                "latent": {"dim": 256, "n_layers": 4, "n_heads": 4},
+                                "decoder": {"dim": 64, "n_layers": 2, "n_heads": 2, "window": 128},
+                                "patcher": {"kind": "static", "patch_size": 4}}).to(dev).eval()
     prompt = [BOS, *TEXT[:55]]
-    cfg = SamplingConfig(max_new=n, temperature=0, stop_at_eos=False)
-    generate(model, [prompt], SamplingConfig(max_new=8, temperature=0, stop_at_eos=False))  # warm-up
-    full_rerun(model, prompt, 8)
+    cfg = SamplingConfig(max_new=n, temperature=0)
+    generate(model, [prompt], SamplingConfig(max_new=8, temperature=0))  # warm-up
+    rerun_greedy(model, prompt, 8)
     sync(dev)
-    t = compare({"cached": synced(lambda: generate(model, [prompt], cfg)[0], dev),
-                 "full re-run": synced(lambda: full_rerun(model, prompt, n), dev)}, repeats=p["gen_repeats"], warmup=0)
+    t = compare({"cached": synced(lambda: generate(model, [prompt], cfg, constraints=[bytes_only()])[0], dev),
+                 "full re-run": synced(lambda: rerun_greedy(model, prompt, n, bytes_only()), dev)},
+                repeats=p["gen_repeats"], warmup=0)
     cached, full = t["cached"].values[-1], t["full re-run"].values[-1]
     same = next((i for i, (a, b) in enumerate(zip(cached, full)) if a != b), n)
-    return [f"Greedy generation of {n} bytes on the GPU (fp32, batch 1) by the BLT of `blt_speed.py` (latent 256 × 4, "
-            "local 64, static patches of 4): cached `omnibyte.generate` vs the full forward re-run per byte; median "
-            f"(min–max) of {p['gen_repeats']} interleaved rounds.", "",
+    return [f"Greedy generation of {n} bytes (bytes only, no EOS) on the GPU (fp32, batch 1) by the BLT of "
+            "`blt_speed.py` (latent 256 × 4, local 64, static patches of 4): cached `omnibyte.generate` vs the full "
+            f"forward re-run per byte (`omnibyte.generate.reference.rerun_greedy`); median (min–max) of "
+            f"{p['gen_repeats']} interleaved rounds.", "",
             "| cached bytes/s | full re-run bytes/s | speed-up | same bytes |", "| ---: | ---: | ---: | ---: |",
             f"| {fmt_rate(t['cached'], n)} | {fmt_rate(t['full re-run'], n, '{:,.1f}')} | "
             f"{fmt_speedup(t['cached'], t['full re-run'], '{:.1f}')} | {same} / {n} |"]

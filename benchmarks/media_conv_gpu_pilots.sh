@@ -8,7 +8,7 @@
 set -u
 SWEEP=$1 OUT=$2
 P="python3 -m benchmarks.multimodal_pilot"
-C='{"media_conv": 32}'
+C='{"adapters": {"media_conv": {"channels": 32}}}'
 T='{"device": "cuda"}'
 F='{"root": ".gpu/fmnist"}'
 SH='{"size": 24, "max_shapes": 4, "point": 0, "min_radius": 0.14, "max_radius": 0.2}'
@@ -21,8 +21,8 @@ if [ "$SWEEP" = 1 ]; then
   $P shapes --steps 2000 --media-loss-weight 0 --opts "$SH" --model "$C" --train "$T" --out /tmp/p5 > $OUT/shapesconv.log 2>&1 &
 else
   $P fashion --steps 3000 --media-loss-weight 0 --opts "$F" --model "$C" --train "$T" --n-train 60000 --out /tmp/q1 > $OUT/fa60conv3000.log 2>&1 &
-  $P fashion --steps 2000 --media-loss-weight 0 --opts "$F" --model '{"media_conv": 32, "patcher": {"kind": "static", "patch_size": 4, "image_rows": 1}}' --train "$T" --n-train 60000 --out /tmp/q2 > $OUT/fa60convrows.log 2>&1 &
-  $P fashion --steps 2000 --media-loss-weight 0 --opts "$F" --model '{"media_conv": 32, "media_conv_kernel": 7}' --train "$T" --n-train 60000 --out /tmp/q3 > $OUT/fa60conv7.log 2>&1 &
+  $P fashion --steps 2000 --media-loss-weight 0 --opts "$F" --model '{"adapters": {"media_conv": {"channels": 32}}, "patcher": {"kind": "static", "patch_size": 4, "image_rows": 1}}' --train "$T" --n-train 60000 --out /tmp/q2 > $OUT/fa60convrows.log 2>&1 &
+  $P fashion --steps 2000 --media-loss-weight 0 --opts "$F" --model '{"adapters": {"media_conv": {"channels": 32, "kernel": 7}}}' --train "$T" --n-train 60000 --out /tmp/q3 > $OUT/fa60conv7.log 2>&1 &
   $P shapes --steps 2000 --media-loss-weight 0.1 --opts "$SH" --model "$C" --train "$T" --out /tmp/q4 > $OUT/shapesw01.log 2>&1 &
   $P clocks --steps 2000 --media-loss-weight 0.1 --opts "$CL" --model "$C" --train "$T" --out /tmp/q5 > $OUT/clocksw01.log 2>&1 &
 fi

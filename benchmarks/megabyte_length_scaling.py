@@ -50,13 +50,13 @@ from benchmarks.common import (
 )
 
 MODELS = {
-    "megabyte": ("megabyte", dict(patch_size=8, global_dim=256, global_layers=4, global_heads=4,
-                                  local_dim=128, local_layers=2, local_heads=2)),
+    "megabyte": ("megabyte", dict(patch_size=8, global_model=dict(dim=256, n_layers=4, n_heads=4),
+                                  local_model=dict(dim=128, n_layers=2, n_heads=2))),
     "transformer": ("transformer", dict(dim=256, n_layers=4, n_heads=4)),
 }
 QUICK_MODELS = {
-    "megabyte": ("megabyte", dict(patch_size=8, global_dim=64, global_layers=1, global_heads=2,
-                                  local_dim=32, local_layers=1, local_heads=1)),
+    "megabyte": ("megabyte", dict(patch_size=8, global_model=dict(dim=64, n_layers=1, n_heads=2),
+                                  local_model=dict(dim=32, n_layers=1, n_heads=1))),
     "transformer": ("transformer", dict(dim=32, n_layers=1, n_heads=2)),
 }
 LENGTHS = [4096, 8192, 16384, 32768, 65536]

@@ -1,7 +1,7 @@
 """Which MEGABYTE design choice matters for bits per byte? Trains `configs/megabyte-tiny.toml`
 (300 steps, whole-val-split bpb) with one change at a time, in one run:
 
-- the paper's layout: each byte gets global_dim/P dims of the global input, slot 0 of each
+- the paper's layout: each byte gets global_model.dim/P dims of the global input, slot 0 of each
   patch's local model reads a learned pad, no token shift;
 - omnibyte's three departures (`MegabyteConfig.patch_proj`, `carry_byte`, `token_shift`), each
   added to the paper's layout alone and each taken out of omnibyte's default alone;
@@ -36,11 +36,11 @@ class FullOut(Megabyte):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.global_to_local = nn.Linear(cfg.global_dim, cfg.patch_size * cfg.local_dim, bias=False)
+        self.global_to_local = nn.Linear(cfg.global_model.dim, cfg.patch_size * cfg.local_model.dim, bias=False)
         nn.init.normal_(self.global_to_local.weight, std=0.002)
 
     def run_global(self, x, caches=None):
-        g = self.global_model(x, caches=caches)  # (B, m, global_dim)
+        g = self.global_model(x, caches=caches)  # (B, m, global dim)
         return rearrange(self.global_to_local(g), "b m (p d) -> b m p d", p=self.cfg.patch_size)
 
 

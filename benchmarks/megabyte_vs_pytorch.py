@@ -24,7 +24,7 @@ the range of the per-round ratios.
 Fair settings (shared/PEERS.md): theirs is built with `pad_id=256` so real 0x00 bytes are scored,
 and with `num_tokens=263`, omnibyte's vocabulary, because the data holds BOS/EOS ids; rotary
 positions and SDPA attention (`rel_pos=True, flash_attn=True`) like ours. It has one `heads` and
-`dim_head` for both stages: `heads = global_heads`, `dim_head = global_dim / global_heads`, so its
+`dim_head` for both stages: `heads` = the global model's heads, `dim_head` = its width / heads, so its
 local attention is wider than ours (param counts are in the table).
 
 Set up the peer environment once (torch pinned in the same pip command):
@@ -69,14 +69,12 @@ from benchmarks.common import (
 )
 
 PAD, N_BYTES = 256, 256  # omnibyte's PAD id and byte count (the peer worker cannot import omnibyte)
-MODEL_FIELDS = ("patch_size", "global_dim", "global_layers", "global_heads", "local_dim", "local_layers",
-                "local_heads")
-FULL = dict(patch_size=8, global_dim=256, global_layers=4, global_heads=4, local_dim=128, local_layers=2,
-            local_heads=2, seq_len=2048, batch_size=4, train_steps=300, lr=2e-3, warmup=30, val_batches=0,
-            steps=3, rounds=5, gen_bytes=4000, gen_rounds=2, prompt_bytes=64, threads=2)
-QUICK = dict(FULL, global_dim=64, global_layers=1, global_heads=2, local_dim=32, local_layers=1,
-             local_heads=1, seq_len=256, batch_size=2, train_steps=8, warmup=2, val_batches=2, steps=2, rounds=2,
-             gen_bytes=40)
+MODEL_FIELDS = ("patch_size", "global_model", "local_model")  # the job's keys that are MegabyteConfig's
+FULL = dict(patch_size=8, global_model=dict(dim=256, n_layers=4, n_heads=4),
+            local_model=dict(dim=128, n_layers=2, n_heads=2), seq_len=2048, batch_size=4, train_steps=300, lr=2e-3,
+            warmup=30, val_batches=0, steps=3, rounds=5, gen_bytes=4000, gen_rounds=2, prompt_bytes=64, threads=2)
+QUICK = dict(FULL, global_model=dict(dim=64, n_layers=1, n_heads=2), local_model=dict(dim=32, n_layers=1, n_heads=1),
+             seq_len=256, batch_size=2, train_steps=8, warmup=2, val_batches=2, steps=2, rounds=2, gen_bytes=40)
 SIDES = {"omnibyte": "omnibyte", "peer": "MEGABYTE-pytorch"}
 
 
@@ -151,8 +149,9 @@ def table(job: dict, t: dict, bpb: dict) -> list[str]:
         (f"greedy generation bytes/s ({job['gen_bytes']} bytes)", fmt_rate(g_ours, job["gen_bytes"], "{:,.1f}"),
          fmt_rate(g_theirs, job["gen_bytes"], "{:,.1f}"), fmt_speedup(g_ours, g_theirs)),
     ]
-    head = (f"MEGABYTE, P={job['patch_size']}, global {job['global_dim']}×{job['global_layers']}, "
-            f"local {job['local_dim']}×{job['local_layers']}, batch {job['batch_size']} × {job['seq_len']} "
+    G, L = job["global_model"], job["local_model"]
+    head = (f"MEGABYTE, P={job['patch_size']}, global {G['dim']}×{G['n_layers']}, "
+            f"local {L['dim']}×{L['n_layers']}, batch {job['batch_size']} × {job['seq_len']} "
             f"bytes, {job['threads']} threads per side, fp32 CPU. Training speed and memory: median (min–max) over "
             f"{job['rounds']} rounds of one fresh process per side (order alternating), each timing {job['steps']} "
             f"steps after a warm-up step; generation: {job['gen_rounds']} rounds of one generation per side; "
@@ -280,9 +279,9 @@ def worker(side: str, task: str, work: Path) -> dict:
 
 def build_omnibyte(job: dict):
     from omnibyte.generate import SamplingConfig, generate
-    from omnibyte.models.megabyte import Megabyte, MegabyteConfig
+    from omnibyte.models import build_model
 
-    model = Megabyte(MegabyteConfig(**{k: job[k] for k in MODEL_FIELDS}))
+    model = build_model("megabyte", {k: job[k] for k in MODEL_FIELDS})
 
     def gen(prompt, n):
         cfg = SamplingConfig(max_new=n, temperature=0, stop_at_eos=False)
@@ -294,12 +293,12 @@ def build_omnibyte(job: dict):
 def build_peer(job: dict):
     from MEGABYTE_pytorch import MEGABYTE
 
-    P = job["patch_size"]
+    P, G, L = job["patch_size"], job["global_model"], job["local_model"]
 
     def make(n_patches):
-        return MEGABYTE(num_tokens=263, pad_id=PAD, dim=(job["global_dim"], job["local_dim"]),
-                        depth=(job["global_layers"], job["local_layers"]), max_seq_len=(n_patches, P),
-                        heads=job["global_heads"], dim_head=job["global_dim"] // job["global_heads"],
+        return MEGABYTE(num_tokens=263, pad_id=PAD, dim=(G["dim"], L["dim"]),
+                        depth=(G["n_layers"], L["n_layers"]), max_seq_len=(n_patches, P),
+                        heads=G["n_heads"], dim_head=G["dim"] // G["n_heads"],
                         rel_pos=True, flash_attn=True)
 
     model = make(job["seq_len"] // P)

@@ -41,11 +41,13 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import HERE, header, steps_for_minutes, train_run, write_section
+from omnibyte.config import merge
 from omnibyte.data import write_dataset
 from omnibyte.data.tasks import build_mix, parse_mix, text_documents
 from omnibyte.data.tasks.fashion import DEFAULT_ROOT
 from omnibyte.data.tasks.speech import espeak_available
 from omnibyte.eval.multimodal import evaluate_by_modality, json_safe, run_examples, score_examples
+from omnibyte.models import compat
 from omnibyte.models.base import OmniModel
 
 RESULTS = HERE / "results_multimodal.md"
@@ -57,9 +59,9 @@ FULL = {
                   "shapes": {"size": 24, "max_shapes": 4, "question_last": True},
                   "fashion": {"draw": 0.3, "question_last": True},
                   "speech": {"sample_rate": 4000, "max_digits": 1, "question_last": True}},
-    "model": {**BLT, "dim_local": 64, "dim_global": 192, "hash_buckets": 4096,
-              "encoder": {"n_layers": 1, "n_heads": 2, "window": 128}, "latent": {"n_layers": 4, "n_heads": 6},
-              "decoder": {"n_layers": 2, "n_heads": 2, "window": 128}},
+    "model": {**BLT, "encoder": {"dim": 64, "n_layers": 1, "n_heads": 2, "window": 128},
+              "latent": {"dim": 192, "n_layers": 4, "n_heads": 6},
+              "decoder": {"dim": 64, "n_layers": 2, "n_heads": 2, "window": 128}, "ngrams": {"buckets": 4096}},
     # whole documents per window (an example's image and answer are never cut apart); task examples
     # learn their answers only (the question and input image/clip weigh 0), and the images that draw
     # tasks ask for weigh a tenth of a text id, so the short answers are not drowned by pixels
@@ -72,9 +74,9 @@ QUICK = {
     "eval_tasks": "clocks:6,shapes:8,fashion:8,speech:4",
     "task_opts": {"clocks": {"size": 16}, "shapes": {"size": 16, "max_shapes": 3},
                   "speech": {"sample_rate": 4000, "max_digits": 1, "phrases": 0.0}},
-    "model": {**BLT, "dim_local": 32, "dim_global": 64, "hash_buckets": 1024,
-              "encoder": {"n_layers": 1, "n_heads": 2, "window": 64}, "latent": {"n_layers": 2, "n_heads": 4},
-              "decoder": {"n_layers": 1, "n_heads": 2, "window": 64}},
+    "model": {**BLT, "encoder": {"dim": 32, "n_layers": 1, "n_heads": 2, "window": 64},
+              "latent": {"dim": 64, "n_layers": 2, "n_heads": 4},
+              "decoder": {"dim": 32, "n_layers": 1, "n_heads": 2, "window": 64}, "ngrams": {"buckets": 1024}},
     "train": {"batch_size": 2, "seq_len": 512, "lr": 3e-3, "align_docs": True, "media_loss_weight": 0.1,
               "prompt_loss_weight": 0.0},
     "steps": 6, "eval_n": 2, "bpb_batches": 2, "text_docs": 4,
@@ -141,14 +143,15 @@ def fmt(v) -> str:
 
 
 def model_summary(model: dict) -> str:
-    """How the preset's BLT patches and what media features it has, for the report's model line."""
+    """How the preset's model patches and which input adapters it has, for the report's model line:
+    e.g. `static patches of 4; adapters.media_conv channels 32, kernel 7`."""
     p = model.get("patcher", {})
     parts = [f"{p.get('kind', 'static')} patches" + (f" of {p['patch_size']}" if p.get("kind", "static") == "static"
                                                       and "patch_size" in p else "")]
     parts += [f"{k} {p[k]}" for k in ("image_rows", "audio_frame") if p.get(k)]
-    parts += [f"{k} {model[k]}" for k in ("media_conv", "media_conv_kernel", "media_pos", "media_proj", "image_encoder")
-              if model.get(k) and (k != "media_conv_kernel" or model.get("media_conv"))]
-    return "; ".join(parts)
+    parts += [f"adapters.{name} " + ", ".join(f"{k} {v}" for k, v in (fields or {}).items())
+              for name, fields in model.get("adapters", {}).items()]
+    return "; ".join(part.rstrip() for part in parts)
 
 
 def report(preset: dict, quick: bool, notes: list[str], mixes: dict, runs: dict, scores: dict,
@@ -214,6 +217,9 @@ def rescore(args) -> int:
     t0 = time.perf_counter()
     saved = json.loads((work / "results.json").read_text())
     preset, runs, notes = saved["preset"], saved["runs"], saved["notes"]
+    arch = preset["model"].get("arch", "blt")  # (a run saved before a rename: today's names in the report)
+    preset["model"] = {"arch": arch, **compat.model_config(arch, {k: v for k, v in preset["model"].items()
+                                                                   if k != "arch"})}
     mixes, scores = {}, {}
     for name in runs:
         meta = json.loads((work / name.replace(" ", "-") / "meta.json").read_text())
@@ -240,7 +246,8 @@ def main() -> int:
                     help="task examples put the question after the image/clip, right before the answer "
                          "(the full preset does)")
     ap.add_argument("--model", default="{}",
-                    help='overrides of the BLT\'s config as JSON (e.g. \'{"media_conv": 32}\')')
+                    help='overrides of the BLT\'s config as JSON, merged table by table (e.g. '
+                         '\'{"adapters": {"media_conv": {"channels": 32, "kernel": 7}}}\')')
     ap.add_argument("--section", help="results_multimodal.md section to write (default: full, or quick)")
     ap.add_argument("--media-loss-weight", type=float,
                     help="weight of image/audio targets in the loss (preset: 0.1; 1 = every id the same)")
@@ -265,7 +272,7 @@ def main() -> int:
         preset["train"] = {**preset["train"], "media_loss_weight": args.media_loss_weight}
     if args.prompt_loss_weight is not None:
         preset["train"] = {**preset["train"], "prompt_loss_weight": args.prompt_loss_weight}
-    preset["model"] = {**preset["model"], **json.loads(args.model)}
+    preset["model"] = merge(preset["model"], json.loads(args.model))
     if args.question_last:
         preset["task_opts"] = {k: {**v, "question_last": True} for k, v in preset["task_opts"].items()}
         for name in ("clocks", "shapes", "fashion", "speech"):

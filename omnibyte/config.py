@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import types
 import typing
@@ -57,13 +58,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise OmnibyteError(f"'{key}' must be true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not -(2**63) <= value < 2**63:  # beyond what torch and numpy take as a size or a seed
+                raise OmnibyteError(f"'{key}' is out of range, got {value}")
+            return value
         raise OmnibyteError(f"'{key}' must be an integer, got {value!r}")
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):  # NaN slips through every range check (all comparisons fail)
+                raise OmnibyteError(f"'{key}' must be a finite number, got {value!r}")
             return float(value)
         raise OmnibyteError(f"'{key}' must be a number, got {value!r}")
     if tp is str:
@@ -113,7 +118,9 @@ def load_toml(path: str | Path) -> dict:
     if not p.is_file():
         raise OmnibyteError(f"config file not found: {p}")
     try:
-        return tomllib.loads(p.read_text())
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise OmnibyteError(f"config file {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
     except tomllib.TOMLDecodeError as e:
         raise OmnibyteError(f"config file {p} is not valid TOML: {e}") from None
 

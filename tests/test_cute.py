@@ -26,7 +26,7 @@ from omnibyte.data.tasks.cute import (
     write_cute,
 )
 from omnibyte.errors import OmnibyteError
-from omnibyte.eval.tasks import extract_answer, score_examples
+from omnibyte.eval.tasks import extract_answer, score_questions
 from omnibyte.format import split_documents
 from omnibyte.models.base import ModelOutput
 from omnibyte.models.transformer import Transformer, TransformerConfig
@@ -167,7 +167,7 @@ def test_scoring_byte_model_greedy_exact_match():
     examples = [Example("contains", "cat", "Does 'cat' contain 'a'?\nAnswer:", "yes"),
                 Example("contains", "cat", "Does 'cat' contain 'q'?\nAnswer:", "no"),
                 Example("spell", "yes", "Spell: yes\nAnswer:", "y e s")]
-    r = score_examples(Scripted(263, chain), examples, batch_size=2)
+    r = score_questions(Scripted(263, chain), examples, batch_size=2)
     assert r["n"] == 3 and r["accuracy"] == pytest.approx(1 / 3)
     assert r["per_task"] == {"contains": 0.5, "spell": 0.0}
     assert [s["got"] for s in r["samples"]] == ["yes", "yes", "yes"]
@@ -179,7 +179,7 @@ def test_scoring_bpe_model_decodes_tokens():
     assert tok.id_bytes[yes] == b" yes"
     chain = {colon: yes, yes: newline, newline: yes}
     ex = [Example("contains", "cat", "Does 'cat' contain 'a'?\nAnswer:", "yes")]
-    assert score_examples(Scripted(tok.vocab_size, chain), ex, tokenizer=tok)["accuracy"] == 1.0
+    assert score_questions(Scripted(tok.vocab_size, chain), ex, tokenizer=tok)["accuracy"] == 1.0
 
 
 def test_eval_cli_task_cute(tmp_path, capsys):

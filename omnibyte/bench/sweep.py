@@ -24,7 +24,7 @@ from omnibyte.data.tasks.cute import read_heldout
 from omnibyte.errors import OmnibyteError
 from omnibyte.eval.noise import PERTURBATIONS, write_noisy
 from omnibyte.eval.runner import score_dataset
-from omnibyte.eval.tasks import score_examples
+from omnibyte.eval.tasks import score_questions
 from omnibyte.models.base import OmniModel
 from omnibyte.models.registry import build_model
 from omnibyte.patching import PatcherConfig, mean_patch_len, patch_starts
@@ -267,7 +267,7 @@ class Bench:
         record["infer_flops_per_byte"] = infer
         if self.task == "cute" and "task_accuracy" not in record:
             examples = read_heldout(self.data)[: self.preset.task_limit or None]
-            r = score_examples(model, examples, tokenizer, batch_size=32)
+            r = score_questions(model, examples, tokenizer, batch_size=32)
             record.update(task_accuracy=r["accuracy"], task_per_task=r["per_task"], task_n=r["n"])
         if self.noise and "noise" not in record:
             noise = {}

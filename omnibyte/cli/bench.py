@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from omnibyte.cli.args import seed_int
+
 HELP = """sweep (the default): train each model at each training-FLOPs budget on one dataset, then write
 results.md (params, training FLOPs, inference FLOPs/byte, steps, wall time, validation bits per
 byte), results.json and bpb_vs_flops.png into --out. Finished runs in --out are reused. A preset
@@ -41,7 +43,7 @@ def add_parser(sub) -> None:
     sweep.add_argument("--task", choices=["cute"], help="also score held-out task accuracy (--data: a task suite)")
     sweep.add_argument("--noise", action="store_true", help="also score perturbed validation text")
     sweep.add_argument("--noise-rate", type=float, default=0.1)
-    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--seed", type=seed_int, default=0)
     sweep.add_argument("--threads", type=int, help="torch CPU threads for training (default: the preset's; "
                        "1 is fastest for tiny models or on a busy machine)")
     sweep.add_argument("--jobs", type=int, help="runs trained at the same time, one process each (default: the "

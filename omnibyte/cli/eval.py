@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from omnibyte.cli.args import finite_float, json_line, positive_int, seed_int
 
 
 def add_parser(sub) -> None:
@@ -13,22 +13,23 @@ def add_parser(sub) -> None:
     p.add_argument("--data", help="prepared dataset (default: the run's), or any text file/folder, "
                    "which is prepared on the fly and scored whole")
     p.add_argument("--split", default=None, help="split to score (default: val; all of an unprepared source)")
-    p.add_argument("--seq-len", type=int, help="window length (default: the run's train.seq_len, else 1024)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-batches", type=int, help="score only the first N batches")
+    p.add_argument("--seq-len", type=positive_int, help="window length (default: the run's train.seq_len, else 1024)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--max-batches", type=positive_int, help="score only the first N batches")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--task", help="instead of bits per byte, the task metric on a task suite's held-out "
                    "questions (--data: the suite's folder): cute (see `omnibyte bench cute`), or a multimodal "
                    "suite made by `omnibyte prepare --task/--mix`: clocks, shapes, fashion, speech, completion, all")
-    p.add_argument("--limit", type=int, help="--task: score only the first N questions (per kind for multimodal)")
+    p.add_argument("--limit", type=positive_int,
+                   help="--task: score only the first N questions (per kind for multimodal)")
     p.add_argument("--by-modality", action="store_true", help="also report text / image / audio bits per byte")
     p.add_argument("--strided", action="store_true", help="MEGABYTE: also report strided-inference bits per byte "
                    "(two passes offset by P/2)")
     p.add_argument("--noise", action="store_true", help="also score perturbed copies of the text (random case, "
                    "drop, repeat, uppercase, swap) and report noisy/clean bpb")
-    p.add_argument("--noise-rate", type=float, default=0.1, help="--noise: chance each character is perturbed")
+    p.add_argument("--noise-rate", type=finite_float, default=0.1, help="--noise: chance each character is perturbed")
     p.add_argument("--noise-kinds", help="--noise: comma-separated perturbations (default: all)")
-    p.add_argument("--noise-seed", type=int, default=0)
+    p.add_argument("--noise-seed", type=seed_int, default=0)
     p.set_defaults(func=run)
 
 
@@ -49,7 +50,7 @@ def run(args) -> int:
                             batch_size=args.batch_size, max_batches=args.max_batches,
                             by_modality=args.by_modality, strided=args.strided)
     if args.json:
-        print(json.dumps(result))
+        print(json_line(result))
         return 0
     print(f"{result['bpb']:.4f} bits/byte over {result['bytes']:,} bytes "
           f"({result['data']}, split {result['split']}, seq_len {result['seq_len']})")
@@ -74,7 +75,7 @@ def run_multimodal_task(args) -> int:
         raise OmnibyteError(f"--task {args.task} needs --data DIR (made by `omnibyte prepare --task/--mix`)")
     result = evaluate_task(args.model, data, n=args.limit, task=None if args.task == "all" else args.task,
                            batch_size=args.batch_size)
-    print(json.dumps(result) if args.json else format_task_metrics(result))
+    print(json_line(result) if args.json else format_task_metrics(result))
     return 0
 
 
@@ -83,7 +84,7 @@ def run_task(args) -> int:
 
     result = evaluate_tasks(args.model, args.data, batch_size=args.batch_size, limit=args.limit, progress=True)
     if args.json:
-        print(json.dumps(result))
+        print(json_line(result))
         return 0
     print(f"{args.task}: {result['accuracy']:.1%} exact match over {result['n']} held-out questions")
     for task, acc in result["per_task"].items():
@@ -98,7 +99,7 @@ def run_noise(args) -> int:
     result = noise_eval(args.model, args.data, args.split, kinds, args.noise_rate, args.noise_seed, args.seq_len,
                         args.batch_size, args.max_batches)
     if args.json:
-        print(json.dumps(result))
+        print(json_line(result))
         return 0
     print(f"clean      {result['clean']['bpb']:.4f} bits/byte over {result['clean']['bytes']:,} bytes "
           f"({result['data']}, split {result['split']})")

@@ -13,6 +13,8 @@ import argparse
 import os
 import sys
 
+from omnibyte.cli.args import arg_bytes, finite_float
+
 USAGE = """omnibyte patch [show] [MODEL] (--text TEXT | --file PATH) [--out DIR] [--kind {static,space,entropy}]
                       [--patch-size P] [--threshold X] [--relative] [--max-patch-len N] [--color WHEN]
        omnibyte patch calibrate ENTROPY_MODEL --data DIR --target-bytes-per-patch B [--relative]
@@ -37,7 +39,7 @@ def add_parser(subparsers) -> None:
     show.add_argument("--kind", choices=["static", "space", "entropy"],
                       help="patcher (default: the BLT model's, else entropy with a model)")
     show.add_argument("--patch-size", type=int, help="static patch size")
-    show.add_argument("--threshold", type=float, help="entropy threshold (default: the calibrated one)")
+    show.add_argument("--threshold", type=finite_float, help="entropy threshold (default: the calibrated one)")
     show.add_argument("--color", choices=["auto", "always", "never"], default="auto",
                       help="colour patches in the terminal (else '|' between patches)")
     both = p.add_argument_group("show and calibrate")
@@ -46,7 +48,7 @@ def add_parser(subparsers) -> None:
     both.add_argument("--max-patch-len", type=int, help="cut patches longer than this")
     cal = p.add_argument_group("calibrate")
     cal.add_argument("--data", metavar="DIR", help="prepared dataset to calibrate on")
-    cal.add_argument("--target-bytes-per-patch", type=float, help="mean patch size to hit")
+    cal.add_argument("--target-bytes-per-patch", type=finite_float, help="mean patch size to hit")
     cal.add_argument("--sample-bytes", type=int, default=256 * 1024, help="ids of the split to use")
     cal.add_argument("--split", default="val", help="dataset split to sample")
     p.set_defaults(func=run)
@@ -160,6 +162,7 @@ def show(args, model_path: str | None) -> int:
     import torch
 
     from omnibyte.errors import OmnibyteError
+    from omnibyte.files import check_output_dir
     from omnibyte.format import encode
     from omnibyte.patching.core import mean_patch_len, patch_starts
     from omnibyte.patching.entropy import stream_entropies
@@ -169,8 +172,9 @@ def show(args, model_path: str | None) -> int:
         raise OmnibyteError("give exactly one of --text TEXT or --file PATH")
     if args.data is not None or args.target_bytes_per_patch is not None:
         raise OmnibyteError("--data and --target-bytes-per-patch belong to `omnibyte patch calibrate`")
+    check_output_dir(args.out)
     if args.text is not None:
-        data = args.text.encode("utf-8")
+        data = arg_bytes(args.text)  # the bytes typed, UTF-8 or not
         name = "text"
     else:
         file = Path(args.file)

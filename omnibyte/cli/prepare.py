@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from omnibyte.cli.args import seed_int
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -19,7 +21,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--val-fraction", type=float, default=None,
                    help="share of documents held out for val (0.01; with --task/--mix 0.1: the held-out "
                    "examples are the task metric's test set)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the train/val split")
     p.add_argument("--doc-bytes", type=int, default=16384, help="largest document cut from a text file")
     p.add_argument("--task", metavar="NAME", help="build a generated task suite instead of reading files: "
                    "clocks, shapes, fashion, speech or completion")
@@ -36,6 +38,8 @@ def run(args) -> int:
     from omnibyte.data.prepare import prepare, summary
     from omnibyte.errors import OmnibyteError
 
+    if (args.task is not None and not args.task.strip()) or (args.mix is not None and not args.mix.strip()):
+        raise OmnibyteError("--task and --mix need a value (e.g. --task clocks, --mix kjv:0.3,clocks:2000)")
     if args.task or args.mix:
         from omnibyte.data.tasks import prepare_tasks
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from omnibyte.cli.args import seed_int
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("report", help="an HTML page of what a trained model does (text, images, audio, task metrics)",
@@ -15,7 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("--n", type=int, default=8, help="held-out examples shown and scored per task kind (default 8)")
     p.add_argument("--max-batches", type=int, default=20,
                    help="validation windows scored for bits per byte, in batches of 4 (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed for generated text and images")
+    p.add_argument("--seed", type=seed_int, default=0, help="sampling seed for generated text and images")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=run)
 

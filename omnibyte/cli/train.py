@@ -8,7 +8,9 @@ import sys
 
 HELP = """Train any omnibyte model with the one trainer. Settings come from defaults, then CONFIG.toml,
 then dotted overrides such as --train.steps 300 --model.dim 64 --patcher.kind space.
-Ctrl-C (or SIGTERM) saves a checkpoint and exits; --resume continues exactly.
+Ctrl-C (or SIGTERM) saves a checkpoint and exits with status 130 (143); --resume continues exactly.
+A run folder is locked while a process trains into it; a run that never saved a checkpoint is
+trained again from step 0 by --resume or by naming it as --out.
 Under torchrun (`torchrun --nproc-per-node N -m omnibyte train CONFIG`) it trains with DDP."""
 
 
@@ -30,6 +32,8 @@ def run(args) -> int:
     if args.data:
         overrides += ["--data.path", args.data]
     result = train(args.config, overrides, args.out, args.resume, quiet=args.quiet)
+    # interrupted: saved, but not finished; a script tells the two apart by the exit status
+    rc = 128 + result["signal"] if "signal" in result else 0
     if "val_bpb" in result and not args.quiet:
         print(f"step {result['step']}: validation {result['val_bpb']:.4f} bits/byte")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -39,5 +43,5 @@ def run(args) -> int:
         # as failed.
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
-    return 0
+        os._exit(rc)
+    return rc

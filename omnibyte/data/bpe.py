@@ -40,10 +40,10 @@ from omnibyte.data.loader import (
     is_dataset,
     read_meta,
 )
-from omnibyte.data.prepare import MODALITIES, ShardWriter, _check_out, _swap_into_place
+from omnibyte.data.prepare import MODALITIES, ShardWriter, _check_out, _swap_into_place, clean_stale
 from omnibyte.errors import OmnibyteError
+from omnibyte.files import resolve_model_dir, temp_sibling, write_atomic, write_json_atomic
 from omnibyte.format import BOS, EOS, N_BYTES, PAD
-from omnibyte.rundir import resolve_model_dir, tmp_sibling, write_atomic, write_json_atomic
 
 TOKENIZER_FILE = "tokenizer.json"
 SPECIALS = {"<pad>": PAD, "<bos>": BOS, "<eos>": EOS}
@@ -262,7 +262,8 @@ def tokenize_dataset(source: ShardDataset | str | Path, out: str | Path, tokeniz
     if out.resolve() == src.path.resolve():
         raise OmnibyteError("the token dataset needs its own folder (--out must differ from the source)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_sibling(out)
+    clean_stale(out)
+    tmp = temp_sibling(out)
     try:
         tmp.mkdir()
         tokenizer.save(tmp / TOKENIZER_FILE)

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from omnibyte.errors import OmnibyteError
+from omnibyte.files import write_atomic, write_json_atomic
 from omnibyte.format import BOS, PAD
-from omnibyte.rundir import write_atomic, write_json_atomic
 
 FORMAT_NAME = "omnibyte-shards"
 FORMAT_VERSION = 1

@@ -31,10 +31,10 @@ from omnibyte.data.loader import (
     is_dataset,
 )
 from omnibyte.errors import OmnibyteError
+from omnibyte.files import remove_stale_temps, stale_temps, temp_sibling, write_json_atomic
 from omnibyte.format import BOS, EOS, VOCAB_SIZE, AudioSegment, Document, ImageSegment, Segment, TextSegment
 from omnibyte.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES
 from omnibyte.progress import progress as tqdm
-from omnibyte.rundir import tmp_sibling, write_json_atomic
 
 DOC_BYTES = 16384
 SHARD_IDS = 64 * 2**20  # 128 MiB shard files
@@ -131,7 +131,10 @@ def document_from_record(record: dict, base_dir: str | Path) -> Document:
 def _text_segment(text) -> TextSegment:
     if not isinstance(text, str):
         raise OmnibyteError(f"'text' must be a string, got {type(text).__name__}")
-    return TextSegment.from_str(text)
+    try:
+        return TextSegment.from_str(text)
+    except UnicodeEncodeError as e:  # JSON may spell a lone surrogate ("\ud800"): no UTF-8 text has one
+        raise OmnibyteError(f"'text' holds {text[e.start:e.end]!r}, a lone surrogate, which is not text") from None
 
 
 def _segment_from_entry(entry, base_dir: Path) -> Segment:
@@ -142,6 +145,8 @@ def _segment_from_entry(entry, base_dir: Path) -> Segment:
     if kind == "text":
         return _text_segment(value)
     if kind in ("image", "audio"):
+        if not isinstance(value, str) or not value:
+            raise OmnibyteError(f"{kind!r} must be a file path (a non-empty string), got {json.dumps(value)[:80]}")
         return media_segment(kind, base_dir / value)
     raise OmnibyteError(f"unknown segment kind {kind!r} (known: text, image, audio)")
 
@@ -266,7 +271,8 @@ def write_dataset(documents: Iterable[Document], out: str | Path, *, sources: li
         raise OmnibyteError(f"shard size must be >= 1 id, got {shard_ids}")
     _check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_sibling(out)
+    clean_stale(out)
+    tmp = temp_sibling(out)
     try:
         tmp.mkdir()
         meta = _write_splits(documents, tmp, sources, seed, val_fraction, shard_ids)
@@ -321,12 +327,23 @@ def _write_splits(documents, tmp: Path, sources, seed, val_fraction, shard_ids) 
             "aux": {}}
 
 
+def clean_stale(out: Path) -> None:
+    """Put `out` in order after a writer of it was killed: its hidden temporary folders go, and a
+    dataset moved aside for replacement (`.NAME.old-…`) while `out` is missing is moved back."""
+    remove_stale_temps(out)
+    for old in stale_temps(out, "old"):
+        if not out.exists() and is_dataset(old):
+            old.rename(out)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def _swap_into_place(tmp: Path, out: Path) -> None:
     """Replace `out` by `tmp` with renames: the old dataset stays intact until the new one is whole."""
     if not out.exists():
         tmp.rename(out)
         return
-    old = tmp_sibling(out, "old")
+    old = temp_sibling(out, "old")
     out.rename(old)
     try:
         tmp.rename(out)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from omnibyte.checks import resolve_device
 from omnibyte.data import ShardDataset, eval_batches
 from omnibyte.data.modality import MODALITIES, MODALITY_AUX, LabelledDataset, modality_labels
 from omnibyte.data.tasks.common import HELDOUT_FILE, read_heldout
@@ -138,7 +139,7 @@ class ExampleResult:
 def _load_model(model, device: str | None) -> OmniModel:
     if isinstance(model, OmniModel):
         return model
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     return OmniModel.from_pretrained(model, map_location=device)
 
 

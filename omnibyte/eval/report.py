@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
+from omnibyte.checks import check_vocab, resolve_device
 from omnibyte.data import ShardDataset
 from omnibyte.data.tasks.common import ANSWER_PREFIX
 from omnibyte.data.tasks.shapes import Shape
@@ -39,11 +39,12 @@ from omnibyte.eval.multimodal import (
     score_examples,
 )
 from omnibyte.eval.runner import run_settings
+from omnibyte.files import check_output_dir, remove_stale_temps, temp_sibling
 from omnibyte.format import BOI, BOS, N_BYTES, AudioSegment, ImageSegment, decode, split_documents
 from omnibyte.generate import SamplingConfig, generate
 from omnibyte.generate.multimodal import ModalityConstraint, open_block
 from omnibyte.media import save_png, save_wav, segment_to_pil
-from omnibyte.models.base import OmniModel
+from omnibyte.models.base import OmniModel, replace_dir
 
 BASELINES = ("chance", "majority", "copy_row", "wrong_name")  # metric keys shown as the baseline column
 SCALE = 4  # images are shown this many times larger (pixelated), points drawn on an 8× copy
@@ -370,23 +371,38 @@ def write_report(run: str | Path, out: str | Path | None = None, data: str | Pat
             print(f"report: {what} ...", file=sys.stderr, flush=True)
 
     run = Path(run)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = OmniModel.from_pretrained(run, map_location=device)
+    out = check_output_dir(Path(out) if out else run / "report")
+    model = OmniModel.from_pretrained(run, map_location=resolve_device(device))
     settings = run_settings(run)
     data = Path(data or settings.get("data", {}).get("path", ""))
     if not str(data) or not (data / "meta.json").is_file():
         raise OmnibyteError(f"no prepared dataset for the report (got {str(data) or 'none'}): pass --data DIR")
     seq_len = int(settings.get("train", {}).get("seq_len", 1024))
-    out = Path(out) if out else run / "report"
     if out.exists() and not (out / "index.html").is_file() and any(out.iterdir()):
         raise OmnibyteError(f"{out} exists and holds something other than a report; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    for old in list(out.glob("*.png")) + list(out.glob("*.wav")):
-        old.unlink()  # media of an older report
+    dataset = ShardDataset(data)
+    check_vocab(dataset, model)
 
+    # written whole into a temporary folder, then swapped in: a failed report leaves the old one
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
+    tmp = temp_sibling(out)
+    tmp.mkdir()
+    try:
+        write_pages(tmp, run, model, settings, dataset, seq_len, n, max_batches, seed, stage)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out / "index.html"
+
+
+def write_pages(out: Path, run: Path, model: OmniModel, settings: dict, dataset: ShardDataset, seq_len: int,
+                n: int, max_batches: int, seed: int, stage) -> None:
+    """index.html, metrics.json and the media they show, into the folder `out`."""
+    data = dataset.path
     page = Page(out)
     numbers: dict = {"run": summary_section(page, run, model, settings)}
-    dataset = ShardDataset(data)
     stage("bits per byte by modality")
     numbers["bits_per_byte"] = bpb_section(page, model, data, seq_len, max_batches)
     stage("generating text")
@@ -402,9 +418,7 @@ def write_report(run: str | Path, out: str | Path | None = None, data: str | Pat
             metrics_section(page, scores)
             task_sections(page, results)
     (out / "metrics.json").write_text(json.dumps(json_safe(numbers), indent=2) + "\n")
-    index = out / "index.html"
-    index.write_text(page.html(f"omnibyte report: {run.name} ({model.arch})"))
-    return index
+    (out / "index.html").write_text(page.html(f"omnibyte report: {run.name} ({model.arch})"))
 
 
 __all__ = ["write_report"]

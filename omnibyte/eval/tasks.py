@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from omnibyte.checks import resolve_device
 from omnibyte.data.bpe import BpeTokenizer, find_tokenizer
 from omnibyte.data.tasks.cute import Example, read_heldout
 from omnibyte.format import BOS, EOS, N_BYTES
@@ -74,7 +75,7 @@ def extract_answer(written: bytes) -> str:
     return line.decode("utf-8", errors="replace")
 
 
-def score_examples(model, examples: Sequence[Example], tokenizer: BpeTokenizer | None = None,
+def score_questions(model, examples: Sequence[Example], tokenizer: BpeTokenizer | None = None,
                    batch_size: int = 32, progress: bool = False) -> dict:
     """Greedy exact-match accuracy of a loaded model on `examples` → {"accuracy", "n", "per_task",
     "samples"} (samples: the first few answers, right and wrong, to look at)."""
@@ -103,8 +104,8 @@ def evaluate_tasks(model_path: str | Path, data: str | Path, batch_size: int = 3
                    device: str | None = None, progress: bool = False) -> dict:
     """Accuracy of a saved model (byte or BPE) on a task suite's held-out questions (`data`: the
     suite's folder or its questions.jsonl); `limit` scores only the first N."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     model = OmniModel.from_pretrained(model_path, map_location=device)
     examples = read_heldout(data)[: limit or None]
-    result = score_examples(model, examples, find_tokenizer(model_path), batch_size, progress)
+    result = score_questions(model, examples, find_tokenizer(model_path), batch_size, progress)
     return {**result, "model": str(model_path), "data": str(data)}

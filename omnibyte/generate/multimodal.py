@@ -15,6 +15,7 @@ and turning generated ids back into text, PNGs and WAVs.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -130,6 +131,8 @@ def image_block_prefix(width: int, height: int, channels: int | None = None) -> 
 
 def audio_block_prefix(seconds: float, rate: int = DEFAULT_RATE) -> list[int]:
     """``BOA`` + the header of a µ-law clip of round(seconds · rate) samples."""
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise OmnibyteError(f"audio length must be a finite number of seconds > 0, got {seconds}")
     n = round(seconds * rate)
     if not 0 < rate < 2**32:
         raise OmnibyteError(f"sample rate must be in 1..2^32-1, got {rate}")

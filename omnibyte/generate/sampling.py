@@ -5,11 +5,13 @@ leave (`drop`, or when they finish) between steps; each step feeds every row's p
 further and gives every prompted row one new id, all rows' new ids in one model call. Rows never
 affect each other: each stands at its own position in the state and samples with its own
 generator, seeded like a lone run, so a row gets exactly what it would get decoded alone.
-`generate` runs a fixed set of prompts through one.
+`generate` runs a fixed set of prompts through one, after checking up front that they fit in
+memory.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -18,6 +20,12 @@ import torch
 from omnibyte.errors import OmnibyteError
 from omnibyte.format import EOS
 from omnibyte.generate.constraints import Constraint, TextOnly, default_mask
+from omnibyte.memory import check_fits, decoding_bytes
+
+# A prompt is fed in chunks of at most this many ids: attention over the cache then scores
+# PREFILL_CHUNK × (prompt + new) pairs at a time, not prompt² (a long prompt fits in memory), and a
+# row's long prompt does not stall the other rows of a batch for long.
+PREFILL_CHUNK = 512
 
 
 @dataclass
@@ -32,8 +40,8 @@ class SamplingConfig:
     def __post_init__(self):
         if self.max_new < 0:
             raise OmnibyteError(f"max new bytes must be ≥ 0, got {self.max_new}")
-        if self.temperature < 0:
-            raise OmnibyteError(f"temperature must be ≥ 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise OmnibyteError(f"temperature must be a finite number ≥ 0, got {self.temperature}")
         if self.top_k < 0:
             raise OmnibyteError(f"top-k must be ≥ 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
@@ -60,6 +68,7 @@ def filter_logits(logits: torch.Tensor, top_k: int | Sequence[int] = 0,
         # drop an id when the mass before it already reaches top_p (the first id always stays)
         p = torch.tensor(ps, device=rows.device, dtype=probs.dtype)[:, None]
         drop = (probs.cumsum(-1) - probs >= p) & (p < 1.0)
+        drop[:, 0] = False  # also when top_p underflows to 0 in the logits' dtype (e.g. 1e-300 in fp32)
         rows = rows.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
     return rows.reshape(logits.shape)
 
@@ -79,6 +88,21 @@ def choose_rows(logits: torch.Tensor, cfgs: Sequence[SamplingConfig],
     if sampled:
         temps = torch.tensor([cfgs[i].temperature for i in sampled], device=logits.device)[:, None]
         rows = logits[sampled].float() / temps
+        # a temperature beyond fp32 (1e-300 divides to inf, 1e300 rounds to inf): take its limit,
+        # greedy below 1 and uniform over the allowed ids above
+        beyond = (rows.isnan() | rows.isposinf()).any(-1).tolist()
+        keep = []
+        for j, i in enumerate(sampled):
+            if not beyond[j]:
+                keep.append(j)
+            elif cfgs[i].temperature < 1:
+                out[i] = int(logits[i].argmax())
+            else:
+                rows[j] = torch.zeros_like(rows[j]).masked_fill(logits[i].isneginf(), float("-inf"))
+                keep.append(j)
+        if len(keep) < len(sampled):
+            rows, sampled = rows[keep], [sampled[j] for j in keep]
+    if sampled:
         probs = filter_logits(rows, [cfgs[i].top_k for i in sampled], [cfgs[i].top_p for i in sampled]).softmax(-1)
         probs = probs.cpu()
         # what torch.multinomial(probs[j], 1, generator) does, for all rows at once: the argmax of
@@ -89,9 +113,6 @@ def choose_rows(logits: torch.Tensor, cfgs: Sequence[SamplingConfig],
         for i, tok in zip(sampled, (probs / noise).argmax(-1).tolist()):
             out[i] = tok
     return out
-
-
-PREFILL_CHUNK = 512  # prompt ids a row is fed per step: a long prompt does not stall the other rows
 
 
 @dataclass
@@ -166,6 +187,11 @@ class DecodeBatch:
         ready = [(r, row) for r, row in sorted(self.rows.items()) if row.logits is not None and not row.done]
         if ready:
             logits = torch.stack([row.logits for _, row in ready]).float()  # (R, V)
+            bad = (logits.isnan() | logits.isposinf()).any(-1)
+            if bool(bad.any()):  # from NaN weights: greedy would pick id 0
+                row = ready[int(bad.nonzero()[0, 0])][1]
+                raise OmnibyteError(f"the model's logits are NaN or +inf after {len(row.prompt) + len(row.new):,} ids: "
+                                    f"its weights or its input hold non-finite values")
             masks = torch.stack([self._allowed(row, logits.shape[-1]) for _, row in ready]).to(logits.device)
             toks = choose_rows(logits.masked_fill(~masks, float("-inf")), [row.cfg for _, row in ready],
                                [row.gen for _, row in ready])
@@ -192,6 +218,15 @@ class DecodeBatch:
         return default_mask(vocab_size) if mask is None else mask
 
 
+def check_generation_fits(model, rows: int, prompt_len: int, max_new: int, min_prompt: int | None = None) -> None:
+    """A one-line error when decoding `rows` rows of a `prompt_len`-id prompt plus `max_new` ids
+    needs more memory than the model's device has available (see omnibyte.memory)."""
+    first = prompt_len if min_prompt is None else min_prompt
+    check_fits(decoding_bytes(model, rows, prompt_len + max_new, min(first, PREFILL_CHUNK)), model.device,
+               f"generating {rows} × ({prompt_len:,} prompt + {max_new:,} new) ids",
+               "ask for fewer new bytes, a smaller image or shorter audio, or give a shorter prompt")
+
+
 @torch.inference_mode()
 def generate(
     model,
@@ -206,6 +241,8 @@ def generate(
     if not prompts or any(len(p) == 0 for p in prompts):
         raise OmnibyteError("every prompt needs at least one id (start it with BOS)")
     constraints = list(constraints) if constraints is not None else [TextOnly() for _ in prompts]
+    lens = [len(p) for p in prompts]
+    check_generation_fits(model, len(prompts), max(lens), cfg.max_new, min_prompt=min(lens))
     batch = DecodeBatch(model, len(prompts), max(len(p) for p in prompts) + cfg.max_new)
     slots = [batch.add(p, cfg, c) for p, c in zip(prompts, constraints)]
     row_of = {s: i for i, s in enumerate(slots)}

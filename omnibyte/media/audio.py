@@ -29,6 +29,7 @@ import numpy as np
 import soundfile as sf
 
 from omnibyte.errors import OmnibyteError
+from omnibyte.files import remove_stale_temps, temp_sibling
 from omnibyte.format import AUDIO_MULAW8, AudioSegment
 
 DEFAULT_RATE = 8000
@@ -264,7 +265,8 @@ def save_wav(seg: AudioSegment, path: str | Path) -> Path:
     data = encode_wav(seg)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    remove_stale_temps(path)  # what a killed earlier write of this file left
+    tmp = temp_sibling(path)
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from omnibyte.errors import OmnibyteError
+from omnibyte.files import remove_stale_temps, temp_sibling
 from omnibyte.format import ImageSegment
 
 DEFAULT_MAX_SIDE = 64  # default cap on the long side: 64×64 RGB is 12 KiB of bytes per image
@@ -194,7 +195,8 @@ def save_png(seg: ImageSegment, path: str | Path) -> Path:
     path = Path(path)
     data = encode_png(seg)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # opened normally: the umask sets its mode
+    remove_stale_temps(path)  # what a killed earlier write of this file left
+    tmp = temp_sibling(path)  # opened normally: the umask sets its mode
     try:
         with open(tmp, "wb") as f:
             f.write(data)

@@ -33,9 +33,9 @@ from torch import nn
 
 from omnibyte.config import to_dict
 from omnibyte.errors import OmnibyteError
+from omnibyte.files import CONFIG, WEIGHTS, replace_dir
 from omnibyte.models import registry
 from omnibyte.nn import lm_loss
-from omnibyte.rundir import CONFIG, WEIGHTS, replace_dir
 
 
 @dataclass

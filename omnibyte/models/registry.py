@@ -16,11 +16,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from omnibyte.checks import load_weights
 from omnibyte.config import from_dict
 from omnibyte.errors import OmnibyteError
+from omnibyte.files import CONFIG, WEIGHTS, resolve_model_dir
 from omnibyte.models import compat
 from omnibyte.patching import Patcher, PatcherConfig, decide_threshold
-from omnibyte.rundir import CONFIG, WEIGHTS, resolve_model_dir
 
 if TYPE_CHECKING:
     from omnibyte.models.base import OmniModel
@@ -123,9 +124,5 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Om
         state = load_file(str(path / WEIGHTS), device=str(map_location))
     except (SafetensorError, OSError) as e:
         raise OmnibyteError(f"corrupt or unreadable weights {path / WEIGHTS}: {e}") from None
-    try:
-        model.load_state_dict(compat.state_dict(cfg["arch"], state))
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise OmnibyteError(f"weights in {path} do not match its config: {first}") from None
+    load_weights(model, compat.state_dict(cfg["arch"], state), path / WEIGHTS)  # finite, each tensor fits
     return model.to(map_location).eval()

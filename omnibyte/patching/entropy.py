@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from omnibyte.errors import OmnibyteError
+from omnibyte.files import WEIGHTS, resolve_model_dir, write_json_atomic
 from omnibyte.progress import progress as tqdm
-from omnibyte.rundir import WEIGHTS, resolve_model_dir, write_json_atomic
 
 CALIBRATION_FILE = "patching.json"
 DEFAULT_CHUNK = 2048  # new positions per forward when streaming a long split with full attention

@@ -33,11 +33,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from omnibyte.data.bpe import find_tokenizer
 from omnibyte.errors import OmnibyteError
+from omnibyte.files import resolve_model_dir
 from omnibyte.format import AudioSegment, ImageSegment
 from omnibyte.generate.multimodal import AUDIO, PartialBlock, split_outputs
 from omnibyte.media import encode_png, encode_wav
 from omnibyte.models import OmniModel
-from omnibyte.rundir import resolve_model_dir
 from omnibyte.serve.api import (
     ApiError,
     ChatRequest,

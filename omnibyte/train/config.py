@@ -62,7 +62,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be ≥ 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "eval_batches", "save_every", "threads"):
+        for name in ("warmup_steps", "eval_every", "eval_batches", "save_every", "threads", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be ≥ 0, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -124,11 +124,11 @@ def read_run_config(run_dir: Path, overrides: list[str] | dict | None = None) ->
     if not f.is_file():
         raise OmnibyteError(f"{run_dir} is not a run directory (no run.json)")
     try:
-        raw = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
+        raw = json.loads(f.read_text(encoding="utf-8"))
+    except ValueError as e:  # bad JSON or bad UTF-8
         raise OmnibyteError(f"corrupt {f}: {e}") from None
     if not isinstance(raw, dict):
-        raise OmnibyteError(f"corrupt {f}: expected a JSON object")
+        raise OmnibyteError(f"corrupt {f}: not a JSON object")
     raw = compat.run_config(raw)
     if overrides:
         raw = merge(raw, overrides if isinstance(overrides, dict) else parse_overrides(overrides))

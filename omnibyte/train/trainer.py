@@ -19,6 +19,7 @@ import math
 import os
 import signal
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,17 +27,25 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from omnibyte.checks import check_vocab, first_non_finite, resolve_device
 from omnibyte.config import parse_overrides
 from omnibyte.data import DEFAULT_DATA_DIR, BatchLoader, ShardDataset, eval_batches, prepare_kjv
 from omnibyte.data.bpe import TOKENIZER_FILE, dataset_tokenizer
 from omnibyte.data.modality import ANSWER_AUX, MODALITY_AUX, TEXT, LabelledDataset
 from omnibyte.errors import OmnibyteError
 from omnibyte.eval.bpb import bits_per_byte
+from omnibyte.files import CHECKPOINT, replace_dir
+from omnibyte.memory import check_fits, training_bytes
 from omnibyte.models.registry import build_model, load_model
 from omnibyte.progress import progress
-from omnibyte.rundir import CHECKPOINT, replace_dir
 from omnibyte.train.config import RunConfig, load_run_config, read_run_config
 from omnibyte.train.optim import clip_grad_norm, make_optimizer
+from omnibyte.train.runfolder import (
+    acquire_run_lock,
+    clear_run_files,
+    recover_checkpoint,
+    truncate_metrics,
+)
 
 
 @dataclass
@@ -73,7 +82,7 @@ def pick_device(setting: str, d: Dist) -> torch.device:
         raise OmnibyteError(f"train.device is {setting!r} but CUDA is not available")
     if setting == "cuda" and dist.is_initialized():
         return torch.device(f"cuda:{d.local_rank}")
-    return torch.device(setting)
+    return resolve_device(setting)
 
 
 def lr_at(step: int, cfg, total: int | None = None) -> float:
@@ -100,9 +109,23 @@ def open_dataset(path: str) -> ShardDataset:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool = False):
+        """Lock the run folder (rank 0; a second process training into it gets an error), put it
+        in order after any crash, then build the model, data and optimizer, resuming if asked."""
         self.cfg, self.run_dir, self.quiet = cfg, Path(run_dir), quiet
-        tc = cfg.train
-        self.dist = init_distributed(tc.device)
+        self.dist = init_distributed(cfg.train.device)
+        self.lock = None
+        if self.dist.main:
+            self.lock = acquire_run_lock(self.run_dir)
+            weakref.finalize(self, self.lock.release)  # a trainer dropped without fit() unlocks too
+            recover_checkpoint(self.run_dir)
+        try:
+            self._build(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, resume: bool) -> None:
+        cfg, tc = self.cfg, self.cfg.train
         self.device = pick_device(tc.device, self.dist)
         if tc.threads:
             torch.set_num_threads(tc.threads)
@@ -112,8 +135,6 @@ class Trainer:
 
         torch.manual_seed(tc.seed)
         if resume:  # the saved model as it was built (its patcher resolved then), not rebuilt from run.json
-            if not (self.run_dir / CHECKPOINT / "trainer.pt").is_file():
-                raise OmnibyteError(f"{self.run_dir} has no checkpoint to resume from")
             try:
                 self.model = load_model(self.run_dir / CHECKPOINT, map_location=self.device)
             except OmnibyteError as e:
@@ -138,6 +159,8 @@ class Trainer:
         self.loader = BatchLoader(self.dataset, "train", tc.batch_size, tc.seq_len, tc.seed,
                                   self.dist.rank, self.dist.world_size, aux=aux, align_docs=tc.align_docs)
         self.has_val = self.dataset.n_ids("val") > 1 if "val" in self.dataset.splits else False
+        if self.has_val:  # a missing or truncated val shard (or aux array) is found now, not after the last step
+            next(eval_batches(self.dataset, "val", 1, 1, 1, aux=tuple(self.extras.values())))
         # tables a model marks sparse (BLT's hash n-grams): sparse gradients and row-wise updates, on
         # the CPU in one eager process (DDP over NCCL and torch.compile take dense gradients)
         sparse = self.device.type == "cpu" and self.dist.world_size == 1 and not tc.compile
@@ -151,10 +174,17 @@ class Trainer:
         if tc.flops > 0:
             self.total_steps = min(tc.steps, max(1, int(tc.flops // (self.flops_per_byte * self.bytes_per_step))))
 
+        self.check_memory(aux)
+
+        self._purge_step = None
         if resume:
             self.load_checkpoint()
+            if self.dist.main:  # the steps after the checkpoint are trained (and logged) again
+                truncate_metrics(self.run_dir, self.step)
+                self._purge_step = self.step + 1
         elif self.dist.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            clear_run_files(self.run_dir)  # a new run's metrics never continue an older one's
             (self.run_dir / "run.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
         self.train_model = self.model
@@ -165,6 +195,27 @@ class Trainer:
             self.train_model = torch.compile(self.train_model)
         self._stop_signal = None
         self._tb = None
+
+    def close(self) -> None:
+        """Unlock the run folder (fit() does this when it ends)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def check_memory(self, aux: tuple[str, ...]) -> None:
+        """Refuse, before the first step, a batch or model whose training step cannot fit in memory."""
+        tc = self.cfg.train
+
+        def loss_of(n: int) -> torch.Tensor:  # one window of the training data, n ids long
+            batch = next(eval_batches(self.dataset, "train", 1, n, 1, aux=aux))
+            ids = batch["ids"].to(self.device)
+            kwargs = {k: batch[v][:, :-1].to(self.device) for k, v in self.extras.items()}
+            with self.autocast():
+                return self.model(ids[:, :-1], ids[:, 1:], **kwargs).loss
+
+        check_fits(training_bytes(self.model, tc.batch_size, tc.seq_len, loss_of), self.device,
+                   f"training {self.model.num_params():,} parameters on {tc.batch_size} × {tc.seq_len:,} ids "
+                   f"per micro-step", "lower train.batch_size (raise train.grad_accum to keep the batch), "
+                   "train.seq_len or the model's size")
 
     # --- pieces -----------------------------------------------------------------------------
     def rank0_first(self, fn):
@@ -180,6 +231,7 @@ class Trainer:
         """The dataset (the default corpus is built on first use) and what the model adds to it
         once, e.g. BLT's precomputed entropies: {forward kwarg: aux array name}."""
         dataset = open_dataset(self.cfg.data.path)
+        check_vocab(dataset, self.model)
         return dataset, self.model.prepare_data(dataset)
 
     def autocast(self):
@@ -236,6 +288,10 @@ class Trainer:
     # --- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
         self.sync_weights()
+        bad = first_non_finite(self.model.state_dict())  # the same on every rank: all stop together
+        if bad:  # the loss can still be finite at the step whose update overflowed the weights
+            raise OmnibyteError(f"training diverged at step {self.step}: {bad} (lower train.lr); the last "
+                                f"checkpoint, if any, is kept")
         if not self.dist.main:
             return
         final = self.run_dir / CHECKPOINT
@@ -279,7 +335,9 @@ class Trainer:
             except ImportError:
                 self._tb = False
             else:
-                self._tb = SummaryWriter(str(self.run_dir / "tb"))
+                # resumed: events past the checkpoint's step are hidden, as they are trained again
+                self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=self._purge_step)
+                self._purge_step = None
         return self._tb or None
 
     # --- the loop -------------------------------------------------------------------------------
@@ -290,6 +348,8 @@ class Trainer:
         """Train to cfg.train.steps (or the FLOPs budget). `stop_after` ends this call early at that
         step (a checkpoint is saved), as an interruption would; `--resume` continues it."""
         tc = self.cfg.train
+        if self.dist.main and self.lock.released:  # fit() again after an earlier one ended
+            self.lock = acquire_run_lock(self.run_dir)
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = progress(total=self.total_steps, initial=self.step, disable=self.quiet or not self.dist.main,
                        unit="step")
@@ -327,6 +387,9 @@ class Trainer:
                 if ((tc.eval_every and self.step % tc.eval_every == 0) or done) and self.has_val:
                     ev = self.evaluate() if self.dist.main else None
                     if ev is not None:
+                        if not math.isfinite(ev["bpb"]):
+                            raise OmnibyteError(f"validation bits per byte became {ev['bpb']} at step {self.step}; "
+                                                f"lower train.lr or check the data")
                         self.log({"step": self.step, "val_bpb": ev["bpb"], "val_bytes": ev["bytes"]})
                         bar.set_postfix(loss=f"{loss:.3f}", val_bpb=f"{ev['bpb']:.3f}", refresh=False)
                         last["val_bpb"] = ev["bpb"]
@@ -337,17 +400,24 @@ class Trainer:
                     self.save_checkpoint()
                 if interrupted:
                     break
+        except BaseException:
+            self.close()
+            raise
         finally:
             bar.close()
             for s, h in old.items():
                 signal.signal(s, h)
             if self._tb:
                 self._tb.close()
-        if self._stop_signal is not None and self.dist.main and not self.quiet:
-            print(f"stopped at step {self.step}; checkpoint saved. Continue with: "
-                  f"omnibyte train --resume {self.run_dir}", flush=True)
+                self._tb = None
+        if self._stop_signal is not None:
+            last["signal"] = int(self._stop_signal)  # the CLI exits 128 + signal, as a killed process would
+            if self.dist.main and not self.quiet:
+                print(f"stopped at step {self.step}; checkpoint saved. Continue with: "
+                      f"omnibyte train --resume {self.run_dir}", flush=True)
         if self.step >= self.total_steps and self.dist.main:
             plot_metrics(self.run_dir)
+        self.close()
         return last
 
 
@@ -382,22 +452,52 @@ def plot_metrics(run_dir: Path) -> Path | None:
 
 def train(config: str | None, overrides: list[str], out: str | None, resume: str | None,
           quiet: bool = False) -> dict:
-    """Entry point of `omnibyte train` (also under torchrun)."""
+    """Entry point of `omnibyte train` (also under torchrun).
+
+    The run folder is locked before it is looked at, so two processes never both start a run in
+    it. A folder whose run never saved a checkpoint (it failed or was stopped before) is trained
+    again from step 0, by --resume (with its run.json) or by naming it as --out."""
     if resume:
         given = overrides if isinstance(overrides, dict) else parse_overrides(overrides or [])
-        changed = set(given) & {"model", "patcher"}
+        changed = [f"--{section}.{key}" for section in ("model", "patcher") for key in _dotted(given.get(section))]
         if changed:
-            raise OmnibyteError(f"--resume continues the saved model: its [{', '.join(sorted(changed))}] settings "
-                                f"cannot change (start a new run instead)")
-        cfg = read_run_config(Path(resume), overrides)
-        trainer = Trainer(cfg, resume, resume=True, quiet=quiet)
+            raise OmnibyteError(f"{', '.join(changed)} cannot change on --resume: it continues the model its "
+                                f"checkpoint holds (start a new run instead)")
+    if resume and config:
+        raise OmnibyteError(f"--resume continues {resume} with its own config ({Path(resume) / 'run.json'}): "
+                            f"give no CONFIG file with it (change settings with overrides, e.g. --train.steps N)")
+    if resume and out and Path(out).resolve() != Path(resume).resolve():
+        raise OmnibyteError(f"--resume trains on in {resume}: give no --out with it")
+    if resume:
+        cfg = read_run_config(Path(resume), overrides)  # checked before the folder is touched
+        run_dir = Path(resume)
     else:
         cfg = load_run_config(config, overrides)
-        run_dir = out or default_run_dir(config, cfg)
-        if (Path(run_dir) / CHECKPOINT).exists() or (Path(run_dir) / "run.json").exists():
-            raise OmnibyteError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
-                                f"or choose another --out")
-        trainer = Trainer(cfg, run_dir, quiet=quiet)
+        run_dir = Path(out or default_run_dir(config, cfg))
+    main = int(os.environ.get("RANK", "0")) == 0
+    lock = acquire_run_lock(run_dir) if main else None
+    try:
+        if main:
+            recover_checkpoint(run_dir)
+        saved = (run_dir / CHECKPOINT).exists()
+        if resume:
+            if not saved and main and not quiet:
+                print(f"{run_dir} has no checkpoint yet: training it from step 0", flush=True)
+            trainer = Trainer(cfg, run_dir, resume=saved, quiet=quiet)
+        else:
+            if saved:
+                raise OmnibyteError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
+                                    f"or choose another --out")
+            trainer = Trainer(cfg, run_dir, quiet=quiet)
+        result = run_trainer(trainer, cfg, quiet)
+    finally:
+        if lock is not None:
+            lock.release()
+    return result
+
+
+def run_trainer(trainer: Trainer, cfg: RunConfig, quiet: bool) -> dict:
+    """Announce the run, train it, and leave the process group under torchrun."""
     if trainer.dist.main and not quiet:
         m = trainer.model
         print(f"{cfg.arch}: {m.num_params():,} parameters, {trainer.flops_per_byte:.3g} training FLOPs/byte, "
@@ -411,6 +511,14 @@ def train(config: str | None, overrides: list[str], out: str | None, resume: str
         dist.barrier()  # no rank tears the group down while another still talks to it
         dist.destroy_process_group()
     return result
+
+
+def _dotted(table) -> list[str]:
+    """The dotted keys of a nested override table ({"latent": {"dim": 64}} → ["latent.dim"])."""
+    if not isinstance(table, dict):
+        return [] if table is None else [""]
+    return [f"{k}.{sub}" if sub else k for k, v in table.items()
+            for sub in (_dotted(v) if isinstance(v, dict) else [""])]
 
 
 def default_run_dir(config: str | None, cfg: RunConfig) -> str:

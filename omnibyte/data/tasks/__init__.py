@@ -12,6 +12,7 @@ both record the held-out examples task metrics need (see `common`).
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -111,6 +112,8 @@ def parse_mix(spec: str) -> list[tuple[str, float]]:
             value = float(amount)
         except ValueError:
             raise OmnibyteError(f"mix entry {part!r}: {amount!r} is not a number") from None
+        if not math.isfinite(value):
+            raise OmnibyteError(f"mix entry {part!r}: {amount!r} is not a finite number")
         if name in TEXT_CORPORA:
             if value <= 0 or (value > 1 and not value.is_integer()):
                 raise OmnibyteError(f"mix entry {part!r}: a text share must be in (0, 1], or a whole document count")

@@ -47,8 +47,8 @@ from omnibyte.data.loader import ShardDataset
 from omnibyte.data.modality import ANSWER_AUX
 from omnibyte.data.prepare import document_array, write_dataset
 from omnibyte.errors import OmnibyteError
+from omnibyte.files import write_atomic, write_json_atomic
 from omnibyte.format import BOS, EOS, Document, Segment, TextSegment
-from omnibyte.rundir import write_atomic, write_json_atomic
 
 ANSWER_PREFIX = "Answer: "
 HELDOUT_FILE = "heldout.jsonl"

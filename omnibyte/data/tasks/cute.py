@@ -29,8 +29,8 @@ from pathlib import Path
 from omnibyte.data.loader import META_FILE, read_meta
 from omnibyte.data.prepare import write_dataset
 from omnibyte.errors import OmnibyteError
+from omnibyte.files import write_json_atomic
 from omnibyte.format import Document, TextSegment
-from omnibyte.rundir import write_json_atomic
 
 DEFAULT_WORDS = "/usr/share/dict/american-english"  # Debian: apt-get install wamerican
 HELDOUT_FILE = "questions.jsonl"  # held-out (prompt, answer) pairs
