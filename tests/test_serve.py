@@ -416,3 +416,21 @@ def test_sigterm_ends_open_streams_cleanly(run_dir):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_command_line_refuses_bad_settings_and_a_model_it_cannot_serve_in_one_line(run_dir, capsys):
+    for args, words in [(["/nonexistent/run"], "no such model or run directory"),
+                        ([str(run_dir), "--port", "70000"], "must be in 0..65535"),
+                        ([str(run_dir), "--max-batch", "0"], "must be ≥ 1"),
+                        ([str(run_dir), "--max-audio-seconds", "nan"], "finite"),
+                        ([str(run_dir), "--device", "tpu"], "unknown device"),
+                        # every row's state is allocated at start: settings beyond memory stop the server
+                        ([str(run_dir), "--port", "0", "--max-batch", "100000", "--max-context", "1000000"],
+                         "lower max_batch (--max-batch) or max_context (--max-context)")]:
+        try:
+            rc = main(["serve", *args])
+        except SystemExit as e:  # argparse's errors exit
+            rc = e.code
+        assert rc == 2, args
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("omnibyte serve: ") and words in err, (args, err)

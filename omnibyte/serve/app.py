@@ -24,13 +24,13 @@ import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from omnibyte.checks import resolve_device
 from omnibyte.data.bpe import find_tokenizer
 from omnibyte.errors import OmnibyteError
 from omnibyte.files import resolve_model_dir
@@ -63,7 +63,7 @@ def create_app(model: str | Path | OmniModel, settings: ServeSettings | None = N
     settings = settings or ServeSettings()
     model_dir = Path(model) if isinstance(model, str | Path) else None
     name = settings.model_name or _model_name(model_dir)
-    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(settings.device)
 
     def load() -> OmniModel:
         if model_dir is None:

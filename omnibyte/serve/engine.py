@@ -23,6 +23,7 @@ from omnibyte.errors import OmnibyteError
 from omnibyte.format import EOS, N_BYTES
 from omnibyte.generate import DecodeBatch, SamplingConfig
 from omnibyte.generate.constraints import Constraint
+from omnibyte.memory import check_fits, decoding_bytes
 from omnibyte.models import OmniModel
 from omnibyte.serve.settings import ServeSettings
 from omnibyte.serve.text import TextStream
@@ -136,6 +137,7 @@ class Engine:
         self.load, self.settings = load, settings
         self.model: OmniModel | None = None
         self.error: str | None = None  # why the model failed to load
+        self.on_load_failed: Callable[[], None] | None = None  # called on the engine thread when it does
         self.ready = False
         self._cond = threading.Condition()
         self._pending: deque[Job] = deque()
@@ -186,9 +188,12 @@ class Engine:
     def _run(self) -> None:
         try:
             self.model = self.load()
+            self._check_fits()
         except Exception as e:  # reported by /health and every request, instead of a dead thread
             self.error = str(e) if isinstance(e, OmnibyteError) else f"{type(e).__name__}: {e}"
             log.error("cannot load the model: %s", self.error)
+            if self.on_load_failed is not None:
+                self.on_load_failed()
             return
         with torch.inference_mode():
             batch = self._new_batch()
@@ -249,6 +254,14 @@ class Engine:
                     deliver(unsent)
                     unsent.clear()
                     sent_at = now
+
+    def _check_fits(self) -> None:
+        """The decoding state of every row is allocated at start: refuse settings it cannot fit in
+        with one line, instead of running out of memory."""
+        s = self.settings
+        check_fits(decoding_bytes(self.model, s.max_batch, s.max_context, min(s.prefill_chunk, s.max_context)),
+                   self.model.device, f"serving {s.max_batch} rows of {s.max_context:,} ids",
+                   "lower max_batch (--max-batch) or max_context (--max-context)")
 
     def _new_batch(self) -> DecodeBatch:
         s = self.settings

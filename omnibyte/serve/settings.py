@@ -3,6 +3,7 @@ into a 4xx or 503 answer instead of an out-of-memory crash."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 from omnibyte.errors import OmnibyteError
@@ -27,8 +28,10 @@ class ServeSettings:
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name not in ("api_key", "device", "model_name") and not value > 0:
-                raise OmnibyteError(f"serve setting {f.name} must be > 0, got {value}")
+            if f.name in ("api_key", "device", "model_name"):
+                continue
+            if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
+                raise OmnibyteError(f"serve setting {f.name} must be a finite number > 0, got {value}")
         if self.default_max_tokens > self.max_tokens:
             raise OmnibyteError(f"default_max_tokens {self.default_max_tokens} exceeds max_tokens {self.max_tokens}")
         if not 0 < self.max_image_side < 65536:
