@@ -21,7 +21,9 @@ from omnibyte.serve import ServeSettings, create_app, run_in_thread
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run"]
+         "--disable-sync", "--no-first-run",
+         # a microphone that plays a test tone, allowed without asking
+         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,7 @@ def site():
     paced.load_state_dict(m.state_dict())
     with torch.no_grad():
         paced.head.weight[EOS] = 0  # answers run to max bytes
-    app = create_app(paced, ServeSettings(max_batch=4, max_context=4096, max_image_side=32, max_audio_seconds=1.0,
+    app = create_app(paced, ServeSettings(max_batch=4, max_context=12000, max_image_side=32, max_audio_seconds=1.0,
                                           model_name="tiny"))
     with run_in_thread(app) as url:
         yield url
@@ -146,3 +148,21 @@ def test_errors_show_on_the_page(page):
     answer = page.locator(".msg.assistant").last
     expect(answer).to_have_class("msg assistant error")
     expect(answer.locator(".meta")).to_contain_text("at most 32 pixels a side")
+
+
+def test_a_recording_from_the_microphone_is_asked_about(page):
+    alerts = []
+    page.on("dialog", lambda d: (alerts.append(d.message), d.dismiss()))
+    page.click("#record")
+    expect(page.locator("#record")).to_have_text("stop")
+    page.wait_for_timeout(300)
+    page.click("#record")
+    expect(page.locator("#attachments .chip")).to_have_count(1)
+    assert alerts == []
+    expect(page.locator("#attachments .chip")).to_contain_text("recording")
+    page.fill("#max-tokens", "8")
+    answer = ask(page, "What was said?")
+    expect(page.locator(".msg.user").last.locator(".parts audio")).to_have_count(1)
+    meta = answer.locator(".meta").inner_text()
+    clip = int(meta.split(" bytes in")[0].split()[-1]) - 1 - len(b"What was said?") - 11  # ids of the samples
+    assert 0.2 * 8000 < clip <= 8000, meta  # about the 0.3 s recorded, at 8 kHz (the server takes up to 1 s)
