@@ -179,7 +179,7 @@ def test_concurrent_requests_share_steps_and_each_gets_its_lone_output(server, c
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
+        t.join(300)
     assert got == alone
     steps, rows = engine.stats["steps"] - steps0, engine.stats["rows"] - rows0
     assert rows / steps > 1.5, (rows, steps)  # steps were shared
@@ -267,7 +267,7 @@ def test_a_full_queue_gets_503_and_in_process_client(run_dir):
         while c.get("/health").status_code != 200:
             time.sleep(0.02)
         engine = app.state.engine
-        body = {"model": "tiny", "prompt": "x", "max_tokens": 1000, "temperature": 0, "stream": True}
+        body = {"model": "tiny", "prompt": "x", "max_tokens": 300, "temperature": 0, "stream": True}
         results = []
 
         def long_stream():
@@ -284,7 +284,7 @@ def test_a_full_queue_gets_503_and_in_process_client(run_dir):
         r = c.post("/v1/completions", json={**body, "stream": False})
         assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy"
         for t in threads:
-            t.join(120)
+            t.join(600)  # generous: a loaded machine decodes slowly
         assert [s for s, _ in results] == [200, 200] and all(lines[-1] == "data: [DONE]" for _, lines in results)
 
 
@@ -389,7 +389,7 @@ def test_sigterm_ends_open_streams_cleanly(run_dir):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"})
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300  # importing torch and fastapi takes long on a loaded machine
         while True:
             try:
                 if httpx.get(url + "/health").status_code == 200:
@@ -409,7 +409,7 @@ def test_sigterm_ends_open_streams_cleanly(run_dir):
         assert lines[-1] == "data: [DONE]"
         assert events[-1]["choices"][0]["finish_reason"] == "length"
         assert sum(len(e["choices"][0]["text"]) for e in events) < 4000  # ended early, not at max_tokens
-        assert proc.wait(30) == 143  # uvicorn re-raises the signal once it has shut down: the CLI's SIGTERM status
+        assert proc.wait(120) == 143  # uvicorn re-raises the signal once it has shut down: the CLI's SIGTERM status
         log = proc.stdout.read().decode()
         assert "Traceback" not in log and "Finished server process" in log, log
         assert log.rstrip().endswith("omnibyte serve: terminated"), log
