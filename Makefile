@@ -4,13 +4,14 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DEB_PACKAGES := bible-kjv-text dataset-fashion-mnist espeak-ng sox wamerican
+DEB_PACKAGES := bible-kjv-text dataset-fashion-mnist espeak-ng sox wamerican chromium
 
 .PHONY: setup system demo multimodal multimodal-smoke test lint clean
 
 setup: system $(VENV)/.installed
 
-# Debian packages the default data and the task suites come from (root or sudo needed once).
+# Debian packages the default data and the task suites come from, and chromium, the browser the web
+# page's tests drive (root or sudo needed once).
 system:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

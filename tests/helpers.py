@@ -68,3 +68,28 @@ def text_ids(n_rows: int, length: int, seed: int = 0) -> torch.Tensor:
         row[(7 * r + 3) % length] = BOS
         rows.append(row)
     return torch.tensor(rows)
+
+
+class FakeModel(torch.nn.Module):
+    """The decoding interface of a model around `logits(ids)` (R, T) → (R, T, V), with no state: a
+    test double for the decoding loop and the server."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    @property
+    def device(self):
+        return self.anchor.device
+
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def init_state(self, batch_size, max_len):
+        return None
+
+    def clear_rows(self, state, rows=None):
+        pass
+
+    def step(self, state, ids, rows=None):
+        return self.logits(ids)

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from helpers import FakeModel
 
 from omnibyte.cli import main
 from omnibyte.data import ShardDataset
@@ -143,33 +143,22 @@ def test_extract_answer():
     assert extract_answer(b"  no\n") == " no"  # only one separating space is removed
 
 
-class Scripted(nn.Module):
+class Scripted(FakeModel):
     """Greedy output is a fixed chain: the most likely next id depends only on the last id."""
 
     def __init__(self, vocab_size: int, chain: dict[int, int]):
         super().__init__()
         self.cfg = TransformerConfig(vocab_size=vocab_size)
         self.chain = chain
-        self.anchor = nn.Parameter(torch.zeros(1))
 
-    @property
-    def device(self):
-        return self.anchor.device
-
-    def _logits(self, ids):
+    def logits(self, ids):
         out = torch.zeros(*ids.shape, self.cfg.vocab_size)
         for (b, t), i in np.ndenumerate(ids.numpy()):
             out[b, t, self.chain.get(int(i), ord("z"))] = 10.0
         return out
 
     def forward(self, ids, targets=None, **extras):
-        return ModelOutput(self._logits(ids))
-
-    def init_state(self, batch_size, max_len):
-        return None
-
-    def step(self, state, ids):
-        return self._logits(ids)
+        return ModelOutput(self.logits(ids))
 
 
 def test_scoring_byte_model_greedy_exact_match():

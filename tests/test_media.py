@@ -11,8 +11,12 @@ from omnibyte.format import AudioSegment, ImageSegment, decode_segments
 from omnibyte.media import (
     DEFAULT_MAX_SIDE,
     audio_segment_from_array,
+    audio_segment_from_bytes,
     audio_segment_from_path,
+    encode_png,
+    encode_wav,
     image_segment_from_array,
+    image_segment_from_bytes,
     image_segment_from_path,
     image_segment_from_pil,
     mulaw_decode,
@@ -118,6 +122,20 @@ def test_image_bad_files_give_one_line_errors(tmp_path):
     for name in ("truncated.png", "random.png", "empty.png", "missing.png"):
         one_line_error(image_segment_from_path, tmp_path / name)
     assert "unsupported image mode" in one_line_error(image_segment_from_path, tmp_path / "float.tiff")
+
+
+def test_image_bytes_read_like_files_and_huge_canvases_are_refused(tmp_path):
+    pixels = RNG.integers(0, 256, (6, 9, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "in.png")
+    seg = image_segment_from_bytes((tmp_path / "in.png").read_bytes())
+    assert seg == image_segment_from_path(tmp_path / "in.png")
+    assert image_segment_from_bytes(encode_png(seg)) == seg
+    Image.new("L", (5000, 4000)).save(tmp_path / "big.png")  # a few kB on disk, 20 M pixels
+    with pytest.raises(OmnibyteError, match="5000x4000 pixels is larger than"):
+        image_segment_from_bytes((tmp_path / "big.png").read_bytes(), max_pixels=1 << 20)
+    for bad in (b"", RNG.bytes(300), encode_png(seg)[:40]):
+        with pytest.raises(OmnibyteError, match="cannot read image"):
+            image_segment_from_bytes(bad)
 
 
 def test_parse_size():
@@ -253,6 +271,19 @@ def test_bad_audio_files_give_one_line_errors(tmp_path):
     assert "disagrees" in messages["bad_align.wav"]
     assert "whole number" in messages["odd.wav"]
     assert "no samples" in messages["empty.wav"]
+
+
+def test_audio_bytes_read_like_files_and_long_clips_are_refused(tmp_path):
+    data = bytes(wav_bytes(tmp_path))
+    (tmp_path / "clip.wav").write_bytes(data)
+    seg = audio_segment_from_bytes(data)
+    assert seg == audio_segment_from_path(tmp_path / "clip.wav")
+    assert audio_segment_from_bytes(encode_wav(seg)) == seg  # 16-bit PCM holds every µ-law level
+    with pytest.raises(OmnibyteError, match="longer than the 0.01 s allowed"):
+        audio_segment_from_bytes(data, max_seconds=0.01)
+    for bad, what in ((data[: len(data) // 2], "truncated"), (RNG.bytes(400), "cannot read audio"), (b"", "audio")):
+        with pytest.raises(OmnibyteError, match=what):
+            audio_segment_from_bytes(bad)
 
 
 def test_audio_arrays_and_bad_inputs():

@@ -18,7 +18,7 @@ from helpers import text_ids
 
 from omnibyte.eval.flops import measure_flops_per_byte
 from omnibyte.format import AUDIO_MULAW8, BOS, EOI, N_BYTES, AudioSegment, Document, ImageSegment, TextSegment, encode
-from omnibyte.generate import SamplingConfig, generate
+from omnibyte.generate import DecodeBatch, SamplingConfig, generate
 from omnibyte.generate.reference import rerun_greedy
 from omnibyte.models import OmniModel, build_model
 from omnibyte.models.registry import _MODULES
@@ -172,6 +172,42 @@ def test_cached_step_equals_full_forward(subject, chunks):
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-4)
 
 
+def test_rows_join_and_leave_at_their_own_positions(subject):
+    """Rows of one decoding state fed at different times, in chunks of their own, alone or with
+    others, consecutive or not, one row cleared and reused: each row's logits equal the full
+    forward of its own sequence (what decoding it alone gives)."""
+    name, m = subject
+    if "+" in name:
+        seqs = [media_ids(0)[0], media_ids(0)[1], media_ids(1)[0], media_ids(1)[1]]
+    else:
+        seqs = list(text_ids(2, 40)) + list(text_ids(2, 40, seed=1))
+    seqs = [s[:40] for s in seqs]
+    # (rows, ids per row): row 0 starts alone, row 2 joins later, row 1 later still; then row 0 is
+    # cleared and starts another sequence. Rows of a call stand at different positions.
+    schedule = [([0], 5), ([0], 1), ([2], 9), ([0, 2], 1), ([0, 2], 1), ([1], 3), ([0, 1, 2], 1), ([0, 2], 3),
+                ([0, 1, 2], 1), ([1], 12), ([0, 1, 2], 2), ("clear 0", 0), ([0], 6), ([0, 1, 2], 1), ([0, 2], 1),
+                ([0, 1, 2], 4)]
+    state = m.init_state(3, 48)
+    owner = {0: 0, 1: 1, 2: 2}  # row → the sequence it decodes
+    fed = {r: 0 for r in owner}
+    got: dict[int, list[torch.Tensor]] = {r: [] for r in owner}
+    for rows, t in schedule:
+        if rows == "clear 0":
+            m.clear_rows(state, [0])
+            owner[0], fed[0], got[0] = 3, 0, []
+            continue
+        ids = torch.stack([seqs[owner[r]][fed[r]:fed[r] + t] for r in rows])
+        logits = m.step(state, ids, rows)
+        assert logits.shape == (len(rows), t, m.cfg.vocab_size)
+        for i, r in enumerate(rows):
+            got[r].append(logits[i])
+            fed[r] += t
+    for r, pieces in got.items():
+        seq = seqs[owner[r]][:fed[r]]
+        torch.testing.assert_close(torch.cat(pieces), m(seq[None]).logits[0], atol=1e-5, rtol=1e-4,
+                                   msg=lambda msg, r=r: f"row {r}: {msg}")
+
+
 def prompts(name: str) -> list[list[int]]:
     if "+" in name:
         rows = media_ids()
@@ -201,6 +237,46 @@ def test_batched_generation_equals_each_row_alone(subject):
     cfg = SamplingConfig(max_new=12, temperature=1.0, top_k=20, seed=3)
     ps = prompts(name)
     assert generate(m, ps, cfg) == [generate(m, [p], cfg)[0] for p in ps]
+
+
+def test_rows_joining_a_running_batch_generate_what_they_generate_alone(subject):
+    """A two-row DecodeBatch: rows join while others decode, one is dropped midway and its slot
+    reused, each with its own sampling settings; every finished row equals its lone generation."""
+    name, m = subject
+    m = sharpen(m)
+    ps = prompts(name) + [prompts(name)[0][:5]]
+    cfgs = [SamplingConfig(max_new=10, temperature=1.0, top_k=20, seed=3), SamplingConfig(max_new=7, temperature=0),
+            SamplingConfig(max_new=9, temperature=0.8, top_p=0.9, seed=5), SamplingConfig(max_new=6, temperature=0)]
+    batch = DecodeBatch(m, capacity=2, max_len=64, prefill_chunk=8)
+    got: dict[int, list[int]] = {}
+    row_in: dict[int, int] = {}  # slot → the prompt decoding there
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            for slot, tok, finished in batch.step():
+                got[row_in[slot]].append(tok)
+                if finished:
+                    del row_in[slot]
+
+    def join(i: int) -> None:
+        row_in[batch.add(ps[i], cfgs[i])] = i
+        got[i] = []
+
+    join(0)
+    run(3)
+    join(3)  # joins while row 0 decodes
+    run(2)
+    slot = next(s for s, i in row_in.items() if i == 3)
+    batch.drop(slot)  # leaves midway: its slot is reused below
+    del row_in[slot], got[3]
+    join(1)
+    run(40)  # until rows 0 and 1 finish
+    join(2)
+    join(3)
+    run(40)
+    assert not batch.rows
+    for i in range(4):
+        assert got[i] == generate(m, [ps[i]], cfgs[i])[0], i
 
 
 # --------------------------------------------------------------------------- saving, learning, cost

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from helpers import FakeModel
 from PIL import Image
 
 from omnibyte.errors import OmnibyteError
@@ -47,27 +48,19 @@ def model():
     return build_model("transformer", {"dim": 32, "n_layers": 2, "n_heads": 4})
 
 
-class Adversary(torch.nn.Module):
+class Adversary(FakeModel):
     """A 'model' that ranks the ids a constraint must forbid highest: PAD, BOS, EOI, EOA, BOA,
     BOI, EOS, then bytes in a random order."""
 
     def __init__(self):
         super().__init__()
-        self.anchor = torch.nn.Parameter(torch.zeros(1))
         g = torch.Generator().manual_seed(0)
-        self.logits = torch.randn(VOCAB_SIZE, generator=g)
+        self.ranking = torch.randn(VOCAB_SIZE, generator=g)
         for rank, tok in enumerate([PAD, BOS, EOI, EOA, BOA, BOI, EOS]):
-            self.logits[tok] = 100.0 - rank
+            self.ranking[tok] = 100.0 - rank
 
-    @property
-    def device(self):
-        return self.anchor.device
-
-    def init_state(self, batch_size, max_len):
-        return None
-
-    def step(self, state, ids):
-        return self.logits.expand(*ids.shape, VOCAB_SIZE).clone()
+    def logits(self, ids):
+        return self.ranking.expand(*ids.shape, VOCAB_SIZE).clone()
 
 
 # ----------------------------------------------------------------------------- prompts

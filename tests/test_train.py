@@ -245,21 +245,18 @@ def test_out_dir_already_holds_a_run(data, short_run, capsys):
     assert tree(short_run) == before
 
 
-def test_weights_without_trainer_state_fine_tune_from_step_zero(short_run, capsys):
-    """A checkpoint of weights alone (what `omnibyte import` writes) trains on from step 0, its
-    weights the start: fine-tuning."""
-    from omnibyte.train.config import read_run_config
-
+def test_weights_without_trainer_state_are_refused_by_resume_and_taken_by_init(short_run, data, tmp_path, capsys):
+    """A checkpoint of weights alone (what `omnibyte import` and `omnibyte prune` write) has nothing
+    to resume: --resume says so in one line and names --init, which trains from those weights."""
     ckpt = short_run / "checkpoint"
     (ckpt / "trainer.pt").unlink()
-    (short_run / "metrics.jsonl").unlink()
-    saved = load_file(str(ckpt / "model.safetensors"))
-    trainer = Trainer(read_run_config(short_run, ["--train.steps", "3"]), short_run, resume=True, quiet=True)
-    assert trainer.step == 0
-    assert all(torch.equal(v, saved[k]) for k, v in trainer.model.state_dict().items())
-    trainer.fit()
-    assert [r["step"] for r in metrics(short_run) if "loss" in r] == [1, 2, 3]
-    assert torch.load(ckpt / "trainer.pt", weights_only=True)["step"] == 3
+    rc, _, err = run_cli(["train", "--resume", str(short_run)], capsys)
+    assert_one_line_error(rc, err, "--init")
+    out = tmp_path / "tuned"
+    rc, _, _ = run_cli(["train", "--init", str(short_run), "--data", str(data), "--out", str(out), "--quiet",
+                        *tiny_override_args(steps=3)], capsys)
+    assert rc == 0
+    assert [r["step"] for r in metrics(out) if "loss" in r] == [1, 2, 3]
 
 
 def test_resume_needs_a_run(tmp_path, capsys):

@@ -95,7 +95,7 @@ class MediaConv(InputAdapter):
         return self.features(ids).to(x.dtype)
 
     def init_state(self, batch_size: int, device: torch.device) -> dict:
-        return {"segment": None}  # (B,) where each row's current segment began
+        return {"segment": torch.zeros(batch_size, dtype=torch.long, device=device)}  # where each row's segment began
 
     def step(self, state: dict, ids: torch.Tensor, start: int, x: torch.Tensor) -> torch.Tensor:
         """A block's features read back to its header, never further, so the ids from where each
@@ -103,7 +103,7 @@ class MediaConv(InputAdapter):
         inside the new ids lie after that."""
         t1 = ids.shape[1]
         seg = state["segment"]
-        lo = 0 if seg is None else min(int(seg.min()), start)
+        lo = min(int(seg.min()), start)
         feats = self.features(ids[:, lo:], start=start - lo)
         # where each row's last segment (as of t1 - 1) began: the last start among the new ids
         c0 = max(0, start - 1)  # (a segment also starts right after a closing marker)
@@ -111,7 +111,7 @@ class MediaConv(InputAdapter):
         starts[:, 0] |= c0 == 0
         at = torch.arange(c0, t1, device=ids.device)
         last = torch.where(starts, at, torch.full_like(at, -1)).max(dim=1).values
-        state["segment"] = last if seg is None else torch.maximum(seg, last)
+        state["segment"] = torch.maximum(seg, last)
         return feats.to(x.dtype)
 
     def flops_per_byte(self) -> float:

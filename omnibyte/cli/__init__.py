@@ -21,8 +21,8 @@ import threading
 
 from omnibyte.errors import OmnibyteError
 
-COMMANDS = ["prepare", "train", "prune", "eval", "generate", "patch", "bench", "report", "import", "export",
-            "compress", "decompress"]
+COMMANDS = ["prepare", "train", "prune", "eval", "generate", "patch", "bench", "report", "serve", "import",
+            "export", "compress", "decompress"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="omnibyte",
         description="Tokenizer-free byte-level models (byte transformer, MEGABYTE, BLT) for text, images "
-        "and audio: prepare data, train, evaluate in bits per byte, generate, inspect patches.",
+        "and audio: prepare data, train, evaluate in bits per byte, generate, inspect patches, serve.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:

@@ -31,6 +31,17 @@ def seed_int(text: str) -> int:
     return n
 
 
+def port_number(text: str) -> int:
+    """A TCP port: 0 (any free one) .. 65535."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= n < 65536:
+        raise argparse.ArgumentTypeError(f"must be in 0..65535, got {n}")
+    return n
+
+
 def finite_float(text: str) -> float:
     """A number that is not NaN or ±inf (which pass every range check, as all comparisons fail)."""
     try:

@@ -1,4 +1,4 @@
 from omnibyte.generate.constraints import Constraint, TextOnly
-from omnibyte.generate.sampling import SamplingConfig, filter_logits, generate
+from omnibyte.generate.sampling import DecodeBatch, SamplingConfig, filter_logits, generate
 
-__all__ = ["Constraint", "TextOnly", "SamplingConfig", "filter_logits", "generate"]
+__all__ = ["Constraint", "DecodeBatch", "TextOnly", "SamplingConfig", "filter_logits", "generate"]

@@ -17,10 +17,13 @@ chunk sizes and the fmt header must agree with the bytes actually in the file.
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import re
 import struct
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -164,30 +167,29 @@ def segment_to_array(seg: AudioSegment) -> tuple[np.ndarray, int]:
 _FIXED_FRAME_TAGS = {1, 3, 6, 7}
 
 
-def _check_wav(path: Path) -> int | None:
-    """Walk the RIFF chunks of a WAV file: raise when a chunk runs past the end of the file or
-    the fmt header disagrees with the data. Returns the frame count the header promises (None
-    when it cannot be told: a streamed size, or a compressed format)."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            raise OmnibyteError("not a RIFF/WAVE file")
-        pos, fmt = 12, None
-        while True:
-            f.seek(pos)
-            chunk = f.read(8)
-            if len(chunk) < 8:
-                raise OmnibyteError("truncated WAV: no data chunk" + ("" if fmt else " and no fmt chunk"))
-            cid, csize = struct.unpack("<4sI", chunk)
-            if cid == b"data":
-                break
-            if pos + 8 + csize > size:
-                raise OmnibyteError(f"truncated WAV: {cid.decode('latin-1')!r} chunk declares {csize} bytes, "
-                                    f"{size - pos - 8} left")
-            if cid == b"fmt ":
-                fmt = f.read(min(csize, 40))
-            pos += 8 + csize + (csize & 1)  # chunks are padded to even sizes
+def _check_wav(f: BinaryIO, size: int) -> int | None:
+    """Walk the RIFF chunks of a WAV file (open, `size` bytes long): raise when a chunk runs past
+    the end of the file or the fmt header disagrees with the data. Returns the frame count the
+    header promises (None when it cannot be told: a streamed size, or a compressed format)."""
+    f.seek(0)
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        raise OmnibyteError("not a RIFF/WAVE file")
+    pos, fmt = 12, None
+    while True:
+        f.seek(pos)
+        chunk = f.read(8)
+        if len(chunk) < 8:
+            raise OmnibyteError("truncated WAV: no data chunk" + ("" if fmt else " and no fmt chunk"))
+        cid, csize = struct.unpack("<4sI", chunk)
+        if cid == b"data":
+            break
+        if pos + 8 + csize > size:
+            raise OmnibyteError(f"truncated WAV: {cid.decode('latin-1')!r} chunk declares {csize} bytes, "
+                                f"{size - pos - 8} left")
+        if cid == b"fmt ":
+            fmt = f.read(min(csize, 40))
+        pos += 8 + csize + (csize & 1)  # chunks are padded to even sizes
     if fmt is None or len(fmt) < 16:
         raise OmnibyteError("WAV has no valid fmt chunk before its data")
     tag, channels, _rate, _byte_rate, block_align, bits = struct.unpack("<HHIIHH", fmt[:16])
@@ -215,20 +217,8 @@ def audio_segment_from_path(path: str | Path, sample_rate: int = DEFAULT_RATE) -
     if not path.is_file():
         raise OmnibyteError(f"{path}: no such audio file")
     try:
-        sample_rate = _check_rate(sample_rate)
         with open(path, "rb") as f:
-            magic = f.read(12)
-        expected = _check_wav(path) if magic[:4] == b"RIFF" else None
-        try:
-            data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-        except (RuntimeError, TypeError, ValueError, EOFError) as e:  # LibsndfileError is a RuntimeError
-            msg = _one_line(e).replace(f"Error opening {str(path)!r}: ", "")
-            raise OmnibyteError(f"cannot read audio: {msg}") from None
-        if expected is not None and len(data) != expected:
-            raise OmnibyteError(f"WAV header promises {expected} frames, decoder read {len(data)}")
-        if len(data) == 0:
-            raise OmnibyteError("audio file holds no samples")
-        return audio_segment_from_array(data, int(rate), sample_rate)
+            return _read_audio(f, path.stat().st_size, sample_rate)
     except OmnibyteError as e:
         raise OmnibyteError(f"{path}: {e}") from None
     except OSError as e:
@@ -236,26 +226,60 @@ def audio_segment_from_path(path: str | Path, sample_rate: int = DEFAULT_RATE) -
 
 
 def segment_to_pcm16(seg: AudioSegment) -> np.ndarray:
-    """The segment's samples as 16-bit PCM (int16), as `save_wav` writes them."""
+    """The segment's samples as 16-bit PCM (int16), as `save_wav` and `encode_wav` write them."""
     x, _ = segment_to_array(seg)
     return np.clip(np.rint(x.astype(np.float64) * 32768.0), -32768, 32767).astype(np.int16)
 
 
+def audio_segment_from_bytes(data: bytes, sample_rate: int = DEFAULT_RATE,
+                             max_seconds: float | None = None) -> AudioSegment:
+    """An audio file's bytes (an upload) → mono µ-law AudioSegment at `sample_rate`; `max_seconds`
+    refuses a longer clip from its header, before its samples are decoded."""
+    return _read_audio(io.BytesIO(data), len(data), sample_rate, max_seconds)
+
+
+def _read_audio(f: BinaryIO, size: int, sample_rate: int, max_seconds: float | None = None) -> AudioSegment:
+    sample_rate = _check_rate(sample_rate)
+    expected = _check_wav(f, size) if f.read(4) == b"RIFF" else None
+    f.seek(0)
+    try:
+        with sf.SoundFile(f) as snd:
+            if max_seconds is not None and snd.frames > max_seconds * snd.samplerate:
+                raise OmnibyteError(f"audio of {snd.frames / snd.samplerate:.2f} s is longer than the "
+                                    f"{max_seconds:g} s allowed")
+            data, rate = snd.read(dtype="float32", always_2d=True), snd.samplerate
+    except (RuntimeError, TypeError, ValueError, EOFError) as e:  # LibsndfileError is a RuntimeError
+        raise OmnibyteError(f"cannot read audio: {re.sub(r'^Error opening .*?: ', '', _one_line(e))}") from None
+    if expected is not None and len(data) != expected:
+        raise OmnibyteError(f"WAV header promises {expected} frames, decoder read {len(data)}")
+    if len(data) == 0:
+        raise OmnibyteError("audio file holds no samples")
+    return audio_segment_from_array(data, int(rate), sample_rate)
+
+
+def encode_wav(seg: AudioSegment) -> bytes:
+    """The segment as 16-bit PCM mono WAV file bytes at its own rate."""
+    buf = io.BytesIO()
+    sf.write(buf, segment_to_pcm16(seg), seg.sample_rate, subtype="PCM_16", format="WAV")
+    return buf.getvalue()
+
+
 def save_wav(seg: AudioSegment, path: str | Path) -> Path:
     """Write the segment as 16-bit PCM mono WAV at its own rate (atomically: temp file, then rename)."""
-    pcm, rate = segment_to_pcm16(seg), seg.sample_rate
+    data = encode_wav(seg)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)  # what a killed earlier write of this file left
     tmp = temp_sibling(path)
     try:
-        sf.write(str(tmp), pcm, rate, subtype="PCM_16", format="WAV")
+        tmp.write_bytes(data)
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
+    except OSError as e:
         tmp.unlink(missing_ok=True)
         raise OmnibyteError(f"{path}: cannot write WAV: {_one_line(e)}") from None
     return path
 
 
-__all__ = ["AUDIO_SUFFIXES", "DEFAULT_RATE", "MU", "audio_segment_from_array", "audio_segment_from_path",
-           "mulaw_decode", "mulaw_encode", "resample", "save_wav", "segment_to_array", "segment_to_pcm16", "to_float"]
+__all__ = ["AUDIO_SUFFIXES", "DEFAULT_RATE", "MU", "audio_segment_from_array", "audio_segment_from_bytes",
+           "audio_segment_from_path", "encode_wav", "mulaw_decode", "mulaw_encode", "resample", "save_wav",
+           "segment_to_array", "segment_to_pcm16", "to_float"]

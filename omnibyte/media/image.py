@@ -15,6 +15,7 @@ Reading (any format Pillow opens: PNG, JPEG, BMP, GIF (first frame), WebP, TIFF,
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
@@ -128,6 +129,10 @@ def image_segment_from_array(pixels: np.ndarray, size: tuple[int, int] | None = 
     return image_segment_from_pil(img, size, mode)
 
 
+# UnidentifiedImageError (not an image) and truncated-data errors are OSErrors
+_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
 def open_image(path: str | Path) -> Image.Image:
     """An image file, loaded and upright (EXIF orientation applied; animated GIF/WebP/APNG: the
     first frame). Unreadable files raise a one-line OmnibyteError naming the file."""
@@ -136,11 +141,8 @@ def open_image(path: str | Path) -> Image.Image:
         raise OmnibyteError(f"{path}: no such image file")
     try:
         with Image.open(path) as img:
-            img.seek(0)
-            img.load()
-            return ImageOps.exif_transpose(img)
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        # UnidentifiedImageError (not an image) and truncated-data errors are OSErrors
+            return _upright(img)
+    except _READ_ERRORS as e:
         msg = _one_line(e).replace(repr(str(path)), "").strip()  # the path leads the message already
         raise OmnibyteError(f"{path}: cannot read image: {msg}") from None
 
@@ -153,6 +155,29 @@ def image_segment_from_path(path: str | Path, size: tuple[int, int] | None = Non
         return image_segment_from_pil(img, size, mode)
     except OmnibyteError as e:
         raise OmnibyteError(f"{path}: {e}") from None
+
+
+def image_segment_from_bytes(data: bytes, size: tuple[int, int] | None = None, mode: str | None = None,
+                             max_pixels: int | None = None) -> ImageSegment:
+    """An image file's bytes (an upload) → ImageSegment. `max_pixels` refuses a larger image from
+    its header, before its pixels are decoded (a small PNG can declare a huge canvas)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise OmnibyteError(f"image of {img.width}x{img.height} pixels is larger than the {max_pixels} "
+                                    f"pixels allowed")
+            upright = _upright(img)
+    except _READ_ERRORS as e:
+        raise OmnibyteError(f"cannot read image: {_one_line(e)}") from None
+    return image_segment_from_pil(upright, size, mode)
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """An opened image loaded and upright (EXIF orientation applied; animated GIF/WebP/APNG: the
+    first frame)."""
+    img.seek(0)
+    img.load()
+    return ImageOps.exif_transpose(img)
 
 
 def segment_to_pil(seg: ImageSegment) -> Image.Image:
@@ -169,16 +194,23 @@ def segment_to_pixels(seg: ImageSegment) -> np.ndarray:
     return a.reshape(shape).copy()
 
 
+def encode_png(seg: ImageSegment) -> bytes:
+    """The segment as PNG file bytes."""
+    buf = io.BytesIO()
+    segment_to_pil(seg).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def save_png(seg: ImageSegment, path: str | Path) -> Path:
     """Write the segment as a PNG (atomically: a temp file in the same folder, then rename)."""
     path = Path(path)
-    img = segment_to_pil(seg)
+    data = encode_png(seg)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)  # what a killed earlier write of this file left
     tmp = temp_sibling(path)  # opened normally: the umask sets its mode
     try:
         with open(tmp, "wb") as f:
-            img.save(f, format="PNG")
+            f.write(data)
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -186,6 +218,6 @@ def save_png(seg: ImageSegment, path: str | Path) -> Path:
     return path
 
 
-__all__ = ["DEFAULT_MAX_SIDE", "IMAGE_SUFFIXES", "RESAMPLE", "channels_for_mode", "default_size",
-           "image_segment_from_array", "image_segment_from_path", "image_segment_from_pil", "open_image", "parse_size",
-           "save_png", "segment_to_pil", "segment_to_pixels"]
+__all__ = ["DEFAULT_MAX_SIDE", "IMAGE_SUFFIXES", "RESAMPLE", "channels_for_mode", "default_size", "encode_png",
+           "image_segment_from_array", "image_segment_from_bytes", "image_segment_from_path",
+           "image_segment_from_pil", "open_image", "parse_size", "save_png", "segment_to_pil", "segment_to_pixels"]

@@ -3,8 +3,11 @@
 - `forward(ids, targets=None, **extras) -> ModelOutput`: ids (B, T); logits (B, T, V) where
   logits[:, t] predicts the id after ids[:, t] and depends on ids[:, :t+1] only; loss = mean
   cross-entropy over non-PAD targets when targets are given (`loss`).
-- `init_state(batch_size, max_len)` / `step(state, ids) -> logits`: incremental decoding; `step`
-  feeds (B, T) new ids to every row and returns (B, T, V) logits for them.
+- `init_state(batch_size, max_len)` / `step(state, ids, rows=None) -> logits`: incremental
+  decoding; `step` feeds (R, T) new ids to `rows` (default every row) and returns (R, T, V) logits
+  for them. Rows fill independently: they may stand at different positions, so sequences can join
+  and leave a running batch (`clear_rows(state, rows)` empties rows for new sequences), and a
+  row's logits are those it would get decoded alone.
 - `flops_per_byte(seq_len)`: {"train": …, "infer": …} forward+backward and forward FLOPs per byte.
 - `param_groups(weight_decay)`: the optimiser's parameter groups, each with its own weight decay
   and, where a model wants it, its own learning-rate scale and tables it may update sparsely.
@@ -24,6 +27,7 @@ import abc
 import dataclasses
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -64,8 +68,13 @@ class OmniModel(nn.Module, metaclass=abc.ABCMeta):
         """Empty decoding state (KV caches) for `batch_size` rows of up to `max_len` ids."""
 
     @abc.abstractmethod
-    def step(self, state: Any, ids: torch.Tensor) -> torch.Tensor:
-        """Feed (B, T) new ids to every row; return their (B, T, V) logits."""
+    def step(self, state: Any, ids: torch.Tensor, rows: Sequence[int] | None = None) -> torch.Tensor:
+        """Feed (R, T) new ids to `rows` (ascending; default every row), which may stand at
+        different positions; return their (R, T, V) logits."""
+
+    @abc.abstractmethod
+    def clear_rows(self, state: Any, rows: Sequence[int] | None = None) -> None:
+        """Empty these rows (default every row) of a decoding state: new sequences start there."""
 
     @abc.abstractmethod
     def flops_per_byte(self, seq_len: int) -> dict[str, float]:

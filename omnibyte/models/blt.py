@@ -40,9 +40,10 @@ input adapters (`omnibyte.adapters`) add to the byte embeddings.
 
 Generation (`init_state`/`step`) keeps a KV cache in each transformer (entropy model, encoder,
 latent, decoder). When a patch closes (the next id opens a new one; with decoder_reads "complete"
-known one id earlier) it is pooled and fed to the latent model as one new position. Rows close
-patches at different times: the latent cache has one slot per "some row closed a patch" event,
-each row marks which slots are its own, and attention masks the rest.
+known one id earlier) it is pooled and fed to the latent model as one new position, the row's
+patch index. Rows are independent: each has its own byte position and its own number of closed
+patches, so rows that close patches at different times (or that joined the batch at different
+times) share one call.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ from omnibyte.format import VOCAB_SIZE
 from omnibyte.media.layout import document_ids
 from omnibyte.models.base import ModelOutput, OmniModel
 from omnibyte.models.registry import register
-from omnibyte.nn import StackConfig, TransformerStack, causal_mask, stack_flops
+from omnibyte.nn import KVCache, StackConfig, TransformerStack, causal_mask, stack_flops
+from omnibyte.nn.cache import Rows, row_index
 from omnibyte.nn.cross_attention import CrossBlock
 from omnibyte.nn.hash_ngram import HashNgramEmbedding, NgramConfig
 from omnibyte.patching import Patcher, PatcherConfig, PatchStream, patch_ids
@@ -143,23 +145,21 @@ def decoder_slots(read: torch.Tensor, pdoc: torch.Tensor, doc: torch.Tensor) -> 
 
 @dataclass
 class BLTState:
-    """Everything `step` needs; rows share positions in bytes, not in patches."""
+    """Everything `step` needs, per row: its bytes and its patches."""
 
-    length: int  # bytes seen
+    lengths: list[int]  # bytes seen per row
     ids: torch.Tensor  # (B, L) ids so far (hash n-grams need the last few)
     h: torch.Tensor  # (B, L, encoder.dim) encoder outputs (a closing patch is pooled from them)
     pid: torch.Tensor  # (B, L) patch of each byte
     patch_start: torch.Tensor  # (B, L+1) first byte of each patch (last column: scratch)
     patch_doc: torch.Tensor  # (B, L+1) document of each patch (last column: scratch)
     n_open: torch.Tensor  # (B,) patches begun
-    n_closed: torch.Tensor  # (B,) patches fed to the latent model
+    n_closed: torch.Tensor  # (B,) patches fed to the latent model (its cache holds them in order)
     doc: torch.Tensor  # (B,) current document index
-    enc_caches: list
-    lat_caches: list
-    dec_caches: list
-    n_slots: int  # latent cache slots used (one per patch any row closed, per step)
-    slot_doc: torch.Tensor  # (B, L) document of the row's patch in each slot; -1: a spare slot
-    dec_k: list  # per reader (B, L+2, k, H, D): the decoder's keys per slot (0 = start, p+1 = patch p)
+    enc_caches: KVCache
+    lat_caches: KVCache
+    dec_caches: KVCache
+    dec_k: list  # per reader (B, L+2, k, H, D): the decoder's keys per slot (0 = start, p+1 = patch p; last: scratch)
     dec_v: list
     patches: PatchStream
     adapters: AdapterState | None = None
@@ -245,7 +245,8 @@ class BLT(OmniModel):
         src = rearrange(self.from_latent(z), "b s (k d) -> b s k d", k=self.cfg.cross_attn_k)
         return [reader.kv(src) for reader in (self.reader, *self.layer_readers)]
 
-    def decode(self, h: torch.Tensor, kv: list, slots: torch.Tensor, caches: list | None = None) -> torch.Tensor:
+    def decode(self, h: torch.Tensor, kv: list, slots: torch.Tensor, caches: KVCache | None = None,
+               rows: Rows = None) -> torch.Tensor:
         """The local decoder: byte states h (B, T, dl) read the latent outputs `kv` (per reader, as
         `decoder_kv` makes them) at `slots` (B, T) before its first layer (and each later one with
         read_every_layer) → logits (B, T, V)."""
@@ -254,7 +255,7 @@ class BLT(OmniModel):
         if self.layer_readers:
             def before(i: int, x: torch.Tensor) -> torch.Tensor:
                 return self.layer_readers[i - 1].read(x, *kv[i], slots)
-        return self.head(self.decoder(x, caches=caches, before=before))
+        return self.head(self.decoder(x, caches=caches, rows=rows, before=before))
 
     def layer_companions(self) -> dict[str, list[str]]:
         if not self.layer_readers:
@@ -283,86 +284,119 @@ class BLT(OmniModel):
         p = next(self.parameters())
         dev, dt = p.device, p.dtype
         long = dict(dtype=torch.long, device=dev)
-        dec_k, dec_v = [], []
-        with torch.no_grad():
-            for k0, v0 in self.decoder_kv(self.start.view(1, 1, -1)):  # (1, 1, k, H, D) per reader
-                dec_k.append(k0.new_zeros(b, n + 2, *k0.shape[2:]))
-                dec_v.append(v0.new_zeros(b, n + 2, *v0.shape[2:]))
-                dec_k[-1][:, 0], dec_v[-1][:, 0] = k0[:, 0], v0[:, 0]
-        return BLTState(
-            length=0, ids=torch.zeros(b, n, **long), h=torch.zeros(b, n, cfg.encoder.dim, device=dev, dtype=dt),
+        with torch.no_grad():  # (1, 1, k, H, D) per reader: the shape of a slot
+            kv0 = self.decoder_kv(self.start.view(1, 1, -1))
+        state = BLTState(
+            lengths=[0] * b, ids=torch.zeros(b, n, **long), h=torch.zeros(b, n, cfg.encoder.dim, device=dev, dtype=dt),
             pid=torch.zeros(b, n, **long), patch_start=torch.zeros(b, n + 1, **long),
             patch_doc=torch.zeros(b, n + 1, **long), n_open=torch.zeros(b, **long),
             n_closed=torch.zeros(b, **long), doc=torch.zeros(b, **long),
             enc_caches=self.encoder.new_caches(b, n, dev, dt), lat_caches=self.latent.new_caches(b, n, dev, dt),
-            dec_caches=self.decoder.new_caches(b, n, dev, dt), n_slots=0,
-            slot_doc=torch.full((b, n), -1, **long), dec_k=dec_k, dec_v=dec_v,
+            dec_caches=self.decoder.new_caches(b, n, dev, dt),
+            dec_k=[k0.new_zeros(b, n + 2, *k0.shape[2:]) for k0, _ in kv0],
+            dec_v=[v0.new_zeros(b, n + 2, *v0.shape[2:]) for _, v0 in kv0],
             patches=self.patcher.stream(b, n, dev), adapters=self.adapters.init_state(b, n, dev))
+        self.clear_rows(state)
+        return state
 
     @torch.no_grad()
-    def step(self, state: BLTState, ids: torch.Tensor) -> torch.Tensor:
-        t0, t = state.length, ids.shape[1]
-        t1 = t0 + t
-        if t1 > state.ids.shape[1]:
-            raise RuntimeError(f"BLT state full: {t1} > {state.ids.shape[1]} positions")
-        state.ids[:, t0:t1] = ids
+    def clear_rows(self, state: BLTState, rows: Rows = None) -> None:
+        rows = list(range(len(state.lengths))) if rows is None else list(rows)
+        idx = row_index(rows, state.ids.device)
+        for r in rows:
+            state.lengths[r] = 0
+        for t in (state.n_open, state.n_closed, state.doc):
+            t[idx] = 0
+        for cache in (state.enc_caches, state.lat_caches, state.dec_caches):
+            cache.clear(rows)
+        for dec_k, dec_v, (k0, v0) in zip(state.dec_k, state.dec_v, self.decoder_kv(self.start.view(1, 1, -1))):
+            dec_k[idx, 0], dec_v[idx, 0] = k0[:, 0], v0[:, 0]  # slot 0: the start vector
+        self.patcher.clear_rows(state.patches, rows)
+        self.adapters.clear_rows(state.adapters, rows)
+
+    @torch.no_grad()
+    def step(self, state: BLTState, ids: torch.Tensor, rows: Rows = None) -> torch.Tensor:
+        r, t = ids.shape
+        dev = ids.device
+        rows_l = list(range(len(state.lengths))) if rows is None else list(rows)
+        idx = row_index(rows, dev)
+        row_of = torch.tensor(rows_l, device=dev)[:, None]  # (R, 1) state row of each input row
+        t0 = [state.lengths[i] for i in rows_l]
+        if max(t0) + t > state.ids.shape[1]:
+            raise RuntimeError(f"BLT state full: {max(t0) + t} > {state.ids.shape[1]} positions")
+        pos = torch.tensor(t0, device=dev)[:, None] + torch.arange(t, device=dev)  # (R, T) byte positions
+        # where the new bytes go in (B, L) tensors: a slice when the rows stand at one position
+        at = (idx, slice(t0[0], t0[0] + t)) if all(s == t0[0] for s in t0) else (row_of, pos)
+        state.ids[at] = ids
         # 1. patch boundaries, decided online from the past only
-        starts = self.patcher.push(state.patches, ids)  # (B, T)
-        pid = state.n_open[:, None] + starts.long().cumsum(1) - 1  # (B, T)
-        doc = state.doc[:, None] + document_ids(ids)
-        scratch = torch.full_like(pid, state.patch_doc.shape[1] - 1)
-        where_new = torch.where(starts, pid, scratch)
-        state.patch_doc.scatter_(1, where_new, doc)
-        state.patch_start.scatter_(1, where_new, torch.arange(t0, t1, device=ids.device).expand_as(pid))
-        state.pid[:, t0:t1] = pid
-        state.n_open, state.doc = pid[:, -1] + 1, doc[:, -1]
-        read = pid - 1  # (B, T) the patch each byte reads: the one before its own, or ...
+        starts = self.patcher.push(state.patches, ids, rows)  # (R, T)
+        pid = state.n_open[idx][:, None] + starts.long().cumsum(1) - 1  # (R, T)
+        doc = state.doc[idx][:, None] + document_ids(ids)
+        where_new = torch.where(starts, pid, torch.full_like(pid, state.patch_doc.shape[1] - 1))
+        state.patch_doc[row_of, where_new] = doc
+        state.patch_start[row_of, where_new] = pos
+        state.pid[at] = pid
+        state.n_open[idx], state.doc[idx] = pid[:, -1] + 1, doc[:, -1]
+        read = pid - 1  # (R, T) the patch each byte reads: the one before its own, or ...
         if self.cfg.decoder_reads == "complete":  # ... the one before the next id's
-            ahead = self.patcher.peek(state.patches)  # (B,) whether the id after this chunk opens a patch
+            ahead = self.patcher.peek(state.patches, rows)  # (R,) whether the id after this chunk opens a patch
             read = read + torch.cat([starts[:, 1:], ahead[:, None]], dim=1).long()
-        # 2. local encoder (hash n-grams see the ids before this chunk too)
-        lo = max(0, t0 - self.embed.context)
-        x = self.adapters.step(state.adapters, ids, self.embed(state.ids[:, lo:t1])[:, t0 - lo:])
-        h = self.encoder(x, caches=state.enc_caches)
-        state.h[:, t0:t1] = h
-        state.length = t1
+        # 2. local encoder (hash n-grams see the ids before this chunk too; before a row's start, the
+        # id its hash pads a sequence with)
+        ctx = self.embed.context
+        if at[1].__class__ is slice and t0[0] >= ctx:
+            recent = state.ids[idx, t0[0] - ctx:t0[0] + t]
+        else:
+            back = pos[:, :1] - ctx + torch.arange(ctx + t, device=dev)  # (R, ctx + T)
+            recent = torch.where(back >= 0, state.ids[row_of, back.clamp_min(0)], self.embed.before_start)
+        x = self.adapters.step(state.adapters, ids, self.embed(recent)[:, ctx:], rows)
+        h = self.encoder(x, caches=state.enc_caches, rows=rows)
+        state.h[at] = h
+        for i, s in zip(rows_l, t0):
+            state.lengths[i] = s + t
         # 3. patches that closed (all up to the last one read) go to the latent model
-        closed = read[:, -1] + 1 - state.n_closed  # (B,)
+        closed = read[:, -1] + 1 - state.n_closed[idx]  # (R,)
         if int(closed.max()) > 0:
-            self._latent_step(state, closed)
-        # 4. local decoder
-        kv = list(zip(state.dec_k, state.dec_v))
-        return self.decode(h, kv, decoder_slots(read, state.patch_doc, doc), caches=state.dec_caches)
+            self._latent_step(state, rows_l, closed.tolist())
+        # 4. local decoder: each byte reads its slot (decoder_slots); the keys of those slots are
+        # gathered per byte, so the readers index them by byte
+        slots = decoder_slots(read, state.patch_doc[idx], doc)
+        kv = [(k[row_of, slots], v[row_of, slots]) for k, v in zip(state.dec_k, state.dec_v)]
+        return self.decode(h, kv, torch.arange(t, device=dev).expand(r, t), caches=state.dec_caches, rows=rows)
 
-    def _latent_step(self, state: BLTState, closed: torch.Tensor) -> None:
-        """Pool each row's newly closed patches and run them through the latent model as new cache
-        slots (latent positions stay per row: the patch index). A row that closed fewer patches
-        gives its spare slots document -1, which none of its real patches attends to."""
-        c = int(closed.max())
-        n_closed = state.n_closed
-        # the bytes of every closing patch lie in [s0, length)
-        s0 = int(state.patch_start.gather(1, n_closed[:, None]).min())
-        local = state.pid[:, s0:state.length] - n_closed[:, None]  # (B, span): index among the closing
-        group = torch.where((local >= 0) & (local < closed[:, None]), local, torch.full_like(local, c))
-        patches = self.pool_patches(state.h[:, s0:state.length], group, c + 1)[:, :c]  # (B, c, dg)
+    def _latent_step(self, state: BLTState, rows: list[int], closed: list[int]) -> None:
+        """Pool each row's newly closed patches and run them through the latent model at the row's
+        own patch indices. Rows that closed fewer patches than the most feed spare positions, which
+        the cache does not keep."""
+        sel = [i for i, c in enumerate(closed) if c]
+        rows, closed = [rows[i] for i in sel], [closed[i] for i in sel]
+        dev = state.ids.device
+        c = max(closed)
+        row_of = torch.tensor(rows, device=dev)[:, None]
+        n_closed = state.n_closed[row_of[:, 0]]  # (R,)
+        n_new = torch.tensor(closed, device=dev)[:, None]  # (R, 1)
+        # the bytes of every closing patch lie in [s0, end)
+        s0 = int(state.patch_start[row_of[:, 0], n_closed].min())
+        end = max(state.lengths[i] for i in rows)
+        span = torch.arange(s0, end, device=dev)
+        local = state.pid[row_of, span] - n_closed[:, None]  # (R, span): index among the closing
+        length = torch.tensor([state.lengths[i] for i in rows], device=dev)[:, None]
+        mine = (local >= 0) & (local < n_new) & (span < length)  # (a row's bytes past its length are stale)
+        group = torch.where(mine, local, torch.full_like(local, c))
+        patches = self.pool_patches(state.h[row_of, span], group, c + 1)[:, :c]  # (R, c, dg)
 
-        j = torch.arange(c, device=closed.device)
-        valid = j[None] < closed[:, None]  # (B, c)
-        pidx = n_closed[:, None] + j  # (B, c) patch index = latent position
-        pdoc = torch.where(valid, state.patch_doc.gather(1, pidx.clamp(max=state.patch_doc.shape[1] - 1)), -1)
-        s = state.n_slots
-        state.slot_doc[:, s:s + c] = pdoc
-        # a patch sees the row's own earlier patches of its document (spare slots: doc -1)
-        keys_doc = state.slot_doc[:, :s + c]
-        mask = causal_mask(c, s + c, closed.device, offset=s)[None] & (keys_doc[:, None, :] == pdoc[:, :, None])
-        z = self.latent(patches, pos=pidx, mask=mask[:, None], caches=state.lat_caches)  # (B, c, dg)
-        dest = torch.where(valid, pidx + 1, state.dec_k[0].shape[1] - 1)  # spare slots → scratch
-        for dec_k, dec_v, (k, v) in zip(state.dec_k, state.dec_v, self.decoder_kv(z)):  # (B, c, k, H, D)
-            sel = dest[:, :, None, None, None].expand_as(k)
-            dec_k.scatter_(1, sel, k)
-            dec_v.scatter_(1, sel, v)
-        state.n_closed = n_closed + closed
-        state.n_slots = s + c
+        j = torch.arange(c, device=dev)
+        pidx = n_closed[:, None] + j  # (R, c) patch index = latent position
+        pdoc = state.patch_doc[row_of, pidx]
+        # a patch sees the row's own earlier patches of its document
+        keys = torch.arange(int(n_closed.max()) + c, device=dev)
+        mask = (keys <= pidx[..., None]) & (state.patch_doc[row_of, keys][:, None] == pdoc[..., None])  # (R, c, keys)
+        z = self.latent(patches, pos=pidx, mask=mask[:, None], caches=state.lat_caches, rows=rows, advance=closed)
+        dest = torch.where(j < n_new, pidx + 1, state.dec_k[0].shape[1] - 1)  # spare positions → scratch
+        for dec_k, dec_v, (k, v) in zip(state.dec_k, state.dec_v, self.decoder_kv(z)):  # (R, c, k, H, D)
+            dec_k[row_of, dest] = k
+            dec_v[row_of, dest] = v
+        state.n_closed[row_of[:, 0]] = n_closed + n_new[:, 0]
 
     # --- cost ------------------------------------------------------------------------------------
     def flops_per_byte(self, seq_len: int) -> dict[str, float]:

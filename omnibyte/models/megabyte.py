@@ -55,6 +55,7 @@ from omnibyte.format import N_BYTES, PAD, VOCAB_SIZE
 from omnibyte.models.base import ModelOutput, OmniModel
 from omnibyte.models.registry import register
 from omnibyte.nn import KVCache, StackConfig, TransformerStack, stack_flops
+from omnibyte.nn.cache import Rows, join_rows, row_index, take
 
 
 @dataclass
@@ -92,17 +93,20 @@ class MegabyteConfig:
 
 @dataclass
 class MegabyteState:
-    """Decoding state after n ids were fed: the active patch a = n // P holds the global embeddings
-    of its n % P ids so far (`buf`); the global cache holds patches 0..a (pad, then completed
-    patches); `g` is the global output for patch a, already split into slots; the local cache holds
-    slots 0..n % P of patch a."""
+    """Decoding state of each row after its n ids (MEGABYTE position p predicts id p): the global
+    cache holds patches 0..a of the row, a = n // P (the pad, then the completed patches); `g` is
+    the global output for patch a, split into slots; `buf` holds the global embeddings of patch a's
+    n % P ids so far; the local cache holds slots 0..n % P of patch a, and `local` the local
+    model's inputs there (a call of several ids reads them again: it runs the local model over
+    whole patches from slot 0, as training does)."""
 
-    global_caches: list[KVCache]
-    local_caches: list[KVCache]
+    global_caches: KVCache
+    local_caches: KVCache
     g: torch.Tensor  # (B, P, local dim)
-    buf: torch.Tensor  # (B, n % P, global embedding width)
+    buf: torch.Tensor  # (B, P, global embedding width), the first n % P valid
+    local: torch.Tensor  # (B, P, local dim), the first n % P + 1 valid
+    n: list[int]  # ids fed, per row
     adapters: AdapterState | None = None
-    n: int = 0
 
 
 @register
@@ -147,10 +151,12 @@ class Megabyte(OmniModel):
         e = rearrange(e, "b (m p) d -> b m (p d)", p=self.cfg.patch_size)
         return self.patch_proj(e) if self.patch_proj is not None else e
 
-    def run_global(self, x: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
+    def run_global(self, x: torch.Tensor, caches: KVCache | None = None, rows: Rows = None,
+                   advance: list[int] | None = None) -> torch.Tensor:
         """(B, m, global dim) global inputs → (B, m, P, local dim): each patch's output split into
-        its P slots and projected to the local width."""
-        g = self.global_model(x, caches=caches)  # (B, m, global dim)
+        its P slots and projected to the local width. Decoding passes the caches' rows it feeds
+        and how many of the m inputs each row keeps (the rest are spare)."""
+        g = self.global_model(x, caches=caches, rows=rows, advance=advance)  # (B, m, global dim)
         return self.global_to_local(rearrange(g, "b m (p d) -> b m p d", p=self.cfg.patch_size))
 
     # --- training / scoring -----------------------------------------------------------------
@@ -185,63 +191,100 @@ class Megabyte(OmniModel):
 
     # --- incremental decoding ---------------------------------------------------------------
     def init_state(self, batch_size: int, max_len: int) -> MegabyteState:
-        """Caches for up to `max_len` fed ids; runs the global model on its pad (patch 0's
-        context) and the local model on slot 0 of patch 0, whose keys later slots attend to."""
+        """Caches for up to `max_len` fed ids per row; every row starts empty (`clear_rows`)."""
         p = next(self.parameters())
-        P = self.cfg.patch_size
+        P, L = self.cfg.patch_size, self.cfg.local_model.dim
         state = MegabyteState(
             global_caches=self.global_model.new_caches(batch_size, max_len // P + 1, p.device, p.dtype),
             local_caches=self.local_model.new_caches(batch_size, P, p.device, p.dtype),
-            g=p.new_zeros(0), buf=p.new_zeros(batch_size, 0, self.global_embed.embedding_dim),
+            g=p.new_zeros(batch_size, P, L), buf=p.new_zeros(batch_size, P, self.global_embed.embedding_dim),
+            local=p.new_zeros(batch_size, P, L), n=[0] * batch_size,
             adapters=self.adapters.init_state(batch_size, max_len, p.device))
-        g = self.run_global(self.global_pad.expand(batch_size, 1, -1), state.global_caches)
-        state.g = g[:, 0]  # (B, P, local dim)
-        self.local_model(self.local_pad + state.g[:, :1], caches=state.local_caches)
+        self.clear_rows(state)
         return state
 
-    def step(self, state: MegabyteState, ids: torch.Tensor) -> torch.Tensor:
-        """Feed ids (B, T) — a prompt or one id — and return their (B, T, V) logits.
+    @torch.no_grad()
+    def clear_rows(self, state: MegabyteState, rows: Rows = None) -> None:
+        """Rows back to no ids: the global model runs on its pad (patch 0's context), and position
+        0's local input is the local pad plus slot 0 of that output."""
+        rows = list(range(len(state.n))) if rows is None else list(rows)
+        state.global_caches.clear(rows)
+        state.local_caches.clear(rows)
+        idx = row_index(rows, state.g.device)
+        g = self.run_global(self.global_pad.expand(len(rows), 1, -1), state.global_caches, rows)[:, 0]
+        state.g[idx] = g
+        state.local[idx, 0] = self.local_pad + g[:, 0]
+        self.local_model(state.local[idx, :1], caches=state.local_caches, rows=rows)  # slot 0, for later slots
+        for r in rows:
+            state.n[r] = 0
+        self.adapters.clear_rows(state.adapters, rows)
 
-        The T new positions n+1..n+T fall into three runs: the rest of the active patch a (local
-        cache continued), whole patches in between (local model batched over them, no cache) and
-        the last, partial patch (local cache restarted). The global model steps once per patch
-        this call completes, all of them in one cached call.
+    @torch.no_grad()
+    def step(self, state: MegabyteState, ids: torch.Tensor, rows: Rows = None) -> torch.Tensor:
+        """Feed ids (R, T) to `rows` — a prompt or one id each — and return their (R, T, V) logits.
+
+        Row r at n ids computes positions n+1..n+T. The global model steps once per patch the call
+        completes, for the rows that complete one, each at its own patch index. One id per row: the
+        local model takes one position per row from its cache (restarted where a patch begins), rows
+        at different slots together. Several ids: it runs over every patch they touch from its slot
+        0 (kept inputs, then new ones), as in training, then refills the cache with the last patch.
         """
-        B, T = ids.shape
-        P = self.cfg.patch_size
-        n, a = state.n, state.n // P
-        e_global, prev = self.global_embed(ids), self.local_embed(ids)  # (B, T, ·)
-        extra = self.adapters.step_extra(state.adapters, ids, prev)
+        R, T = ids.shape
+        P, dev = self.cfg.patch_size, ids.device
+        rows_l = list(range(len(state.n))) if rows is None else list(rows)
+        idx = row_index(rows, dev)
+        n = [state.n[r] for r in rows_l]
+        m = [k % P for k in n]  # ids of the active patch already fed
+        done = [(k + T) // P for k in m]  # patches this call completes
+        kept = [(k + 1) % P for k in m]  # kept local inputs of the first new position's patch
+        e_global, prev = self.global_embed(ids), self.local_embed(ids)  # (R, T, ·)
+        extra = self.adapters.step_extra(state.adapters, ids, prev, rows)
         if extra is not None:
             e_global, prev = e_global + extra, prev + extra
-        full = torch.cat([state.buf, e_global], dim=1)  # embeddings of z[aP : n+T]
-        c = (n + T) // P - a  # patches completed by this call
-        g = state.g[:, None]  # (B, 1, P, local dim): patch a
-        if c:
-            g = torch.cat([g, self.run_global(self.patch_vectors(full[:, :c * P]), state.global_caches)], 1)
+        seq = join_rows(state.buf[idx], m, e_global)  # global embeddings from the active patch's first id
 
-        # local input of position j: previous byte (pad at slot 0) + slot j % P of its patch's g
-        j = torch.arange(n + 1, n + T + 1, device=ids.device)
-        slot, patch = j % P, j // P - a
+        # global: completed patches as new positions, each row at its own patch index
+        c = max(done)
+        g = state.g[idx][:, None]  # (R, 1, P, local dim): the active patch's context
+        if c:
+            sel = [i for i, d in enumerate(done) if d]
+            at = row_index(sel, dev)
+            out = self.run_global(self.patch_vectors(seq[at, :c * P]), state.global_caches,
+                                  [rows_l[i] for i in sel], [done[i] for i in sel])  # (R', c, P, local dim)
+            if len(sel) < R:
+                out = out.new_zeros(R, *out.shape[1:]).index_copy(0, torch.tensor(sel, device=dev), out)
+            g = torch.cat([g, out], dim=1)  # (R, 1 + c, P, local dim)
+
+        # local input of position j: previous byte (pad at slot 0) + slot j % P of its patch's g,
+        # which is entry j - aP = m + 1 + i of the row's patches laid end to end
         if not self.cfg.carry_byte:
-            prev = torch.where((slot == 0)[:, None], self.local_pad, prev)
-        x = prev + g[:, patch, slot]
+            first_slot = torch.tensor([[(k + 1 + i) % P == 0 for i in range(T)] for k in n], device=dev)
+            prev = torch.where(first_slot[..., None], self.local_pad, prev)
+        x = prev + take(rearrange(g, "r c p d -> r (c p) d"), [k + 1 for k in m], T)  # (R, T, local dim)
+        loc = join_rows(state.local[idx], kept, x)  # local inputs from a patch's slot 0
+        last = [(k + T) % P + 1 for k in n]  # positions of the last position's patch so far
+        if T == 1:
+            opened = [r for r, q in zip(rows_l, last) if q == 1]  # a new patch: its cache restarts
+            if opened:
+                state.local_caches.clear(opened)
+            out = self.local_model(x, caches=state.local_caches, rows=rows)
+        else:
+            width = -(-loc.shape[1] // P) * P
+            h = self.local_model(rearrange(F.pad(loc, (0, 0, 0, width - loc.shape[1])), "r (w p) d -> (r w) p d", p=P))
+            out = take(rearrange(h, "(r w) p d -> r (w p) d", r=R), kept, T)
 
-        t1 = min(T, (a + 1) * P - 1 - n)  # positions left in patch a
-        out = []
-        if t1:
-            out.append(self.local_model(x[:, :t1], caches=state.local_caches))
-        if c:
-            mid = x[:, t1:t1 + (c - 1) * P]
-            if c > 1:
-                h = self.local_model(rearrange(mid, "b (m p) d -> (b m) p d", p=P))
-                out.append(rearrange(h, "(b m) p d -> b (m p) d", b=B))
-            for cache in state.local_caches:
-                cache.reset()
-            out.append(self.local_model(x[:, t1 + (c - 1) * P:], caches=state.local_caches))
-
-        state.n, state.buf, state.g = n + T, full[:, c * P:], g[:, -1]
-        return self.head(torch.cat(out, dim=1))
+        # keep the last position's patch: its local inputs (and cache), its ids' global embeddings, its context
+        state.local[idx, :max(last)] = take(loc, [k + T - q for k, q in zip(kept, last)], max(last))
+        if T > 1:  # the cache restarts with slots 0..(n + T) % P of the last patch (spare ones not kept)
+            state.local_caches.clear(rows_l)
+            self.local_model(state.local[idx, :max(last)], caches=state.local_caches, rows=rows, advance=last)
+        left = [(k + T) % P for k in m]  # ids of that patch so far
+        if max(left):
+            state.buf[idx, :max(left)] = take(seq, [d * P for d in done], max(left))
+        state.g[idx] = take(g.flatten(2), done, 1).view_as(state.g[idx])
+        for r, k in zip(rows_l, n):
+            state.n[r] = k + T
+        return self.head(out)
 
     # --- cost -------------------------------------------------------------------------------
     def flops_per_byte(self, seq_len: int) -> dict[str, float]:

@@ -16,7 +16,8 @@ from omnibyte.adapters import AdaptersConfig, InputAdapters
 from omnibyte.format import VOCAB_SIZE
 from omnibyte.models.base import ModelOutput, OmniModel
 from omnibyte.models.registry import register
-from omnibyte.nn import StackConfig, TransformerStack, stack_flops
+from omnibyte.nn import KVCache, StackConfig, TransformerStack, stack_flops
+from omnibyte.nn.cache import Rows
 
 
 @dataclass
@@ -50,9 +51,8 @@ class TransformerConfig:
 
 @dataclass
 class TransformerState:
-    caches: list
+    caches: KVCache
     adapters: object = None
-    pos: int = 0
 
 
 @register
@@ -82,10 +82,13 @@ class Transformer(OmniModel):
         return TransformerState(self.stack.new_caches(batch_size, max_len, p.device, p.dtype),
                                 self.adapters.init_state(batch_size, max_len, p.device))
 
-    def step(self, state: TransformerState, ids: torch.Tensor) -> torch.Tensor:
-        h = self.stack(self.adapters.step(state.adapters, ids, self.embed(ids)), caches=state.caches)
-        state.pos += ids.shape[1]
-        return self.head(h)
+    def step(self, state: TransformerState, ids: torch.Tensor, rows: Rows = None) -> torch.Tensor:
+        x = self.adapters.step(state.adapters, ids, self.embed(ids), rows)
+        return self.head(self.stack(x, caches=state.caches, rows=rows))
+
+    def clear_rows(self, state: TransformerState, rows: Rows = None) -> None:
+        state.caches.clear(rows)
+        self.adapters.clear_rows(state.adapters, rows)
 
     def attention_window(self) -> int:
         return self.cfg.window

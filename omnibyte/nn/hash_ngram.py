@@ -170,6 +170,13 @@ class HashNgramEmbedding(nn.Module):
         """Ids before a position that its embedding depends on."""
         return max(self.ngram_sizes, default=1) - 1
 
+    @property
+    def before_start(self) -> int:
+        """The id that stands for a position before the sequence: ids[0]'s n-grams hash as if this
+        id came before it (PAD for omnibyte's hash; for the released BLTs' hash their token 0,
+        which is BOI's), so a caller embedding a window can pad its left edge with it."""
+        return PAD if self.hash == "omnibyte" else BOI
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         x = self.bytes(ids)  # (B, T, dim)
         if not self.ngram_sizes:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from omnibyte.nn.cache import KVCache, eager_lru_cache
+from omnibyte.nn.cache import KVCache, LayerCache, Rows, eager_lru_cache
 from omnibyte.nn.window_attention import window_attention
 
 
@@ -190,7 +190,7 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else nn.Identity()
         self.rope_theta, self.use_rope = rope_theta, use_rope
 
-    def forward(self, x, pos, mask=None, cache: KVCache | None = None, window: int = 0):
+    def forward(self, x, pos, mask=None, cache: LayerCache | None = None, window: int = 0):
         qkv = rearrange(self.wqkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_heads)
         tables = None
         if self.use_rope:  # pos: positions, or the (cos, sin) tables a stack made once for all layers
@@ -245,20 +245,19 @@ def mlp_hidden(dim: int, ratio: float, multiple_of: int = 32) -> int:
     return multiple_of * math.ceil(int(dim * ratio) / multiple_of)
 
 
-def token_shift(x: torch.Tensor, cache: KVCache | None = None, key: str = "") -> torch.Tensor:
+def token_shift(x: torch.Tensor, cache: LayerCache | None = None, key: str = "") -> torch.Tensor:
     """Replace the second half of each position's channels by the previous position's (zeros
     before the first), as in RWKV and MEGABYTE-pytorch: a one-step look-back that every
     sublayer gets for free, which small byte models learn much faster with.
 
     With a cache, the previous position of the first new one is the last position of the
-    previous call, kept in `cache.shifted[key]`; a reset cache starts from zeros again."""
+    previous call, kept per row in the cache; a cleared row starts from zeros again."""
     keep, shift = x.chunk(2, dim=-1)
-    prev = cache.shifted.get(key) if cache is not None else None
-    if prev is None:
-        prev = torch.zeros_like(shift[:, :1])
-    if cache is not None:
-        cache.shifted[key] = shift[:, -1:]
-    return torch.cat([keep, torch.cat([prev, shift[:, :-1]], dim=1)], dim=-1)
+    prev = cache.last_shift(key, shift) if cache is not None else torch.zeros_like(shift[:, :1])
+    out = torch.cat([keep, torch.cat([prev, shift[:, :-1]], dim=1)], dim=-1)
+    if cache is not None:  # after the read above: the kept value is written in place
+        cache.keep_shift(key, shift)
+    return out
 
 
 class Block(nn.Module):
@@ -364,32 +363,89 @@ class TransformerStack(nn.Module):
                 std = 0.02 / math.sqrt(2 * len(self.layers)) if deep else 0.02
                 nn.init.normal_(p, std=std)
 
-    def forward(self, x, pos=None, mask=None, caches: list[KVCache] | None = None, before=None):
-        """x: (B, T, dim). pos: (T,) or (B, T) absolute positions (default 0..T-1, or continuing the
-        cache). mask: bool, broadcastable to (B, H, T, T_keys); default causal (+ window).
+    def forward(self, x, pos=None, mask=None, caches: KVCache | None = None, rows: Rows = None,
+                advance: list[int] | None = None, before=None):
+        """x: (B, T, dim). pos: (T,) or (B, T) absolute positions (default 0..T-1, or continuing each
+        row's cache). mask: bool, broadcastable to (B, H, T, T_keys); default causal (+ window).
         before: `before(i, x) -> x` runs ahead of each layer i ≥ 1 (a BLT decoder that reads the
-        latent model before every layer)."""
+        latent model before every layer).
+
+        With caches, `rows` names the cache rows x feeds (ascending; default all) and `advance` how
+        many of the T positions each row keeps (default all): rows may stand at different
+        positions, then each gets its own positions and mask."""
         if not self.layers:  # an empty stack (e.g. a BLT without local encoder layers): the norm only
             return self.norm(x)
+        if caches is None or rows is None or rows[-1] - rows[0] + 1 == len(rows):
+            return self._run(x, pos, mask, caches, rows, advance, before)
+        # rows with gaps between them: the rows in the gaps are computed too, writing nothing, and
+        # their outputs are dropped, so attention reads the caches in place instead of copying the
+        # rows' caches out at every layer
+        inner = torch.tensor([r - rows[0] for r in rows], device=x.device)
+        span = rows[-1] - rows[0] + 1
+
+        def widen(t, fill):
+            return t if t is None else torch.full((span, *t.shape[1:]), fill, dtype=t.dtype,
+                                                  device=t.device).index_copy(0, inner, t)
+
+        pos = pos if pos is None or pos.dim() == 1 else widen(pos, 0)
+        if before is not None:  # `before` knows the fed rows only; rows in a gap pass through it unchanged
+            def before(i, h, fed=before):
+                return h.index_copy(0, inner, fed(i, h[inner]))
+        return self._run(widen(x, 0), pos, widen(mask, True), caches, rows, advance, before)[inner]
+
+    def _run(self, x, pos, mask, caches, rows, advance, before=None):
         t = x.shape[1]
-        offset = caches[0].length if caches else 0
+        head_dim = self.dim // self.n_heads
+        starts = caches.lengths_of(rows) if caches is not None else [0]
+        if any(s != starts[0] for s in starts):
+            return self._ragged(x, pos, mask, caches, rows, advance, starts, before)
+        offset = starts[0]
         # a sliding window without a dense mask: the banded kernel when training, the last `window`
         # cached keys when decoding one position (the cache keeps them all; a mask over them all
         # cost a mask build per step and attention over the whole past)
-        window = self.window if mask is None and (not caches or t == 1) else 0
-        if mask is None and not window and (self.window > 0 or (caches and t > 1)):
+        window = self.window if mask is None and (caches is None or t == 1) else 0
+        if mask is None and not window and (self.window > 0 or (caches is not None and t > 1)):
             mask = causal_mask(t, offset + t, x.device, offset=offset, window=self.window)
-        head_dim = self.dim // self.n_heads
         if pos is None:
             rope = arange_rope_tables(offset, t, head_dim, self.rope_theta, x.device)
         else:
             rope = rope_tables(pos, head_dim, self.rope_theta, x.device)
+        feed = caches.feed(t, rows, advance) if caches is not None else None
         for i, layer in enumerate(self.layers):
             if before is not None and i > 0:
                 x = before(i, x)
-            x = layer(x, rope, mask, caches[i] if caches else None, window)
+            x = layer(x, rope, mask, feed.layer(i) if feed else None, window)
+        if feed:
+            feed.commit()
         return self.norm(x)
 
-    def new_caches(self, batch_size: int, max_len: int, device, dtype) -> list[KVCache]:
-        return [KVCache(batch_size, self.n_heads, max_len, self.dim // self.n_heads, device, dtype)
-                for _ in self.layers]
+    def _ragged(self, x, pos, mask, caches, rows, advance, starts, before=None):
+        """Rows at different positions: positions start..start+T-1 of each row, a causal (+ window)
+        mask per row over the keys from the earliest any row's window reaches. Rows computed in a
+        gap between `rows` stand at the last position (they see every key: no empty softmax)."""
+        t = x.shape[1]
+        end = max(starts) + t
+        if x.shape[0] != len(starts):  # gaps: x holds every row from the first of `rows` to the last
+            at = {r - rows[0]: s for r, s in zip(rows, starts)}
+            span_starts = [at.get(i, end - t) for i in range(x.shape[0])]
+        else:
+            span_starts = starts
+        qpos = torch.tensor(span_starts, device=x.device)[:, None] + torch.arange(t, device=x.device)  # (S, T)
+        lo = max(0, min(starts) - self.window + 1) if self.window > 0 and mask is None else 0
+        if mask is None:
+            kpos = torch.arange(lo, end, device=x.device)
+            mask = kpos <= qpos[..., None]  # (S, T, keys)
+            if self.window > 0:
+                mask = mask & (qpos[..., None] - kpos < self.window)
+            mask = mask[:, None]
+        rope = rope_tables(qpos if pos is None else pos, self.dim // self.n_heads, self.rope_theta, x.device)
+        feed = caches.feed(t, rows, advance, first_key=lo)
+        for i, layer in enumerate(self.layers):
+            if before is not None and i > 0:
+                x = before(i, x)
+            x = layer(x, rope, mask, feed.layer(i), 0)
+        feed.commit()
+        return self.norm(x)
+
+    def new_caches(self, batch_size: int, max_len: int, device, dtype) -> KVCache:
+        return KVCache(len(self.layers), batch_size, self.n_heads, max_len, self.dim // self.n_heads, device, dtype)

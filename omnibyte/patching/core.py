@@ -47,6 +47,7 @@ from omnibyte.media.layout import (
     media_layout,
     segment_starts,
 )
+from omnibyte.nn.cache import Rows, row_index
 
 PATCHER_KINDS = ("static", "space", "entropy")
 DEFAULT_BYTES_PER_PATCH = 4.5  # BLT's operating point (matches Llama 3 at equal training FLOPs)
@@ -271,15 +272,18 @@ class StreamingPatcher:
     """The same rules, one id per row at a time: `push` says whether the new id starts a patch.
 
     Equal to `patch_starts` on the full sequence; generation uses it to decide boundaries as
-    bytes are produced.
+    bytes are produced. Rows are independent: a push may feed some of them (`rows`), and
+    `clear` starts rows over.
     """
+
+    FIELDS = ("count", "prev_id", "prev_entropy", "seg_offset", "patch_len", "opener", "header")
 
     def __init__(self, cfg: PatcherConfig, batch_size: int, threshold: float | None = None,
                  device: torch.device | str = "cpu"):
         self.cfg, self.batch_size = cfg, batch_size
         self.threshold = _threshold(cfg, threshold) if cfg.kind == "entropy" else None
-        self.t = 0
         z = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.count = z.clone()  # ids pushed
         self.prev_id = z.clone()
         self.prev_entropy = torch.zeros(batch_size, dtype=torch.float32, device=device)
         self.seg_offset = z.clone()  # ids since the current segment started
@@ -287,59 +291,73 @@ class StreamingPatcher:
         self.opener = z.clone()  # the id that opened the current segment
         self.header = torch.zeros(batch_size, 3, dtype=torch.long, device=device)  # image width hi, lo, channels
 
-    def push(self, ids: torch.Tensor, entropies: torch.Tensor | None = None) -> torch.Tensor:
+    def clear(self, rows: Rows = None) -> None:
+        idx = row_index(rows, self.count.device)
+        for name in self.FIELDS:
+            getattr(self, name)[idx] = 0
+
+    def push(self, ids: torch.Tensor, entropies: torch.Tensor | None = None, rows: Rows = None) -> torch.Tensor:
         ids = ids.reshape(-1).to(self.prev_id.device)
-        if ids.shape[0] != self.batch_size:
-            raise OmnibyteError(f"push got {ids.shape[0]} ids for a batch of {self.batch_size}")
-        first = self.t == 0 or (self.cfg.lone_first and self.t == 1)
-        seg = isin(ids, MARKERS)
-        if self.t > 0:
-            seg |= isin(self.prev_id, CLOSERS)
-        seg_offset = torch.where(seg, torch.zeros_like(self.seg_offset), self.seg_offset)
+        n = self.batch_size if rows is None else len(rows)
+        if ids.shape[0] != n:
+            raise OmnibyteError(f"push got {ids.shape[0]} ids for {n} rows")
+        idx = row_index(rows, ids.device)
+        count, prev_id, prev_entropy, seg_offset, patch_len = (
+            getattr(self, name)[idx] for name in self.FIELDS[:5])
+        opening = count == 0  # the row's first id
+        first = self._first(count)  # ids that start a patch whatever the rule (lone_first: the first two)
+        seg = isin(ids, MARKERS) | (isin(prev_id, CLOSERS) & ~opening)
+        seg_offset = torch.where(seg, torch.zeros_like(seg_offset), seg_offset)
 
         if self.cfg.kind == "static":
             start = seg_offset % self.cfg.patch_size == 0
         elif self.cfg.kind == "space":
-            start = is_space_like(self.prev_id) & is_word_start(ids) & (not first)
+            start = is_space_like(prev_id) & is_word_start(ids) & ~first
         else:
             if entropies is None:
                 raise OmnibyteError("entropy patching needs the entropy of each pushed id")
-            h = entropies.reshape(-1).float().to(self.prev_entropy.device)
-            start = (h - self.prev_entropy if self.cfg.relative else h) > self.threshold
-            if self.cfg.relative and self.t == 0:
-                start = torch.zeros_like(start)
-            self.prev_entropy = h
+            h = entropies.reshape(-1).float().to(prev_entropy.device)
+            start = (h - prev_entropy if self.cfg.relative else h) > self.threshold
+            if self.cfg.relative:
+                start = start & ~opening
+            self.prev_entropy[idx] = h
         if self.cfg.image_rows or self.cfg.audio_frame:
-            start = self._media(ids, seg | (self.t == 0), seg_offset, start)
+            start = self._media(ids, seg | opening, seg_offset, start, idx)
         start = (start | seg if self.cfg.markers else start) | first
         if self.cfg.max_patch_len > 0:
-            start = start | (self.patch_len >= self.cfg.max_patch_len)
+            start = start | (patch_len >= self.cfg.max_patch_len)
 
-        self.patch_len = torch.where(start, torch.ones_like(self.patch_len), self.patch_len + 1)
-        self.seg_offset = seg_offset + 1
-        self.prev_id = ids
-        self.t += 1
+        self.patch_len[idx] = torch.where(start, torch.ones_like(patch_len), patch_len + 1)
+        self.seg_offset[idx] = seg_offset + 1
+        self.prev_id[idx] = ids
+        self.count[idx] = count + 1
         return start
 
-    def peek(self, entropy: torch.Tensor) -> torch.Tensor:
-        """(B,) whether the next id will start a patch, from its entropy alone: what `push` will say
-        for it, for a rule that `looks_ahead`."""
+    def _first(self, count: torch.Tensor) -> torch.Tensor:
+        first = count == 0
+        return first | (count == 1) if self.cfg.lone_first else first
+
+    def peek(self, entropy: torch.Tensor, rows: Rows = None) -> torch.Tensor:
+        """(R,) whether the next id of `rows` (default all) will start a patch, from its entropy
+        alone: what `push` will say for it, for a rule that `looks_ahead`."""
         if not self.cfg.looks_ahead:
             raise OmnibyteError(f"a {self.cfg.kind} patcher with markers or media rules decides a boundary "
                                 f"only once it sees the id")
-        if self.t == 0 or (self.cfg.lone_first and self.t == 1):
-            return torch.ones(self.batch_size, dtype=torch.bool, device=self.prev_id.device)
+        idx = row_index(rows, self.count.device)
         h = entropy.reshape(-1).float().to(self.prev_entropy.device)
-        start = (h - self.prev_entropy if self.cfg.relative else h) > self.threshold
+        start = (h - self.prev_entropy[idx] if self.cfg.relative else h) > self.threshold
         if self.cfg.max_patch_len > 0:
-            start = start | (self.patch_len >= self.cfg.max_patch_len)
-        return start
+            start = start | (self.patch_len[idx] >= self.cfg.max_patch_len)
+        return start | self._first(self.count[idx])
 
-    def _media(self, ids: torch.Tensor, seg: torch.Tensor, offset: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    def _media(self, ids: torch.Tensor, seg: torch.Tensor, offset: torch.Tensor, start: torch.Tensor,
+               idx) -> torch.Tensor:
         """`media_starts`, one id at a time: remembers each segment's opener and image header."""
-        self.opener = torch.where(seg, ids, self.opener)
+        opener = torch.where(seg, ids, self.opener[idx])
+        header = self.header[idx]
         for k, col in ((1, 0), (2, 1), (5, 2)):
-            self.header[:, col] = torch.where(offset == k, ids, self.header[:, col])
-        row = torch.where(self.opener == BOI, image_row_len(*self.header.unbind(1)), torch.zeros_like(ids))
-        where, media = _media_rule(self.opener, offset, row, self.cfg.image_rows, self.cfg.audio_frame)
+            header[:, col] = torch.where(offset == k, ids, header[:, col])
+        self.opener[idx], self.header[idx] = opener, header
+        row = torch.where(opener == BOI, image_row_len(*header.unbind(1)), torch.zeros_like(ids))
+        where, media = _media_rule(opener, offset, row, self.cfg.image_rows, self.cfg.audio_frame)
         return torch.where(where, media, start)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from omnibyte.errors import OmnibyteError
+from omnibyte.nn.cache import Rows, row_index
 from omnibyte.patching.core import PatcherConfig, StreamingPatcher, patch_starts
 from omnibyte.patching.entropy import calibrated, compute_entropies, ensure_entropies, entropy_from_logits
 
@@ -106,16 +107,25 @@ class Patcher(nn.Module):
             state.next_entropy = torch.zeros(batch_size, device=device)  # entropies[:, 0] = 0 by convention
         return state
 
-    def peek(self, state: PatchStream) -> torch.Tensor:
-        """(B,) whether the id after those pushed starts a patch (a rule that `looks_ahead`)."""
-        return state.rule.peek(state.next_entropy)
+    def peek(self, state: PatchStream, rows: Rows = None) -> torch.Tensor:
+        """(R,) whether the id after those pushed to `rows` (default all) starts a patch (a rule that
+        `looks_ahead`)."""
+        return state.rule.peek(state.next_entropy[row_index(rows, state.next_entropy.device)], rows)
 
-    def push(self, state: PatchStream, ids: torch.Tensor) -> torch.Tensor:
-        """Feed new ids (B, T); → whether each starts a patch (B, T)."""
+    def clear_rows(self, state: PatchStream, rows: Rows = None) -> None:
+        """These rows (default all) start new sequences."""
+        state.rule.clear(rows)
+        if self.entropy_model is not None:
+            self.entropy_model.clear_rows(state.model_state, rows)
+            state.next_entropy[row_index(rows, state.next_entropy.device)] = 0
+
+    def push(self, state: PatchStream, ids: torch.Tensor, rows: Rows = None) -> torch.Tensor:
+        """Feed new ids (R, T) to `rows` (default all); → whether each starts a patch (R, T)."""
         ent = None
         if self.entropy_model is not None:  # entropy of id t comes from the logits at t - 1
-            nxt = entropy_from_logits(self.entropy_model.step(state.model_state, ids))  # (B, T): of the id after
-            ent = torch.cat([state.next_entropy[:, None], nxt[:, :-1]], dim=1)
-            state.next_entropy = nxt[:, -1]
-        return torch.stack([state.rule.push(ids[:, i], None if ent is None else ent[:, i])
+            idx = row_index(rows, ids.device)
+            nxt = entropy_from_logits(self.entropy_model.step(state.model_state, ids, rows))  # (R, T): of the id after
+            ent = torch.cat([state.next_entropy[idx][:, None], nxt[:, :-1]], dim=1)
+            state.next_entropy[idx] = nxt[:, -1]
+        return torch.stack([state.rule.push(ids[:, i], None if ent is None else ent[:, i], rows)
                             for i in range(ids.shape[1])], dim=1)
