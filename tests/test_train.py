@@ -18,7 +18,6 @@ import pytest
 import torch
 from ddp_worker import BATCH_SIZE, GRAD_ACCUM
 from helpers import tiny_override_args, tiny_overrides, write_text_dataset
-from safetensors.torch import load_file
 
 from omnibyte.cli import main
 from omnibyte.errors import OmnibyteError
