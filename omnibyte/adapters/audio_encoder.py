@@ -7,8 +7,8 @@ turns each clip, once its EOA is in view, into a log-mel spectrogram (25 ms wind
 convolutions over its frames (the last two halving the frame rate), average-pools them into
 `cells` cells of equal duration, so the summary keeps the order of what was said, and adds the
 projected summary to every byte after the clip: the question and the transcript read the whole
-clip at once. (The same CNN over raw samples, strided convolutions of 16 ms frames, needed about
-four times the clips to transcribe as well: benchmarks/results_multimodal.md.)
+clip at once. A log-mel front end rather than raw samples: the spectrogram hands the CNN the
+frequencies that tell words apart, which it would otherwise have to learn.
 
 A clip counts when its whole block lies in view: BOA, a valid header (µ-law, a rate above 0),
 exactly the stated number of samples, then EOA.
