@@ -17,9 +17,10 @@ TEXT_WORDS = ("in", "the", "beginning", "god", "created", "heaven", "and", "eart
 # A tiny byte transformer: dim 32, 2 layers, 4 heads of 8.
 TINY_MODEL = {"arch": "transformer", "dim": 32, "n_layers": 2, "n_heads": 4}
 # Quick train settings: 8 steps of 4 × 32 bytes, a metrics line every step, no eval or checkpoint
-# before the end, one CPU thread.
+# before the end, one CPU thread, fp32 on every machine (train.dtype auto would pick bf16 autocast on
+# a CPU with AMX-BF16, and tests compare runs' numbers closely).
 QUICK_TRAIN = {"steps": 8, "batch_size": 4, "seq_len": 32, "warmup_steps": 2, "eval_every": 0, "eval_batches": 2,
-               "save_every": 0, "log_every": 1, "device": "cpu", "threads": 1}
+               "save_every": 0, "log_every": 1, "device": "cpu", "threads": 1, "dtype": "fp32"}
 
 
 def write_text_dataset(tmp_path: Path, n_docs: int = 40, lines: int = 12, seed: int = 0,

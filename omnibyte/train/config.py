@@ -43,7 +43,7 @@ class TrainConfig:
     log_every: int = 10  # metrics line every N steps
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    dtype: str = "auto"  # auto (bf16 autocast on CUDA and on a CPU with AMX-BF16, else fp32) | fp32 | bf16
     compile: bool = False  # torch.compile the training forward
     flops: float = 0.0  # stop once this many training FLOPs are spent (0 = no budget)
     threads: int = 0  # torch CPU threads (0 = torch's default)

@@ -36,6 +36,7 @@ from omnibyte.errors import OmnibyteError
 from omnibyte.eval.bpb import bits_per_byte
 from omnibyte.eval.multimodal import has_task_records, run_examples, score_examples
 from omnibyte.files import CHECKPOINT, replace_dir
+from omnibyte.machine import auto_dtype, device_peak, mfu
 from omnibyte.memory import check_fits, forward_bytes, training_bytes
 from omnibyte.models.registry import build_model, load_model
 from omnibyte.nn import distill_loss
@@ -133,9 +134,14 @@ class Trainer:
         self.device = pick_device(tc.device, self.dist)
         if tc.threads:
             torch.set_num_threads(tc.threads)
-        self.amp_dtype = None
-        if tc.dtype == "bf16" or (tc.dtype == "auto" and self.device.type == "cuda"):
-            self.amp_dtype = torch.bfloat16
+        # "bf16" trains under bf16 autocast (the weights and optimizer state stay fp32); auto picks
+        # it on CUDA and on a CPU with AMX-BF16 (omnibyte/machine.py)
+        self.dtype = auto_dtype(self.device.type) if tc.dtype == "auto" else tc.dtype
+        self.amp_dtype = torch.bfloat16 if self.dtype == "bf16" else None
+        # what model FLOPs utilisation is measured against: the cores this run's threads use (all
+        # processes' on a CPU) or one GPU per process; None where the machine is not recognised
+        threads = torch.get_num_threads() * self.dist.world_size
+        self.peak = device_peak(self.device, self.dtype, threads, self.dist.world_size)
 
         torch.manual_seed(tc.seed)
         if resume:  # the saved model as it was built (its patcher resolved then), not rebuilt from run.json
@@ -253,6 +259,15 @@ class Trainer:
         if self.teacher is not None:
             self.teacher.prepare_data(dataset)
         return dataset, extras
+
+    def precision(self) -> str:
+        """The dtype the run trains in, as the start line says it: "fp32", "bf16 autocast", with
+        why when train.dtype auto chose it."""
+        text = "bf16 autocast" if self.dtype == "bf16" else self.dtype
+        if self.cfg.train.dtype == "auto":
+            why = "this CPU has AMX-BF16" if self.device.type == "cpu" and self.dtype == "bf16" else ""
+            text += f" (train.dtype auto{': ' + why if why else ''})"
+        return text
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -439,11 +454,14 @@ class Trainer:
                 if self.step % tc.log_every == 0 or self.step == self.total_steps:
                     dt = time.perf_counter() - t_log
                     rate = bytes_since / dt if dt > 0 else 0.0
+                    used = mfu(rate * self.flops_per_byte, self.peak)
                     last = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": gnorm,
                             "bytes_per_s": rate, "flops": self.step * self.bytes_per_step * self.flops_per_byte,
-                            "epoch": self.loader.epoch(self.step), **parts}
+                            "epoch": self.loader.epoch(self.step), "dtype": self.dtype,
+                            **({"mfu": used} if used is not None else {}), **parts}
                     self.log(last)
-                    bar.set_postfix(loss=f"{loss:.3f}", bytes_s=f"{rate:,.0f}", refresh=False)
+                    shown = {"mfu": f"{used:.1%}"} if used is not None else {}
+                    bar.set_postfix(loss=f"{loss:.3f}", bytes_s=f"{rate:,.0f}", **shown, refresh=False)
                     t_log, bytes_since = time.perf_counter(), 0
                 done = self.step == self.total_steps
                 if ((tc.eval_every and self.step % tc.eval_every == 0) or done) and self.has_val:
@@ -588,8 +606,11 @@ def run_trainer(trainer: Trainer, cfg: RunConfig, quiet: bool) -> dict:
     if trainer.dist.main and not quiet:
         m = trainer.model
         print(f"{cfg.arch}: {m.num_params():,} parameters, {trainer.flops_per_byte:.3g} training FLOPs/byte, "
-              f"{trainer.bytes_per_step:,} bytes/step × {trainer.total_steps} steps → {trainer.run_dir}",
-              flush=True)
+              f"{trainer.bytes_per_step:,} bytes/step × {trainer.total_steps} steps, {trainer.precision()} on "
+              f"{trainer.device} → {trainer.run_dir}", flush=True)
+        if trainer.peak is not None:
+            print(f"MFU is measured against a peak of {trainer.peak.flops:.3g} FLOP/s: {trainer.peak.how}",
+                  flush=True)
         if trainer.teacher is not None:
             t = trainer.teacher
             print(f"distilling from {t.path} ({t.model.arch}, {t.model.num_params():,} parameters; its forward, "
