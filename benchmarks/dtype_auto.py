@@ -150,8 +150,9 @@ def mfu_text(row: dict, dtype: str) -> str:
 def report(rows: list[dict], args, data: Path, load: tuple[tuple[float, ...], tuple[float, ...]]) -> list[str]:
     flags = machine.cpu_flags()
     peaks = {d: machine.cpu_peak(d, args.threads) for d in SIDES}
+    threads = f"{args.threads} thread{'s' if args.threads > 1 else ''}"
     lines = [f"CPU: {cpu_name()}; amx_bf16 {'yes' if machine.has_amx_bf16(flags) else 'no'}, so `train.dtype auto` "
-             f"picks **{machine.auto_dtype('cpu', flags)}** here; {args.threads} threads. Load average (1, 5, 15 min) "
+             f"picks **{machine.auto_dtype('cpu', flags)}** here; {threads}. Load average (1, 5, 15 min) "
              f"before {', '.join(f'{x:.2f}' for x in load[0])}, after {', '.join(f'{x:.2f}' for x in load[1])} "
              f"(other jobs shared the machine).", "",
              "Peaks for MFU (`omnibyte/machine.py`): " + "; ".join(
