@@ -197,10 +197,11 @@ def test_frontier_chooses_on_val_and_reports_test(tmp_path, capsys):
     data = write_text_dataset(tmp_path, n_docs=30, lines=8)
     out = tmp_path / "bench"
     rc = main(["bench", "--preset", "quick", "--data", str(data), "--out", str(out), "--budgets", "3e8",
-               "--models", "transformer,bpe", "--frontier"])
+               "--models", "transformer,bpe", "--frontier", "--seeds", "0,1"])
     assert rc == 0, capsys.readouterr().err
     summary = json.loads((out / "results.json").read_text())
-    results = summary["results"]
+    repeats = [r for r in summary["results"] if r["name"].endswith("-seed1")]
+    results = [r for r in summary["results"] if r not in repeats]
     assert sorted(r["name"] for r in results if r["model"] == "transformer") == [
         "transformer-s0-lr0.003-3e08", "transformer-s0-lr0.01-3e08", "transformer-s1-lr0.003-3e08",
         "transformer-s1-lr0.01-3e08"]
@@ -212,8 +213,19 @@ def test_frontier_chooses_on_val_and_reports_test(tmp_path, capsys):
     for model, group in (("transformer", [r for r in results if r["model"] == "transformer"]), ("bpe", bpe)):
         best = min(group, key=lambda r: r["val_bpb"])
         assert picks[model]["name"] == best["name"] and picks[model]["grid_points"] == len(group)
+        # the chosen run again at seed 1, the same grid point: its test bpb joins the mean
+        again = next(r for r in repeats if r["name"] == best["name"] + "-seed1")
+        assert again["seed"] == 1 and again["variant"] == best["variant"] and again["steps"] == best["steps"]
+        by_seed = picks[model]["test_by_seed"]
+        assert by_seed == {"0": best["test_bpb"], "1": again["test_bpb"]} or by_seed == {0: best["test_bpb"],
+                                                                                          1: again["test_bpb"]}
+        assert picks[model]["test_mean"] == pytest.approx((best["test_bpb"] + again["test_bpb"]) / 2)
+    assert len(repeats) == 2
     table = (out / "results.md").read_text()
-    assert "## Frontier" in table and "(of 8)" in table and "(of 4)" in table
+    assert "## Frontier" in table and "(of 8)" in table and "(of 4)" in table and "| 0, 1 |" in table
+    # --seeds repeats a frontier's choices; a plain sweep has none
+    assert main(["bench", "--preset", "quick", "--data", str(data), "--out", str(out), "--seeds", "1"]) == 2
+    assert "--frontier" in capsys.readouterr().err
     # a preset without a grid has nothing to search
     preset = load_preset("quick")
     preset.grid = {}

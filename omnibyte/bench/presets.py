@@ -54,12 +54,14 @@ class BenchPreset:
 class Entry:
     """One run of a sweep: a bench model at a budget, in frontier mode also a point of the grid
     (`size`: index into the grid's list for the model's table; `lr`; `vocab`: the BPE vocabulary).
-    A plain sweep's entries leave the grid fields None and keep the run names of older sweeps."""
+    A plain sweep's entries leave the grid fields None and keep the run names of older sweeps;
+    `seed` is set for the repeats of a frontier's chosen points at the sweep's other seeds."""
     model: str
     budget: float
     size: int | None = None
     lr: float | None = None
     vocab: int | None = None
+    seed: int | None = None
 
     @property
     def name(self) -> str:
@@ -70,7 +72,8 @@ class Entry:
             tags.append(f"lr{self.lr:g}")
         if self.vocab is not None:
             tags.append(f"v{self.vocab}")
-        return "-".join(tags) + f"-{self.budget:.0e}".replace("+", "")
+        seed = f"-seed{self.seed}" if self.seed is not None else ""
+        return "-".join(tags) + f"-{self.budget:.0e}".replace("+", "") + seed
 
     @property
     def variant(self) -> dict:

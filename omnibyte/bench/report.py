@@ -52,13 +52,22 @@ def markdown_table(summary: dict) -> str:
     if summary.get("frontier"):
         by_name = {r["name"]: r for r in results}
         lines += ["## Frontier: each family's best grid point per budget, chosen on val", "",
-                  "| budget | model | chosen (of N) | params | train FLOPs (all in) | val bpb | test bpb |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| budget | model | chosen (of N) | params | train FLOPs (all in) | peak memory | val bpb | test bpb "
+                  "| seeds |", "|---|---|---|---|---|---|---|---|---|"]
         for f in sorted(summary["frontier"], key=lambda f: _order(by_name[f["name"]])):
             r = by_name[f["name"]]
-            test = f"**{r['test_bpb']:.4f}**" if "test_bpb" in r else "—"
+            if "test_mean" in f and len(f["test_by_seed"]) > 1:
+                test = f"**{f['test_mean']:.4f}** ({f['test_min']:.4f}–{f['test_max']:.4f})"
+                seeds = ", ".join(str(s) for s in f["test_by_seed"])
+            else:
+                test = f"**{r['test_bpb']:.4f}**" if "test_bpb" in r else "—"
+                seeds = str(r.get("seed", ""))
+            mem = f"{r['peak_rss_mib']:,} MiB" if "peak_rss_mib" in r else ""
             lines.append(f"| {r['budget']:.0e} | {r['model']} | {_variant(r)} (of {f['grid_points']}) | "
-                         f"{fmt_si(r['params'])} | {r['train_flops_all']:.2e} | {r['val_bpb']:.4f} | {test} |")
+                         f"{fmt_si(r['params'])} | {r['train_flops_all']:.2e} | {mem} | {r['val_bpb']:.4f} | {test} | "
+                         f"{seeds} |")
+        lines += ["", "Test bpb: the mean over the seeds (min–max) where the chosen point was trained at several; "
+                  "val bpb and the choice are the first seed's."]
         lines += ["", "## Every run", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in sorted(results, key=_order):

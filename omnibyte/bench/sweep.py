@@ -55,7 +55,7 @@ class Bench:
                  val: str | Path | None = None, task: str | None = None, noise: bool = False,
                  noise_rate: float = 0.1, bpe_vocab: int | None = None, seed: int = 0,
                  threads: int | None = None, jobs: int | None = None, frontier: bool = False,
-                 log: Callable[[str], None] = print):
+                 repeat_seeds: tuple[int, ...] = (), log: Callable[[str], None] = print):
         self.out, self.data = Path(out), str(data)
         self.preset = preset if isinstance(preset, BenchPreset) else load_preset(preset)
         if threads is not None:
@@ -69,6 +69,11 @@ class Bench:
         self.noise, self.noise_rate, self.seed = noise, noise_rate, seed
         self.bpe_vocab = bpe_vocab or self.preset.bpe_vocab
         self.frontier = frontier
+        # frontier mode: the chosen points trained again at these seeds (the grid runs at `seed`)
+        self.repeat_seeds = tuple(s for s in repeat_seeds if s != seed)
+        if self.repeat_seeds and not frontier:
+            raise OmnibyteError("--seeds repeats the frontier's chosen runs; it needs --frontier (a plain sweep "
+                                "takes one --seed)")
         if frontier and not self.preset.grid:
             raise OmnibyteError("--frontier searches the preset's [grid]; this preset has none "
                                 "(see configs/bench/small.toml)")
@@ -186,11 +191,12 @@ class Bench:
                                  "infer_flops_per_byte": info["infer_flops_per_byte"]}
         return run_dir, info["threshold"], info["bytes_per_patch"]
 
-    def train_settings(self, steps: int, seq_len: int, lr: float) -> dict:
+    def train_settings(self, steps: int, seq_len: int, lr: float, seed: int | None = None) -> dict:
         p = self.preset
         return {"steps": steps, "batch_size": p.batch_size, "seq_len": seq_len, "lr": lr,
                 "warmup_steps": min(p.warmup_steps, max(0, steps // 10)), "eval_every": 0, "eval_batches": 1,
-                "save_every": 0, "log_every": max(1, min(50, steps // 10)), "seed": self.seed,
+                "save_every": 0, "log_every": max(1, min(50, steps // 10)),
+                "seed": self.seed if seed is None else seed,
                 "threads": p.threads}
 
     # --- training ---------------------------------------------------------------------------------
@@ -236,7 +242,7 @@ class Bench:
         data = str(self.bpe_dataset(entry.vocab).path) if name == "bpe" else self.data
         lr = entry.lr or self.preset.lr
         raw = {"model": {"arch": arch, **model_cfg}, "data": {"path": data},
-               "train": {**self.train_settings(max(1, steps), seq_len, lr), "flops": 0.0}}
+               "train": {**self.train_settings(max(1, steps), seq_len, lr, entry.seed), "flops": 0.0}}
         return raw, steps
 
     @staticmethod
@@ -279,13 +285,15 @@ class Bench:
             info = self.train(raw, run_dir)
             if name == "bpe":
                 shutil.copy(self.bpe_dataset(entry.vocab).path / "tokenizer.json", run_dir / "tokenizer.json")
-            record = {"model": name, "budget": budget, "variant": entry.variant, "lr": raw["train"]["lr"], **info}
+            record = {"model": name, "budget": budget, "variant": entry.variant, "lr": raw["train"]["lr"],
+                      "seed": raw["train"]["seed"], **info}
             if name == "bpe":
                 record["bpe_vocab"] = entry.vocab or self.bpe_vocab
             record_file.write_text(json.dumps(record, indent=2) + "\n")
             # a finished run keeps its weights; its optimizer state (twice their size) only served to
             # resume it, and its schedule is spent
             (run_dir / "checkpoint" / "trainer.pt").unlink(missing_ok=True)
+        record.setdefault("seed", raw["train"]["seed"])  # records written before seeds were kept
         fixed, per_id = self.entropy_charge(entry, raw["train"]["seq_len"])
         ids = record["steps"] * record["ids_per_step"]
         record.update(entropy_flops=fixed + per_id * ids, name=entry.name)
@@ -367,7 +375,7 @@ class Bench:
             self.noisy_data()
         args = dict(out=str(self.out), data=self.data, preset=self.preset, val=self.val, task=self.task,
                     noise=self.noise, noise_rate=self.noise_rate, bpe_vocab=self.bpe_vocab, seed=self.seed,
-                    frontier=self.frontier)
+                    frontier=self.frontier, repeat_seeds=self.repeat_seeds)
         params = [self.params[e.name] for e in todo if e.name in self.params]
         schedule.train_parallel(Bench, args, todo, params, self.preset.jobs, self.log)
 
@@ -377,24 +385,12 @@ class Bench:
             return frontier_entries(self.preset, models, self.budgets)
         return [Entry(m, b) for m in models for b in self.budgets]
 
-    # --- everything ---------------------------------------------------------------------------------
-    def run(self) -> dict:
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.byte_dataset()
-        if self.task == "cute":
-            read_heldout(self.data)  # fail now, not after training, when the data is no task suite
-        results, skipped = [], []
-        models = []
-        for name in self.models:
-            if not arch_available(ARCH[name]):
-                msg = f"{name}: skipped (model module omnibyte.models.{ARCH[name]} is not available)"
-                self.log(msg)
-                skipped.append(msg)
-                continue
-            models.append(name)
-        todo = self.entries(tuple(models))
+    def train_all(self, todo: list[Entry], skipped: list[str]) -> list[dict]:
+        """Train and score `todo` (in worker processes first when the preset asks for jobs); each
+        record also holds its entry (popped before results.json). A failed run lands in `skipped`."""
         if self.preset.jobs > 1:
             self.train_parallel(todo)
+        results = []
         for i, entry in enumerate(todo, 1):
             self.log(f"[{i}/{len(todo)}] {entry.name} at {entry.budget:.3g} training FLOPs")
             try:
@@ -404,9 +400,39 @@ class Bench:
                 self.log("  " + msg)
                 skipped.append(msg)
                 continue
-            results.append(rec)
+            results.append({**rec, "entry": entry})
             test = f", test {rec['test_bpb']:.4f}" if "test_bpb" in rec else ""
             self.log(f"  {rec['steps']} steps in {rec['wall_s']:.0f} s → val {rec['val_bpb']:.4f}{test} bits/byte")
+        return results
+
+    # --- everything ---------------------------------------------------------------------------------
+    def run(self) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.byte_dataset()
+        if self.task == "cute":
+            read_heldout(self.data)  # fail now, not after training, when the data is no task suite
+        skipped: list[str] = []
+        models = []
+        for name in self.models:
+            if not arch_available(ARCH[name]):
+                msg = f"{name}: skipped (model module omnibyte.models.{ARCH[name]} is not available)"
+                self.log(msg)
+                skipped.append(msg)
+                continue
+            models.append(name)
+        results = self.train_all(self.entries(tuple(models)), skipped)
+        picks = frontier(results) if self.frontier else None
+        if picks and self.repeat_seeds:
+            chosen = {f["name"] for f in picks}
+            again = [dataclasses.replace(r["entry"], seed=s) for r in results if r["name"] in chosen
+                     for s in self.repeat_seeds]
+            self.log(f"the frontier's {len(chosen)} chosen runs again at seed(s) "
+                     f"{', '.join(map(str, self.repeat_seeds))} ...")
+            repeats = self.train_all(again, skipped)
+            add_seeds(picks, results, repeats)
+            results += repeats
+        for r in results:
+            r.pop("entry")
         # the patch facts the report notes, also when every run was reused (cheap: cached on disk)
         names = {r["model"] for r in results}
         if "blt-space" in names:
@@ -415,7 +441,7 @@ class Bench:
             self.entropy_model()
         summary = {"data": self.data, "val": str(self.val) if self.val else None,
                    "test": self.test_data() is not None, "preset": dataclasses.asdict(self.preset),
-                   "budgets": list(self.budgets), "frontier": frontier(results) if self.frontier else None,
+                   "budgets": list(self.budgets), "frontier": picks,
                    "results": results, "skipped": skipped, **self.extra}
         (self.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
         (self.out / "results.md").write_text(markdown_table(summary))
@@ -436,6 +462,20 @@ def frontier(results: list[dict]) -> list[dict]:
     return [{"model": m, "budget": b, "name": r["name"], "grid_points": sum(1 for x in results
                                                                              if (x["model"], x["budget"]) == (m, b))}
             for (m, b), r in best.items()]
+
+
+def add_seeds(picks: list[dict], grid: list[dict], repeats: list[dict]) -> None:
+    """Each chosen point's test bpb at every seed it was trained at (the grid's and the repeats'),
+    with their mean, min and max."""
+    by_name = {r["name"]: r for r in grid}
+    for f in picks:
+        chosen = by_name[f["name"]]
+        runs = [chosen, *(r for r in repeats if r["entry"] == dataclasses.replace(chosen["entry"], seed=r["seed"]))]
+        scores = {r["seed"]: r["test_bpb"] for r in runs if "test_bpb" in r}
+        if scores:
+            values = list(scores.values())
+            f.update(test_by_seed=scores, test_mean=sum(values) / len(values), test_min=min(values),
+                     test_max=max(values))
 
 
 def run_bench(out: str | Path, **kwargs) -> dict:

@@ -51,6 +51,8 @@ def add_parser(sub) -> None:
     sweep.add_argument("--noise", action="store_true", help="also score perturbed validation text")
     sweep.add_argument("--noise-rate", type=float, default=0.1)
     sweep.add_argument("--seed", type=seed_int, default=0)
+    sweep.add_argument("--seeds", help="--frontier: the grid trains at --seed, then each chosen run again at these "
+                       "seeds (comma-separated, e.g. 0,1,2); the table gives test bpb's mean and spread")
     sweep.add_argument("--threads", type=int, help="torch CPU threads for training (default: the preset's; "
                        "1 is fastest for tiny models or on a busy machine)")
     sweep.add_argument("--jobs", type=int, help="runs trained at the same time, one process each (default: the "
@@ -82,11 +84,24 @@ def run(args) -> int:
                   budgets=parse_budgets(args.budgets) if args.budgets else None, models=parse_models(args.models),
                   val=args.val, task=args.task, noise=args.noise, noise_rate=args.noise_rate, bpe_vocab=args.vocab,
                   seed=args.seed, threads=args.threads, jobs=args.jobs, frontier=args.frontier,
+                  repeat_seeds=parse_seeds(args.seeds) if args.seeds else (),
                   log=lambda s: print(s, flush=True))
     bench.run()
     print((bench.out / "results.md").read_text())
     print(f"wrote {bench.out / 'results.md'}, {bench.out / 'results.json'} and {bench.out / 'bpb_vs_flops.png'}")
     return 0
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    from omnibyte.errors import OmnibyteError
+
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise OmnibyteError(f"--seeds must be whole numbers separated by commas, e.g. 0,1,2; got {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise OmnibyteError(f"--seeds must be whole numbers ≥ 0, got {text!r}")
+    return seeds
 
 
 def make_bpe(args) -> int:
