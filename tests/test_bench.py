@@ -297,3 +297,22 @@ def test_parallel_runs_fit_in_memory():
     assert fit_jobs(3, per_run, None) == 3  # unknown memory: as asked
     free = available_memory()
     assert free is None or free > 0
+
+
+def test_an_interrupted_run_leaves_no_record_and_resumes(tmp_path, monkeypatch):
+    """A run stopped part way (SIGTERM to a sweep saves a checkpoint and ends fit() early) is not
+    recorded as finished: the next sweep continues it from its checkpoint to the planned steps."""
+    from omnibyte.train import Trainer
+
+    data = write_text_dataset(tmp_path, n_docs=30, lines=8)
+    real_fit = Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda self, stop_after=None: real_fit(self, stop_after=2))
+    kw = dict(data=str(data), preset="quick", budgets=(6e8,), models=("transformer",), log=lambda s: None)
+    first = Bench(tmp_path / "b", **kw).run()
+    run = tmp_path / "b" / "runs" / "transformer-6e08"
+    assert not first["results"] and "stopped at step 2" in first["skipped"][0]
+    assert not (run / "bench.json").exists() and (run / "checkpoint" / "trainer.pt").is_file()
+    monkeypatch.setattr(Trainer, "fit", real_fit)
+    (result,) = Bench(tmp_path / "b", **kw).run()["results"]
+    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert result["steps"] == logged[-1] > 2 and logged[0] <= 2  # one run, continued

@@ -42,6 +42,7 @@ class BenchPreset:
     task_limit: int = 0  # --task: held-out questions scored (0 = all)
     threads: int = 0  # torch CPU threads while training (0 = torch's default; 1 suits tiny models)
     jobs: int = 1  # runs trained at the same time, each in its own process
+    dtype: str = "auto"  # train.dtype of every run (fp32 keeps a sweep's figures the same on every CPU)
     # BLT-entropy's budget also pays for its entropy model: the model's training and its forward pass
     # over every training byte come out of the budget before the BLT's steps are counted
     charge_entropy: bool = True

@@ -196,7 +196,7 @@ class Bench:
         return {"steps": steps, "batch_size": p.batch_size, "seq_len": seq_len, "lr": lr,
                 "warmup_steps": min(p.warmup_steps, max(0, steps // 10)), "eval_every": 0, "eval_batches": 1,
                 "save_every": 0, "log_every": max(1, min(50, steps // 10)),
-                "seed": self.seed if seed is None else seed,
+                "seed": self.seed if seed is None else seed, "dtype": p.dtype,
                 "threads": p.threads}
 
     # --- training ---------------------------------------------------------------------------------
@@ -211,7 +211,10 @@ class Bench:
             trainer = Trainer(load_run_config(None, raw), run_dir, quiet=True)
         trainer.fit()
         wall = time.perf_counter() - t0
-        steps = trainer.total_steps
+        steps = trainer.step
+        if steps < trainer.total_steps:  # stopped by a signal: no record, and its checkpoint resumes it
+            raise OmnibyteError(f"{run_dir.name} stopped at step {steps} of {trainer.total_steps}; run the bench "
+                                f"again to continue it")
         peak = peak_rss()
         return {"run": str(run_dir), "params": trainer.model.num_params(), "steps": steps,
                 "train_flops": steps * trainer.bytes_per_step * trainer.flops_per_byte, "wall_s": round(wall, 1),
