@@ -226,6 +226,8 @@ def main() -> None:
     results_option(p, "results_core.md")
     args = p.parse_args()
     s = dict(QUICK if args.quick else FULL)
+    torch.set_num_threads(args.threads)  # before the header, whose machine line names the threads
+    started = header("")[2:]  # command, date and load average as the run starts (the title is set below)
     if args.gen:
         s["gen"] = [int(x) for x in args.gen.split(",")]
     if args.rounds:
@@ -241,7 +243,7 @@ def main() -> None:
         key, title = {(False, False): ("core_bench", "Trainer overhead and KV-cache generation"),
                       (True, False): ("core_bench-generation", "KV-cache generation against a full re-run"),
                       (False, True): ("core_bench-training", "Trainer overhead")}[args.skip_train, args.skip_generate]
-        write_section(out, key, header(title) + lines)
+        write_section(out, key, [f"## {title}", "", *started] + lines)
 
 
 if __name__ == "__main__":
