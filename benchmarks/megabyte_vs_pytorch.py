@@ -192,7 +192,8 @@ def table(job: dict, t: dict, bpb: dict | None) -> list[str]:
             f"bytes, {job['threads']} threads per side, fp32 CPU. Training speed and memory: "
             f"{how_timed(job['rounds'])} (one fresh process per side per round, order alternating; a round's "
             f"sample is the median of {job['steps']} steps after a warm-up step); generation: "
-            f"{how_timed(job['gen_rounds'])} of one generation per side. A speed-up is the ratio of medians with "
+            + (f"{how_timed(job['gen_rounds'])} of one generation per side" if job["gen_rounds"] else "not run")
+            + ". A speed-up is the ratio of medians with "
             "the range of the per-round ratios; memory ratios are of the medians. FLOPs per byte: "
             "`torch.utils.flop_counter` over one forward + backward of a training batch in each side's own "
             "process (matrix products; attention on SDPA's math path), / batch bytes.")
