@@ -194,3 +194,25 @@ def training_bytes(model, rows: int, seq_len: int, loss_of) -> int:
     grad_logits = rows * seq_len * vocab_size(model) * 4
     return int(4 * params + rows * (base + per_position * seq_len) + grad_logits)
 
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak of this process's resident memory (Linux: writing 5 to clear_refs resets
+    VmHWM), so that `peak_rss` measures what comes after. False where the system cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss() -> int | None:
+    """Bytes of this process's highest resident memory since it started or since `reset_peak_rss`
+    (Linux VmHWM); None where the system does not say."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -97,16 +97,25 @@ def test_quick_sweep_end_to_end_and_reuse(tmp_path, capsys):
     assert sorted({r["model"] for r in summary["results"]}) == sorted(available)
     assert len(summary["results"]) == 2 * len(available) and not [s for s in summary["skipped"] if "failed" in s]
     for r in summary["results"]:
-        assert r["train_flops"] <= r["budget"] and r["steps"] >= 1 and r["params"] > 0
-        assert 0 < r["val_bpb"] < 12 and r["infer_flops_per_byte"] > 0
+        assert r["train_flops"] <= r["train_flops_all"] <= r["budget"] and r["steps"] >= 1 and r["params"] > 0
+        assert 0 < r["val_bpb"] < 12 and 0 < r["test_bpb"] < 12 and r["infer_flops_per_byte"] > 0
+        assert r["peak_rss_mib"] > 50  # the training process's own peak: torch alone is more
+        # only BLT-entropy pays for something besides its own training: its entropy model
+        assert (r["entropy_flops"] > 0) == (r["model"] == "blt-entropy")
+        assert r["train_flops_all"] == pytest.approx(r["train_flops"] + r["entropy_flops"])
     by = {(r["model"], r["budget"]): r for r in summary["results"]}
+    # the entropy model's cost comes out of BLT-entropy's budget: fewer steps than space patching's
+    # (the same model, the same FLOPs per byte)
+    assert by[("blt-entropy", 6e8)]["steps"] < by[("blt-space", 6e8)]["steps"]
     # twice the budget: about twice the steps (the BPE model's are per token)
     assert by[("transformer", 6e8)]["steps"] in (2 * by[("transformer", 3e8)]["steps"],
                                                  2 * by[("transformer", 3e8)]["steps"] + 1)
-    # the BPE model is scored on the same validation bytes as the byte model
+    # the BPE model is scored on the same validation and test bytes as the byte model
     assert by[("bpe", 3e8)]["val_bytes"] == by[("transformer", 3e8)]["val_bytes"]
+    assert by[("bpe", 3e8)]["test_bytes"] == by[("transformer", 3e8)]["test_bytes"] > 0
     table = (out / "results.md").read_text()
-    assert "| model | params | train FLOPs | inference FLOPs/byte | steps | wall time | val bpb |" in table
+    assert ("| model | run | params | train FLOPs (own) | train FLOPs (all in) | inference FLOPs/byte | steps | "
+            "wall time | peak memory | val bpb | test bpb |") in table
     assert table.count("| transformer |") == 2 and "bytes per token" in table and table in printed
     png = (out / "bpb_vs_flops.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
@@ -173,12 +182,79 @@ def test_sweep_on_tasks_with_any_text_val_and_noise(tmp_path, capsys):
 
 
 def test_markdown_table_notes_skips():
-    summary = {"data": "d", "val": None, "results": [
-        {"model": "transformer", "budget": 1e9, "params": 12345, "train_flops": 9.9e8, "infer_flops_per_byte": 2.5e5,
-         "steps": 10, "wall_s": 3.2, "val_bpb": 2.5}], "skipped": ["blt-space: skipped (no module)"]}
+    summary = {"data": "d", "val": None, "preset": {"charge_entropy": True}, "results": [
+        {"model": "transformer", "name": "transformer-1e09", "budget": 1e9, "params": 12345, "train_flops": 9.9e8,
+         "infer_flops_per_byte": 2.5e5, "steps": 10, "wall_s": 3.2, "val_bpb": 2.5}],
+        "skipped": ["blt-space: skipped (no module)"]}
     table = markdown_table(summary)
-    assert "| transformer | 12.3k | 9.90e+08 | 250k | 10 | 3 s | 2.5000 |" in table
-    assert "- blt-space: skipped (no module)" in table
+    assert "| transformer | transformer-1e09 | 12.3k | 9.90e+08 | 9.90e+08 | 250k | 10 | 3 s | 2.5000 |" in table
+    assert "no test split" in table and "- blt-space: skipped (no module)" in table
+
+
+def test_frontier_chooses_on_val_and_reports_test(tmp_path, capsys):
+    """--frontier trains every grid point (quick preset: 2 sizes × 2 learning rates, × 2 vocabularies
+    for BPE) and picks, per family and budget, the lowest val bpb; the table reports its test bpb."""
+    data = write_text_dataset(tmp_path, n_docs=30, lines=8)
+    out = tmp_path / "bench"
+    rc = main(["bench", "--preset", "quick", "--data", str(data), "--out", str(out), "--budgets", "3e8",
+               "--models", "transformer,bpe", "--frontier", "--seeds", "0,1"])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((out / "results.json").read_text())
+    repeats = [r for r in summary["results"] if r["name"].endswith("-seed1")]
+    results = [r for r in summary["results"] if r not in repeats]
+    assert sorted(r["name"] for r in results if r["model"] == "transformer") == [
+        "transformer-s0-lr0.003-3e08", "transformer-s0-lr0.01-3e08", "transformer-s1-lr0.003-3e08",
+        "transformer-s1-lr0.01-3e08"]
+    bpe = [r for r in results if r["model"] == "bpe"]
+    assert len(bpe) == 8 and {r["bpe_vocab"] for r in bpe} == {300, 320}
+    assert {json.loads((Path(r["run"]) / "run.json").read_text())["model"]["dim"] for r in bpe} == {32, 16}
+    assert {r["lr"] for r in bpe} == {3e-3, 1e-2}
+    picks = {f["model"]: f for f in summary["frontier"]}
+    for model, group in (("transformer", [r for r in results if r["model"] == "transformer"]), ("bpe", bpe)):
+        best = min(group, key=lambda r: r["val_bpb"])
+        assert picks[model]["name"] == best["name"] and picks[model]["grid_points"] == len(group)
+        # the chosen run again at seed 1, the same grid point: its test bpb joins the mean
+        again = next(r for r in repeats if r["name"] == best["name"] + "-seed1")
+        assert again["seed"] == 1 and again["variant"] == best["variant"] and again["steps"] == best["steps"]
+        by_seed = picks[model]["test_by_seed"]
+        assert by_seed == {"0": best["test_bpb"], "1": again["test_bpb"]} or by_seed == {0: best["test_bpb"],
+                                                                                          1: again["test_bpb"]}
+        assert picks[model]["test_mean"] == pytest.approx((best["test_bpb"] + again["test_bpb"]) / 2)
+    assert len(repeats) == 2
+    table = (out / "results.md").read_text()
+    assert "## Frontier" in table and "(of 8)" in table and "(of 4)" in table and "| 0, 1 |" in table
+    # --seeds repeats a frontier's choices; a plain sweep has none
+    assert main(["bench", "--preset", "quick", "--data", str(data), "--out", str(out), "--seeds", "1"]) == 2
+    assert "--frontier" in capsys.readouterr().err
+    # a preset without a grid has nothing to search
+    preset = load_preset("quick")
+    preset.grid = {}
+    with pytest.raises(OmnibyteError, match="no grid|has none"):
+        Bench(out, data=str(data), preset=preset, frontier=True)
+
+
+@pytest.mark.parametrize("grid, match", [
+    ("[grid]\nsizes = [1]\n", "unknown grid key"),
+    ("[grid]\nlr = [0]\n", "grid.lr"),
+    ("[grid]\nbpe_vocab = [100]\n", "grid.bpe_vocab"),
+    ("[grid]\ntransformer = [{ depth = 3 }]\n", "depth"),
+    ("[grid]\nlr = []\n", "non-empty list"),
+])
+def test_bad_grid_is_a_one_line_error(tmp_path, grid, match):
+    text = (PRESET_DIR / "quick.toml").read_text()
+    text = text[: text.index("[grid]")] if "[grid]" in text else text
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text + grid)
+    with pytest.raises(OmnibyteError, match=match):
+        load_preset(bad)
+
+
+def test_budget_below_the_entropy_models_cost_is_named(tmp_path):
+    data = write_text_dataset(tmp_path, n_docs=30, lines=8)
+    logs: list[str] = []
+    summary = Bench(tmp_path / "b", data=str(data), preset="quick", budgets=(1e5,), models=("blt-entropy",),
+                    log=logs.append).run()
+    assert not summary["results"] and "after paying for its entropy model" in summary["skipped"][0]
 
 
 def test_parallel_jobs_train_the_same_runs(tmp_path):
@@ -221,3 +297,22 @@ def test_parallel_runs_fit_in_memory():
     assert fit_jobs(3, per_run, None) == 3  # unknown memory: as asked
     free = available_memory()
     assert free is None or free > 0
+
+
+def test_an_interrupted_run_leaves_no_record_and_resumes(tmp_path, monkeypatch):
+    """A run stopped part way (SIGTERM to a sweep saves a checkpoint and ends fit() early) is not
+    recorded as finished: the next sweep continues it from its checkpoint to the planned steps."""
+    from omnibyte.train import Trainer
+
+    data = write_text_dataset(tmp_path, n_docs=30, lines=8)
+    real_fit = Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda self, stop_after=None: real_fit(self, stop_after=2))
+    kw = dict(data=str(data), preset="quick", budgets=(6e8,), models=("transformer",), log=lambda s: None)
+    first = Bench(tmp_path / "b", **kw).run()
+    run = tmp_path / "b" / "runs" / "transformer-6e08"
+    assert not first["results"] and "stopped at step 2" in first["skipped"][0]
+    assert not (run / "bench.json").exists() and (run / "checkpoint" / "trainer.pt").is_file()
+    monkeypatch.setattr(Trainer, "fit", real_fit)
+    (result,) = Bench(tmp_path / "b", **kw).run()["results"]
+    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert result["steps"] == logged[-1] > 2 and logged[0] <= 2  # one run, continued

@@ -126,7 +126,8 @@ def test_write_cute_dataset_and_questions(tmp_path):
     c = meta["cute"]
     assert (c["train_examples"], c["heldout_examples"], c["heldout_words"]) == (40, 14, 3)
     ds = ShardDataset(tmp_path / "cute")
-    docs = [bytes(d[1:-1]).decode() for s in ("train", "val") for d in split_documents(np.asarray(ds.stream(s)))]
+    docs = [bytes(d[1:-1]).decode() for s in ("train", "val", "test")
+            for d in split_documents(np.asarray(ds.stream(s)))]
     assert len(docs) == 40 and all(re.fullmatch(r"[^\n]+\nAnswer: [^\n]*\n", d) for d in docs)
     held = read_heldout(tmp_path / "cute")
     assert len(held) == 14 and {ex.task for ex in held} == set(TASKS)

@@ -141,12 +141,14 @@ def test_write_dataset_shards_and_split_determinism(tmp_path):
     assert len(m1["splits"]["train"]["shards"]) > 1
     assert all(s["n_ids"] <= 50 for s in m1["splits"]["train"]["shards"])
     a, c = ShardDataset(tmp_path / "a"), ShardDataset(tmp_path / "c")
-    assert m1["splits"]["val"]["n_docs"] == 8 and docs_of(a, "val") != docs_of(c, "val")
+    assert m1["splits"]["val"]["n_docs"] == m1["splits"]["test"]["n_docs"] == 8
+    assert docs_of(a, "val") != docs_of(c, "val")
     # splits keep the original order and together hold every document once
     everything = [d.segments[0].data for d in docs]
-    train, val = docs_of(a, "train"), docs_of(a, "val")
-    assert sorted(train + val) == sorted(everything)
-    assert train == [d for d in everything if d in train] and val == [d for d in everything if d in val]
+    train, val, test = docs_of(a, "train"), docs_of(a, "val"), docs_of(a, "test")
+    assert sorted(train + val + test) == sorted(everything)
+    for part in (train, val, test):
+        assert part == [d for d in everything if d in part]
     shards = m1["splits"]["train"]["shards"]
     assert a.n_ids("train") == len(a.stream("train")) == sum(s["n_ids"] for s in shards)
 
@@ -154,6 +156,38 @@ def test_write_dataset_shards_and_split_determinism(tmp_path):
 def test_two_documents_give_one_val_document(tmp_path):
     meta = write_dataset(text_docs(2), tmp_path / "ds", sources=["gen"], val_fraction=0.01)
     assert meta["splits"]["val"]["n_docs"] == meta["splits"]["train"]["n_docs"] == 1
+    assert meta["splits"]["test"]["n_docs"] == 0  # train keeps its one document
+
+
+def test_test_split_leaves_val_as_it_was(tmp_path):
+    """The test documents come out of train: val holds the same documents as a dataset prepared
+    without a test split (choices made on an older val carry over)."""
+    docs = text_docs(50)
+    old = write_dataset(docs, tmp_path / "old", sources=["gen"], seed=3, val_fraction=0.1, test_fraction=0)
+    new = write_dataset(docs, tmp_path / "new", sources=["gen"], seed=3, val_fraction=0.1, test_fraction=0.2)
+    assert "test" not in old["splits"] and new["splits"]["test"]["n_docs"] == 10
+    a, b = ShardDataset(tmp_path / "old"), ShardDataset(tmp_path / "new")
+    assert docs_of(a, "val") == docs_of(b, "val")
+    assert set(docs_of(b, "test")) <= set(docs_of(a, "train"))
+    assert set(docs_of(b, "train")) == set(docs_of(a, "train")) - set(docs_of(b, "test"))
+
+
+@pytest.mark.parametrize("val, test, match", [(0.5, 0.5, "must be below 1"), (0.1, 1.0, "--test-fraction"),
+                                              (0.1, -0.1, "--test-fraction")])
+def test_bad_fractions_are_named(tmp_path, val, test, match):
+    with pytest.raises(OmnibyteError, match=match):
+        write_dataset(text_docs(10), tmp_path / "ds", sources=["gen"], val_fraction=val, test_fraction=test)
+    assert not (tmp_path / "ds").exists()
+
+
+def test_old_dataset_without_test_split_says_how_to_get_one(tmp_path):
+    write_dataset(text_docs(10), tmp_path / "ds", sources=["gen"], val_fraction=0.2, test_fraction=0)
+    meta_file = tmp_path / "ds" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["test_fraction"]  # as datasets prepared before test splits existed
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(OmnibyteError, match="prepare it again"):
+        ShardDataset(tmp_path / "ds").n_ids("test")
 
 
 def test_errors_leave_old_dataset_intact(tmp_path):
@@ -196,7 +230,7 @@ def pos_ds(tmp_path_factory):
     """A dataset whose train/val aux array `pos` is each id's position (exact in float16 below 2048)."""
     path = tmp_path_factory.mktemp("pos") / "ds"
     docs = [Document([TextSegment(bytes(range(i % 50, i % 50 + 30)))]) for i in range(60)]
-    write_dataset(docs, path, sources=["gen"], val_fraction=0.25, shard_ids=500)
+    write_dataset(docs, path, sources=["gen"], val_fraction=0.25, test_fraction=0, shard_ids=500)
     ds = ShardDataset(path)
     for split in ds.splits:
         ds.write_aux(split, "pos", np.arange(ds.n_ids(split)))

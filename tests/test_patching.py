@@ -373,14 +373,14 @@ def test_ensure_entropies_computes_once(tmp_path, monkeypatch):
     real = entropy_mod.stream_entropies
     monkeypatch.setattr(entropy_mod, "stream_entropies", lambda *a, **k: calls.append(1) or real(*a, **k))
     name = ensure_entropies(ds, model, tmp_path / "em", progress=False)
-    assert len(calls) == len(ds.splits) == 2
+    assert len(calls) == len(ds.splits) == 3
     for split in ds.splits:
         stored = ds.aux(split, name)
         expect = real(model, ds.stream(split))
         assert stored.dtype == np.float16 and np.allclose(stored, expect, atol=1e-2, rtol=1e-3)
     # second call (even from a fresh handle on the folder) finds it cached
     assert ensure_entropies(ShardDataset(ds.path), model, tmp_path / "em", progress=False) == name
-    assert len(calls) == 2
+    assert len(calls) == 3
     # another entropy model gets another name
     other = _tiny_entropy_model(5)
     other.save_pretrained(tmp_path / "em2")

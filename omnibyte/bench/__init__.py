@@ -29,8 +29,10 @@ from omnibyte.bench.presets import (
     ARCH,
     MODELS,
     BenchPreset,
+    Entry,
     arch_available,
     budget_steps,
+    frontier_entries,
     load_preset,
     parse_budgets,
     parse_models,
@@ -42,7 +44,7 @@ from omnibyte.bench.schedule import available_memory, fit_jobs, run_memory
 from omnibyte.bench.sweep import Bench, run_bench
 
 __all__ = [
-    "ARCH", "MODELS", "Bench", "BenchPreset", "arch_available", "available_memory", "budget_steps", "fit_jobs",
-    "fmt_si", "load_preset", "markdown_table", "parse_budgets", "parse_models", "plot_results", "preset_names",
-    "run_bench", "run_memory", "run_name",
+    "ARCH", "MODELS", "Bench", "BenchPreset", "Entry", "arch_available", "available_memory", "budget_steps",
+    "fit_jobs", "fmt_si", "frontier_entries", "load_preset", "markdown_table", "parse_budgets", "parse_models",
+    "plot_results", "preset_names", "run_bench", "run_memory", "run_name",
 ]

@@ -3,10 +3,11 @@ or any file given by path) and the arithmetic that turns a FLOPs budget into ste
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, fields
+import itertools
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
-from omnibyte.config import from_dict, load_toml
+from omnibyte.config import from_dict, load_toml, merge
 from omnibyte.errors import OmnibyteError
 from omnibyte.models.registry import get_model_class
 
@@ -15,6 +16,10 @@ ARCH = {"transformer": "transformer", "bpe": "transformer", "megabyte": "megabyt
         "blt-space": "blt", "blt-entropy": "blt"}
 # the preset's model tables and the arch each one configures
 TABLES = {"transformer": "transformer", "megabyte": "megabyte", "blt": "blt", "entropy": "transformer"}
+# the preset table each bench model is built from (and whose size grid it searches in frontier mode)
+TABLE_OF = {"transformer": "transformer", "bpe": "transformer", "megabyte": "megabyte", "blt-static": "blt",
+            "blt-space": "blt", "blt-entropy": "blt"}
+GRID_KEYS = ("lr", "bpe_vocab", "transformer", "megabyte", "blt")
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "bench"
 
 
@@ -37,6 +42,90 @@ class BenchPreset:
     task_limit: int = 0  # --task: held-out questions scored (0 = all)
     threads: int = 0  # torch CPU threads while training (0 = torch's default; 1 suits tiny models)
     jobs: int = 1  # runs trained at the same time, each in its own process
+    dtype: str = "auto"  # train.dtype of every run (fp32 keeps a sweep's figures the same on every CPU)
+    # BLT-entropy's budget also pays for its entropy model: the model's training and its forward pass
+    # over every training byte come out of the budget before the BLT's steps are counted
+    charge_entropy: bool = True
+    # frontier mode's search (`omnibyte bench --frontier`): learning rates and BPE vocabularies tried
+    # for every family, and per model table a list of size overrides merged into that table
+    grid: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One run of a sweep: a bench model at a budget, in frontier mode also a point of the grid
+    (`size`: index into the grid's list for the model's table; `lr`; `vocab`: the BPE vocabulary).
+    A plain sweep's entries leave the grid fields None and keep the run names of older sweeps;
+    `seed` is set for the repeats of a frontier's chosen points at the sweep's other seeds."""
+    model: str
+    budget: float
+    size: int | None = None
+    lr: float | None = None
+    vocab: int | None = None
+    seed: int | None = None
+
+    @property
+    def name(self) -> str:
+        tags = [self.model]
+        if self.size is not None:
+            tags.append(f"s{self.size}")
+        if self.lr is not None:
+            tags.append(f"lr{self.lr:g}")
+        if self.vocab is not None:
+            tags.append(f"v{self.vocab}")
+        seed = f"-seed{self.seed}" if self.seed is not None else ""
+        return "-".join(tags) + f"-{self.budget:.0e}".replace("+", "") + seed
+
+    @property
+    def variant(self) -> dict:
+        return {k: v for k, v in (("size", self.size), ("lr", self.lr), ("vocab", self.vocab)) if v is not None}
+
+
+def frontier_entries(preset: BenchPreset, models: tuple[str, ...], budgets: tuple[float, ...]) -> list[Entry]:
+    """Every grid point of every model at every budget: sizes × learning rates (× vocabularies for
+    the BPE model); a grid list the preset leaves out is the preset's one value."""
+    grid = preset.grid
+    out = []
+    for model in models:
+        sizes = range(len(grid[TABLE_OF[model]])) if grid.get(TABLE_OF[model]) else [None]
+        lrs = grid.get("lr") or [None]
+        vocabs = (grid.get("bpe_vocab") or [None]) if model == "bpe" else [None]
+        for budget, size, lr, vocab in itertools.product(budgets, sizes, lrs, vocabs):
+            out.append(Entry(model, budget, size, lr, vocab))
+    return out
+
+
+def table_for(preset: BenchPreset, model: str, size: int | None) -> dict:
+    """The model table of bench model `model` at grid size `size` (None: the preset's table)."""
+    table = TABLE_OF[model]
+    base = getattr(preset, table)
+    return merge(base, preset.grid[table][size]) if size is not None else dict(base)
+
+
+def check_grid(preset: BenchPreset, path: Path) -> None:
+    """A grid's keys and values, each size override checked against its model's config."""
+    grid = preset.grid
+    unknown = set(grid) - set(GRID_KEYS)
+    if unknown:
+        raise OmnibyteError(f"preset {path}: unknown grid key(s) {', '.join(sorted(unknown))} "
+                            f"(known: {', '.join(GRID_KEYS)})")
+    for key, value in grid.items():
+        if not isinstance(value, list) or not value:
+            raise OmnibyteError(f"preset {path}: grid.{key} must be a non-empty list")
+    for v in grid.get("lr", []):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+            raise OmnibyteError(f"preset {path}: grid.lr holds {v!r}; learning rates are positive numbers")
+    for v in grid.get("bpe_vocab", []):
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 256:
+            raise OmnibyteError(f"preset {path}: grid.bpe_vocab holds {v!r}; a BPE vocabulary is a whole number "
+                                f"above 256")
+    for table in ("transformer", "megabyte", "blt"):
+        for i, override in enumerate(grid.get(table, [])):
+            if not isinstance(override, dict):
+                raise OmnibyteError(f"preset {path}: grid.{table}[{i}] must be a table of model fields")
+            if arch_available(TABLES[table]):
+                from_dict(get_model_class(TABLES[table]).config_cls, merge(getattr(preset, table), override),
+                          prefix=f"grid.{table}[{i}]")
 
 
 def preset_names() -> list[str]:
@@ -60,7 +149,8 @@ def load_preset(preset: str | Path) -> BenchPreset:
     elif not path.is_file():
         raise OmnibyteError(f"preset file not found: {path}")
     raw = load_toml(path)
-    missing = [f.name for f in fields(BenchPreset) if f.default is MISSING and f.name not in raw]
+    missing = [f.name for f in fields(BenchPreset)
+               if f.default is MISSING and f.default_factory is MISSING and f.name not in raw]
     if missing:
         raise OmnibyteError(f"preset {path}: missing {', '.join(missing)} (see configs/bench/small.toml)")
     try:
@@ -70,6 +160,7 @@ def load_preset(preset: str | Path) -> BenchPreset:
                 from_dict(get_model_class(arch).config_cls, getattr(p, table), prefix=table)
     except OmnibyteError as e:
         raise OmnibyteError(f"preset {path}: {e}") from None
+    check_grid(p, path)
     return p
 
 
@@ -101,10 +192,14 @@ def arch_available(arch: str) -> bool:
     return True
 
 
-def budget_steps(model, budget: float, batch_size: int, seq_len: int) -> int:
-    """Training steps that fit in `budget` FLOPs: ⌊budget / (training FLOPs per id × ids per step)⌋."""
-    return int(budget // (model.flops_per_byte(seq_len)["train"] * batch_size * seq_len))
+def budget_steps(model, budget: float, batch_size: int, seq_len: int, fixed: float = 0.0,
+                 extra_per_id: float = 0.0) -> int:
+    """Training steps that fit in `budget` FLOPs: ⌊(budget − fixed) / ((training FLOPs per id +
+    extra_per_id) × ids per step)⌋. `fixed` and `extra_per_id` charge what the run needs besides
+    its own training (BLT-entropy: the entropy model's training, and its forward pass per byte)."""
+    per_step = (model.flops_per_byte(seq_len)["train"] + extra_per_id) * batch_size * seq_len
+    return max(0, int((budget - fixed) // per_step))
 
 
 def run_name(model: str, budget: float) -> str:
-    return f"{model}-{budget:.0e}".replace("+", "")
+    return Entry(model, budget).name

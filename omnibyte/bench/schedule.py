@@ -8,7 +8,7 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-from omnibyte.bench.presets import run_name
+from omnibyte.bench.presets import Entry
 from omnibyte.errors import OmnibyteError
 
 
@@ -38,9 +38,9 @@ def fit_jobs(jobs: int, per_run: int, available: int | None) -> int:
     return max(1, min(jobs, available // per_run))
 
 
-def train_parallel(bench_cls: type, args: dict, todo: list[tuple[str, float]], params: list[int], jobs: int,
+def train_parallel(bench_cls: type, args: dict, todo: list[Entry], params: list[int], jobs: int,
                    log: Callable[[str], None]) -> None:
-    """Run `bench_cls(**args).run_one(name, budget)` for each (name, budget) of `todo` in worker
+    """Run `bench_cls(**args).run_one(entry)` for each entry of `todo` in worker
     processes, `jobs` at a time, or fewer where that many of the largest run (`params`: parameters
     of the runs' models) would not fit in the available memory. The caller then runs `todo` again in
     its own process and finds the runs finished."""
@@ -52,7 +52,7 @@ def train_parallel(bench_cls: type, args: dict, todo: list[tuple[str, float]], p
             f"{need / 2**30:.1f} GiB and {free / 2**30:.1f} GiB of memory is available")
     log(f"training {len(todo)} runs, {n} at a time (one process each) ...")
     with ProcessPoolExecutor(n, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_run_one_job, bench_cls, args, name, budget) for name, budget in todo]
+        futures = [pool.submit(_run_one_job, bench_cls, args, entry) for entry in todo]
         for fut in futures:
             try:
                 fut.result()  # any other error in a worker is raised here, as it would be in the caller
@@ -60,7 +60,6 @@ def train_parallel(bench_cls: type, args: dict, todo: list[tuple[str, float]], p
                 pass  # the caller's sequential pass meets the same error and reports it
 
 
-def _run_one_job(bench_cls: type, args: dict, name: str, budget: float) -> None:
+def _run_one_job(bench_cls: type, args: dict, entry: Entry) -> None:
     """One run in a worker process of `train_parallel` (a top-level function: spawn pickles it)."""
-    tag = run_name(name, budget)
-    bench_cls(**args, log=lambda s: print(f"[{tag}] {s.strip()}", flush=True)).run_one(name, budget)
+    bench_cls(**args, log=lambda s: print(f"[{entry.name}] {s.strip()}", flush=True)).run_one(entry)

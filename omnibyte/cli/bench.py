@@ -1,5 +1,5 @@
 """omnibyte bench [sweep] [--preset small|quick|FILE.toml] [--data DIR] [--budgets 1e13,3e13] [--models ...]
-                          [--val TEXT] [--task cute] [--noise] [--jobs N] [--out DIR]
+                          [--frontier] [--val TEXT] [--task cute] [--noise] [--jobs N] [--out DIR]
    omnibyte bench bpe --data DIR --vocab 4096 --out DIR
    omnibyte bench cute --out DIR [--words FILE]"""
 
@@ -11,8 +11,12 @@ from pathlib import Path
 from omnibyte.cli.args import seed_int
 
 HELP = """sweep (the default): train each model at each training-FLOPs budget on one dataset, then write
-results.md (params, training FLOPs, inference FLOPs/byte, steps, wall time, validation bits per
-byte), results.json and bpb_vs_flops.png into --out. Finished runs in --out are reused. A preset
+results.md (params, training FLOPs — own and with BLT-entropy's entropy model included — inference
+FLOPs/byte, steps, wall time, peak memory, validation and test bits per byte), results.json and
+bpb_vs_flops.png into --out. Finished runs in --out are reused. Choose on val, report test: the
+dataset's val split is for choosing sizes and recipes, its test split for the final figures.
+--frontier trains every point of the preset's [grid] (sizes, learning rates, BPE vocabularies) and
+reports, per family and budget, the grid point best on val with its test bits per byte. A preset
 is a name (configs/bench/NAME.toml: small, quick) or the path of a TOML file of the same fields, e.g.
 a copy of configs/bench/small.toml with other model sizes: omnibyte bench --preset my.toml.
 
@@ -39,11 +43,16 @@ def add_parser(sub) -> None:
                             "of a preset file (TOML, fields as in configs/bench/small.toml)")
     sweep.add_argument("--budgets", help="training FLOPs per run, comma-separated (default: the preset's)")
     sweep.add_argument("--models", default=",".join(MODELS), help="comma-separated, from: " + ", ".join(MODELS))
-    sweep.add_argument("--val", help="score on this text file or folder instead of the dataset's val split")
+    sweep.add_argument("--frontier", action="store_true", help="train every point of the preset's [grid] and "
+                       "report each family's best on val per budget, scored on test")
+    sweep.add_argument("--val", help="score on this text file or folder instead of the dataset's val split "
+                       "(no test scores then)")
     sweep.add_argument("--task", choices=["cute"], help="also score held-out task accuracy (--data: a task suite)")
     sweep.add_argument("--noise", action="store_true", help="also score perturbed validation text")
     sweep.add_argument("--noise-rate", type=float, default=0.1)
     sweep.add_argument("--seed", type=seed_int, default=0)
+    sweep.add_argument("--seeds", help="--frontier: the grid trains at --seed, then each chosen run again at these "
+                       "seeds (comma-separated, e.g. 0,1,2); the table gives test bpb's mean and spread")
     sweep.add_argument("--threads", type=int, help="torch CPU threads for training (default: the preset's; "
                        "1 is fastest for tiny models or on a busy machine)")
     sweep.add_argument("--jobs", type=int, help="runs trained at the same time, one process each (default: the "
@@ -74,11 +83,25 @@ def run(args) -> int:
     bench = Bench(out, data=args.data or "data/kjv", preset=args.preset,
                   budgets=parse_budgets(args.budgets) if args.budgets else None, models=parse_models(args.models),
                   val=args.val, task=args.task, noise=args.noise, noise_rate=args.noise_rate, bpe_vocab=args.vocab,
-                  seed=args.seed, threads=args.threads, jobs=args.jobs, log=lambda s: print(s, flush=True))
+                  seed=args.seed, threads=args.threads, jobs=args.jobs, frontier=args.frontier,
+                  repeat_seeds=parse_seeds(args.seeds) if args.seeds else (),
+                  log=lambda s: print(s, flush=True))
     bench.run()
     print((bench.out / "results.md").read_text())
     print(f"wrote {bench.out / 'results.md'}, {bench.out / 'results.json'} and {bench.out / 'bpb_vs_flops.png'}")
     return 0
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    from omnibyte.errors import OmnibyteError
+
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise OmnibyteError(f"--seeds must be whole numbers separated by commas, e.g. 0,1,2; got {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise OmnibyteError(f"--seeds must be whole numbers ≥ 0, got {text!r}")
+    return seeds
 
 
 def make_bpe(args) -> int:

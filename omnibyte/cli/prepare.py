@@ -12,15 +12,18 @@ def add_parser(subparsers) -> None:
         "prepare",
         help="build a dataset from files (default: the King James Bible)",
         description="Turn text files, folders, globs and JSONL files ({'text': ...} or {'segments': [...]} "
-        "per line) into uint16 shards with a document-level train/val split. With no SRC, builds the "
-        "King James Bible (apt-get install bible-kjv-text) into data/kjv.",
+        "per line) into uint16 shards with a document-level train/val/test split (val for choosing, test "
+        "for the final figures). With no SRC, builds the King James Bible (apt-get install bible-kjv-text) "
+        "into data/kjv.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("sources", nargs="*", metavar="SRC", help="file, folder, glob or .jsonl file")
     p.add_argument("--out", metavar="DIR", help="dataset folder (default with no SRC: data/kjv)")
     p.add_argument("--val-fraction", type=float, default=None, help="share of documents held out for val "
                    "(default 0.01; files only: --task/--mix take --heldout)")
-    p.add_argument("--seed", type=seed_int, default=0, help="seed of the train/val split (--task/--mix: of "
+    p.add_argument("--test-fraction", type=float, default=None, help="share of documents held out for test, "
+                   "scored once per final model (default: as many as val; 0 writes no test split)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the train/val/test split (--task/--mix: of "
                    "the examples; val and test draw from seeds derived from it)")
     p.add_argument("--doc-bytes", type=int, default=16384, help="largest document cut from a text file")
     p.add_argument("--task", metavar="NAME", help="build a generated task suite instead of reading files: "
@@ -48,8 +51,9 @@ def run(args) -> int:
 
         if args.sources:
             raise OmnibyteError("--task/--mix generate their data; give no SRC with them")
-        if args.val_fraction is not None:
-            raise OmnibyteError("--val-fraction is for files; --task/--mix hold out --heldout examples per task")
+        if args.val_fraction is not None or args.test_fraction is not None:
+            raise OmnibyteError("--val-fraction and --test-fraction are for files; --task/--mix hold out "
+                                "--heldout examples per task")
         print(prepare_tasks(args.out, task=args.task, mix=args.mix, n=args.n, seed=args.seed,
                             heldout=args.heldout, options=args.task_opt))
         return 0
@@ -59,9 +63,10 @@ def run(args) -> int:
     if args.sources:
         if args.out is None:
             raise OmnibyteError("--out DIR is required when sources are given")
-        meta = prepare(args.sources, args.out, val_fraction=val_fraction, seed=args.seed,
-                       doc_bytes=args.doc_bytes, progress=True)
+        meta = prepare(args.sources, args.out, val_fraction=val_fraction, test_fraction=args.test_fraction,
+                       seed=args.seed, doc_bytes=args.doc_bytes, progress=True)
     else:
-        meta = prepare_kjv(args.out or DEFAULT_DATA_DIR, val_fraction=val_fraction, seed=args.seed)
+        meta = prepare_kjv(args.out or DEFAULT_DATA_DIR, val_fraction=val_fraction,
+                           test_fraction=args.test_fraction, seed=args.seed)
     print(summary(meta, args.out or DEFAULT_DATA_DIR))
     return 0

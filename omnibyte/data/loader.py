@@ -126,7 +126,11 @@ class ShardDataset:
 
     def _split(self, split: str) -> dict:
         if split not in self.meta["splits"]:
-            raise OmnibyteError(f"dataset {self.path} has no split {split!r} (has: {', '.join(self.splits)})")
+            hint = ""
+            if split == "test" and "val" in self.meta["splits"] and "test_fraction" not in self.meta:
+                hint = ("; it was prepared before omnibyte wrote test splits: prepare it again "
+                        "(`omnibyte prepare ... --out DIR`) for a test split")
+            raise OmnibyteError(f"dataset {self.path} has no split {split!r} (has: {', '.join(self.splits)}){hint}")
         return self.meta["splits"][split]
 
     def n_ids(self, split: str) -> int:

@@ -5,7 +5,7 @@ Sources are files, folders (recursed, sorted, hidden entries skipped), globs and
 record; media files and media segments go through hooks in `omnibyte.media`, so adding a
 modality touches that package, not this one.
 
-`write_dataset` streams documents into a scratch file first, then splits them into train/val
+`write_dataset` streams documents into a scratch file first, then splits them into train/val/test
 at document level (needs the document count, which a stream only knows at its end) and writes
 the shards. `write_splits` takes documents already split (generated task suites draw their
 val and test examples from seeds of their own). Everything happens in a hidden temporary folder
@@ -253,6 +253,15 @@ def n_val_docs(n_docs: int, val_fraction: float) -> int:
     return min(max(1, round(n_docs * val_fraction)), n_docs - 1)
 
 
+def n_heldout_docs(n_docs: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """(val, test) documents held out: val as `n_val_docs`, test likewise from what val leaves,
+    so that train always keeps at least one document."""
+    n_val = n_val_docs(n_docs, val_fraction)
+    if test_fraction <= 0 or n_docs - n_val < 2:
+        return n_val, 0
+    return n_val, min(max(1, round(n_docs * test_fraction)), n_docs - n_val - 1)
+
+
 def _check_out(out: Path) -> None:
     """Refuse to replace anything but an omnibyte dataset or an empty folder."""
     if out.is_file() or (out.is_dir() and any(out.iterdir()) and not is_dataset(out)):
@@ -260,17 +269,28 @@ def _check_out(out: Path) -> None:
 
 
 def write_dataset(documents: Iterable[Document], out: str | Path, *, sources: list[str], seed: int = 0,
-                  val_fraction: float = 0.01, shard_ids: int = SHARD_IDS) -> dict:
+                  val_fraction: float = 0.01, test_fraction: float | None = None,
+                  shard_ids: int = SHARD_IDS) -> dict:
     """Write `documents` as a dataset at `out` (replacing an older dataset there); returns meta.
 
-    The train/val split is at document level: a seeded permutation picks `n_val_docs` documents
-    for val; both splits keep the original document order.
+    The split is at document level: a seeded permutation picks `n_val_docs` documents for val and
+    the next ones for test (`test_fraction`, by default as many as val; 0 writes no test split);
+    every split keeps the original document order. Val holds the same documents with or without a
+    test split, so choices made on an older dataset's val carry over; the test documents come
+    out of train.
     """
-    if not 0 <= val_fraction < 1:
-        raise OmnibyteError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    return _write(out, sources, shard_ids, lambda tmp, writers: _split_by_fraction(documents, tmp, writers, sources,
-                                                                                    seed, val_fraction),
-                  {"seed": seed, "val_fraction": val_fraction}, ("train", "val"))
+    if test_fraction is None:
+        test_fraction = val_fraction
+    for name, fraction in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+        if not 0 <= fraction < 1:
+            raise OmnibyteError(f"{name} must be in [0, 1), got {fraction}")
+    if val_fraction + test_fraction >= 1:
+        raise OmnibyteError(f"--val-fraction + --test-fraction must be below 1 (train needs documents), got "
+                            f"{val_fraction} + {test_fraction}")
+    names = ("train", "val", "test") if test_fraction > 0 else ("train", "val")
+    return _write(out, sources, shard_ids, lambda tmp, writers: _split_by_fraction(documents, tmp, writers, seed,
+                                                                                    val_fraction, test_fraction),
+                  {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction}, names)
 
 
 def write_splits(splits: Mapping[str, Iterable[Document]], out: str | Path, *, sources: list[str], seed: int = 0,
@@ -336,7 +356,7 @@ def _add(writer: ShardWriter, ids: np.ndarray, counts: dict[str, int] | None) ->
         writer.bytes[kind] += size
 
 
-def _split_by_fraction(documents, tmp: Path, writers: dict, sources, seed, val_fraction) -> None:
+def _split_by_fraction(documents, tmp: Path, writers: dict, seed, val_fraction, test_fraction) -> None:
     # Pass 1: every document into one scratch stream; remember where each ends and what it holds.
     ends, doc_counts = [], []
     with open(tmp / "all.tmp", "wb") as f:
@@ -355,11 +375,14 @@ def _split_by_fraction(documents, tmp: Path, writers: dict, sources, seed, val_f
 
     # Pass 2: copy each document to its split.
     n_docs = len(ends)
-    is_val = np.zeros(n_docs, bool)
-    is_val[np.random.default_rng(seed).permutation(n_docs)[: n_val_docs(n_docs, val_fraction)]] = True
+    n_val, n_test = n_heldout_docs(n_docs, val_fraction, test_fraction)
+    split_of = np.full(n_docs, "train", dtype=object)
+    order = np.random.default_rng(seed).permutation(n_docs)
+    split_of[order[:n_val]] = "val"
+    split_of[order[n_val:n_val + n_test]] = "test"
     stream = np.memmap(tmp / "all.tmp", dtype=ID_DTYPE, mode="r")
     for i, (start, end) in enumerate(zip([0, *ends[:-1]], ends)):
-        _add(writers["val" if is_val[i] else "train"], np.asarray(stream[start:end]), doc_counts[i])
+        _add(writers[split_of[i]], np.asarray(stream[start:end]), doc_counts[i])
     del stream
     (tmp / "all.tmp").unlink()
 
@@ -390,8 +413,9 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def prepare(sources: Iterable[str | Path], out: str | Path, *, val_fraction: float = 0.01, seed: int = 0,
-            doc_bytes: int = DOC_BYTES, shard_ids: int = SHARD_IDS, progress: bool = False) -> dict:
+def prepare(sources: Iterable[str | Path], out: str | Path, *, val_fraction: float = 0.01,
+            test_fraction: float | None = None, seed: int = 0, doc_bytes: int = DOC_BYTES,
+            shard_ids: int = SHARD_IDS, progress: bool = False) -> dict:
     """Files, folders, globs and JSONL files -> a dataset at `out`; returns its meta.
 
     Files inside `out` itself are skipped, so preparing a folder that holds the output is safe.
@@ -408,7 +432,7 @@ def prepare(sources: Iterable[str | Path], out: str | Path, *, val_fraction: flo
             yield from documents_from_path(path, doc_bytes)
 
     return write_dataset(documents(), out, sources=sources, seed=seed, val_fraction=val_fraction,
-                         shard_ids=shard_ids)
+                         test_fraction=test_fraction, shard_ids=shard_ids)
 
 
 def summary(meta: dict, out: str | Path) -> str:
