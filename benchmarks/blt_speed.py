@@ -7,16 +7,18 @@
    where the trainer passes precomputed entropies. All models live in this process; after one
    warm-up step each, every round runs one step of each model, in an order rotated per round
    (`benchmarks.common.compare`), so they share whatever else the machine is doing.
-2. Generation (greedy, batch 1, 2,000 new bytes after a short prompt): `omnibyte.generate`
+2. Generation (greedy, batch 1, --gen-bytes new bytes after a short prompt): `omnibyte.generate`
    (KV caches in encoder, latent and decoder; patches decided online) vs re-running the full
    forward for every byte, interleaved the same way, one whole generation per side and round.
    Both pick the same bytes (checked). Static patches of 4, and entropy patching with a small
    (random) windowed entropy model that then also runs cached.
 
+Both parts time 7 interleaved rounds after a warm-up by default (`benchmarks.common.compare`).
 Tables give the median over rounds and the range (min–max); a speed-up is the ratio of medians
-with the range of the per-round ratios.
+with the range of the per-round ratios; the per-round samples follow each table.
 
-    .venv/bin/python -m benchmarks.blt_speed            # ≈ 8 minutes on a 2-core CPU
+    .venv/bin/python -m benchmarks.blt_speed            # ≈ 25 minutes on a 2-core CPU (the full re-runs)
+    .venv/bin/python -m benchmarks.blt_speed --gen-bytes 1000   # ≈ 10 minutes
     .venv/bin/python -m benchmarks.blt_speed --quick    # seconds, prints only
 """
 
@@ -32,6 +34,9 @@ from benchmarks.common import (
     fmt_rate,
     fmt_speedup,
     header,
+    how_timed,
+    load_line,
+    per_round_table,
     results_file,
     results_option,
     train_step,
@@ -46,7 +51,7 @@ from omnibyte.patching import PatcherConfig, mean_patch_len, patch_starts
 
 FULL = dict(batch_size=4, seq_len=2048, latent_dim=256, n_layers=4, n_heads=4, local_dims=(64, 128),
             local_heads=2, enc_layers=1, dec_layers=2, window=128, bytes_per_patch=4.5, steps=7,
-            gen_bytes=2000, gen_repeats=3, entropy_lm=dict(dim=64, n_layers=2, n_heads=4, window=64))
+            gen_bytes=2000, gen_repeats=7, entropy_lm=dict(dim=64, n_layers=2, n_heads=4, window=64))
 QUICK = dict(FULL, batch_size=2, seq_len=256, latent_dim=64, n_layers=2, local_dims=(32,), window=64, steps=3,
              gen_bytes=40, gen_repeats=2, entropy_lm=dict(dim=32, n_layers=1, n_heads=2, window=32))
 PROMPT = [BOS, *b"In the beginning God created the heaven and the earth."]
@@ -88,8 +93,8 @@ def training(p: dict) -> list[str]:
     times = compare(steps, repeats=p["steps"], warmup=1, log=True)
 
     base = times["byte transformer"]
-    lines = [f"Training throughput, batch {b} × {t} random bytes, forward + backward + AdamW: median (min–max) of "
-             f"{p['steps']} interleaved rounds of one step per model after one warm-up step. BLT patches: mean "
+    lines = [f"Training throughput, batch {b} × {t} random bytes, forward + backward + AdamW: {how_timed(p['steps'])}"
+             " (a round: one step per model, order rotated; after one warm-up step each). BLT patches: mean "
              f"{mean_patch_len(starts):.2f} bytes (variable length, precomputed scores as in entropy-patched "
              f"training); latent {p['latent_dim']} × {p['n_layers']} layers = the byte transformer's width and "
              f"depth; encoder {p['enc_layers']} / decoder {p['dec_layers']} layers, window {p['window']}.", "",
@@ -100,7 +105,8 @@ def training(p: dict) -> list[str]:
         fl = model.flops_per_byte(t)["train"]
         ratio = fmt_speedup(times[name], base) if times[name] is not base else "–"
         lines.append(f"| {name} | {n / 1e6:.2f}M | {fl / 1e6:.1f}M | {fmt_rate(times[name], b * t)} | {ratio} |")
-    return lines
+    return lines + ["", "Per-round seconds per step (order = the order the models ran in that round):", "",
+                    *per_round_table(times, "byte transformer", "s/step")]
 
 
 # --------------------------------------------------------------------------- generation
@@ -111,10 +117,12 @@ def generation(p: dict) -> list[str]:
     dl = p["local_dims"][-1]
     lines = [f"Greedy generation of {n} bytes (bytes only, no EOS) after a {len(PROMPT)}-id prompt, batch 1, BLT "
              f"with local width {dl} (same sizes as above): cached `omnibyte.generate` vs the full forward re-run "
-             f"per byte (`omnibyte.generate.reference.rerun_greedy`); median (min–max) of {p['gen_repeats']} "
-             "interleaved rounds.", "",
+             "per byte (`omnibyte.generate.reference.rerun_greedy`, measured in full: every step run); "
+             f"{how_timed(p['gen_repeats'])} of one whole generation per side, after an 8-byte warm-up generation of "
+             "each.", "",
              "| patching | cached bytes/s | full re-run bytes/s | speed-up | same bytes |",
              "| --- | ---: | ---: | ---: | ---: |"]
+    raw = []
     em = entropy_lm(p)
     calib = torch.tensor([PROMPT[1:] * 8])
     from omnibyte.patching.calibrate import calibrate_threshold
@@ -136,7 +144,8 @@ def generation(p: dict) -> list[str]:
         same = next((i for i, (a, b) in enumerate(zip(cached, full)) if a != b), n)
         lines.append(f"| {label} | {fmt_rate(times['cached'], n)} | {fmt_rate(times['full re-run'], n, '{:,.1f}')} | "
                      f"{fmt_speedup(times['cached'], times['full re-run'], '{:.1f}')} | {same} / {n} |")
-    return lines
+        raw += ["", f"Per-round seconds, {label}:", "", *per_round_table(times, "full re-run", "s", fmt="{:.2f}")]
+    return lines + raw
 
 
 def main() -> int:
@@ -145,7 +154,7 @@ def main() -> int:
     ap.add_argument("--skip", choices=["training", "generation"], help="leave one part out")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--steps", type=int, help="timed rounds of training steps (default 7; quick 3)")
-    ap.add_argument("--gen-repeats", type=int, help="timed rounds of generation (default 3; quick 2)")
+    ap.add_argument("--gen-repeats", type=int, help="timed rounds of generation (default 7; quick 2)")
     ap.add_argument("--gen-bytes", type=int, help="bytes to generate (default 2000; quick 40)")
     ap.add_argument("--window", type=int, help="local attention window in bytes (default 128; quick 64)")
     results_option(ap, "results_blt.md")
@@ -162,6 +171,7 @@ def main() -> int:
     if args.skip != "generation":
         print("generation ...", flush=True)
         lines += generation(p)
+    lines += ["", load_line()]
     print("\n".join(lines))
     out = results_file(args, "results_blt.md")
     if out:  # a part run alone gets its own section, so --skip never erases the other part

@@ -74,12 +74,28 @@ def command_line() -> str:
     return shlex.join([str(python), *program, *sys.argv[1:]])
 
 
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages: on a shared machine a speed figure means little
+    without them."""
+    try:
+        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def header(title: str, notes: Iterable[str] = ()) -> list[str]:
-    """The start of a results section: its title, the command, date and machine, then `notes` as
-    more bullet lines."""
+    """The start of a results section: its title, the command, date, machine and the load average
+    when the run began (`load_line` gives the one when it ended), then `notes` as more bullet
+    lines."""
     return [f"## {title}", "", f"- command: `{command_line()}`",
             f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-            f"- machine: {machine()}", *(f"- {n}" for n in notes), ""]
+            f"- machine: {machine()}", f"- load average (1 / 5 / 15 min) at the start: {load_average()}",
+            *(f"- {n}" for n in notes), ""]
+
+
+def load_line() -> str:
+    """A results line with the load average now (at the end of a run)."""
+    return f"Load average (1 / 5 / 15 min) at the end: {load_average()}."
 
 
 def write_section(results: Path, key: str, lines: list[str], title: str = "Benchmark results") -> None:
@@ -145,13 +161,18 @@ class Timing:
         return max(self.samples)
 
 
-def compare(sides: dict[str, Callable[[], Any]], repeats: int = 7, warmup: int = 1,
+REPEATS = 7  # timed rounds of a speed comparison unless a run asks for fewer (issue 25: at least 7)
+
+
+def compare(sides: dict[str, Callable[[], Any]], repeats: int = REPEATS, warmup: int = 1,
             clock: Callable[[], float] = time.perf_counter, log: bool = False) -> dict[str, Timing]:
     """Time every side `repeats` times, interleaved: after `warmup` untimed calls of each side, each
     round calls every side once, the order rotated by one place per round (with two sides: A B,
     B A, A B, …), so whatever else the machine does falls on all sides alike. A side returning
     `Measured` supplies its own seconds; else the call is timed with `clock`. `log` prints a line
     per timed call (progress of a long comparison)."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"compare needs repeats ≥ 1 and warmup ≥ 0, got {repeats} and {warmup}")
     names = list(sides)
     for _ in range(warmup):
         for name in names:
@@ -171,6 +192,48 @@ def compare(sides: dict[str, Callable[[], Any]], repeats: int = 7, warmup: int =
             if log:
                 print(f"  round {r + 1}/{repeats}, {name}: {dt:.3g} s", flush=True)
     return {n: Timing(tuple(samples[n]), tuple(values[n])) for n in names}
+
+
+def how_timed(repeats: int) -> str:
+    """The words every speed table uses for what its figures are."""
+    return f"median (min–max) of {repeats} interleaved repeats"
+
+
+def round_orders(names: Sequence[str], repeats: int) -> list[str]:
+    """The order `compare` ran `names` in, round by round, as text ('a, b', 'b, a', …)."""
+    names = list(names)
+    return [", ".join(names[r % len(names):] + names[:r % len(names)]) for r in range(repeats)]
+
+
+def per_round_table(t: dict[str, Timing], base: str, unit: str = "s", scale: float = 1.0,
+                    fmt: str = "{:.3f}") -> list[str]:
+    """The raw samples behind a comparison: one row per round with its order, every side's sample
+    (× `scale`, in `unit`) and each other side's speed-up over `base` in that round."""
+    names = list(t)
+    others = [n for n in names if n != base]
+    n = len(t[base].samples)
+    lines = ["| round | order | " + " | ".join(f"{x} ({unit})" for x in names) + " | "
+             + " | ".join(f"{x} / {base} speed" for x in others) + " |",
+             "| ---: | --- | " + " | ".join("---:" for _ in names + others) + " |"]
+    for r, order in enumerate(round_orders(names, n)):
+        cells = [fmt.format(t[x].samples[r] * scale) for x in names]
+        ratios = [f"{t[base].samples[r] / t[x].samples[r]:.2f}×" for x in others]
+        lines.append(f"| {r + 1} | {order} | " + " | ".join(cells + ratios) + " |")
+    return lines
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of one call of `fn` (e.g. a training step: forward and backward) as
+    `torch.utils.flop_counter` counts them: matrix products, with scaled-dot-product attention
+    forced onto its math path, whose products the counter sees (the CPU's fused kernel is not
+    counted at all). Attention therefore counts the full query × key product of what the code
+    computes: a dense masked window counts every masked score, a banded one only its band."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
 
 
 def spread(xs: Sequence[float], fmt: str = "{:.3g}") -> str:

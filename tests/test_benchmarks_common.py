@@ -81,3 +81,36 @@ def test_write_section_leaves_the_old_file_whole_when_the_write_fails(tmp_path, 
         common.write_section(f, "one", ["lost"])
     assert f.read_text() == before
     assert list(tmp_path.iterdir()) == [f]
+
+
+def test_compare_defaults_to_seven_timed_repeats_after_a_warm_up():
+    calls = []
+    t = common.compare(recording_sides("ab", calls))
+    assert common.REPEATS >= 7
+    assert len(calls) == 2 * (common.REPEATS + 1) and len(t["a"].samples) == common.REPEATS
+    with pytest.raises(ValueError, match="repeats"):
+        common.compare(recording_sides("ab", []), repeats=0)
+
+
+def test_per_round_table_shows_each_round_its_order_and_ratio():
+    t = {"ours": common.Timing((1.0, 2.0), ()), "peer": common.Timing((3.0, 3.0), ())}
+    lines = common.per_round_table(t, "peer")
+    assert lines[0] == "| round | order | ours (s) | peer (s) | ours / peer speed |"
+    assert lines[2] == "| 1 | ours, peer | 1.000 | 3.000 | 3.00× |"
+    assert lines[3] == "| 2 | peer, ours | 2.000 | 3.000 | 1.50× |"
+    assert common.how_timed(7) == "median (min–max) of 7 interleaved repeats"
+
+
+def test_count_flops_counts_matrix_products_and_attention():
+    torch = pytest.importorskip("torch")
+    a, b = torch.randn(4, 8), torch.randn(8, 3)
+    assert common.count_flops(lambda: a @ b) == 2 * 4 * 8 * 3
+    q = torch.randn(1, 2, 16, 8)
+    # scores and weighted values: two products of 16 × 16 × 8 per head
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    assert common.count_flops(lambda: sdpa(q, q, q)) == 2 * 2 * 2 * 16 * 16 * 8
+
+
+def test_header_records_the_load_average():
+    assert any(line.startswith("- load average") for line in common.header("t"))
+    assert common.load_line().startswith("Load average")
