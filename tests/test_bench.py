@@ -100,6 +100,7 @@ def test_quick_sweep_end_to_end_and_reuse(tmp_path, capsys):
         assert r["train_flops"] <= r["train_flops_all"] <= r["budget"] and r["steps"] >= 1 and r["params"] > 0
         assert 0 < r["val_bpb"] < 12 and 0 < r["test_bpb"] < 12 and r["infer_flops_per_byte"] > 0
         assert r["peak_rss_mib"] > 50  # the training process's own peak: torch alone is more
+        assert 0 < r["mfu"] < 1 and r["dtype"] in ("fp32", "bf16")
         # only BLT-entropy pays for something besides its own training: its entropy model
         assert (r["entropy_flops"] > 0) == (r["model"] == "blt-entropy")
         assert r["train_flops_all"] == pytest.approx(r["train_flops"] + r["entropy_flops"])
@@ -115,7 +116,7 @@ def test_quick_sweep_end_to_end_and_reuse(tmp_path, capsys):
     assert by[("bpe", 3e8)]["test_bytes"] == by[("transformer", 3e8)]["test_bytes"] > 0
     table = (out / "results.md").read_text()
     assert ("| model | run | params | train FLOPs (own) | train FLOPs (all in) | inference FLOPs/byte | steps | "
-            "wall time | peak memory | val bpb | test bpb |") in table
+            "wall time | peak memory | MFU | val bpb | test bpb |") in table
     assert table.count("| transformer |") == 2 and "bytes per token" in table and table in printed
     png = (out / "bpb_vs_flops.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

@@ -31,10 +31,12 @@ def markdown_table(summary: dict) -> str:
     has_task = any("task_accuracy" in r for r in results)
     has_test = any("test_bpb" in r for r in results)
     has_mem = any("peak_rss_mib" in r for r in results)
+    has_mfu = any("mfu" in r for r in results)
     kinds = sorted({k for r in results for k in r.get("noise", {})})
     head = ["model", "run", "params", "train FLOPs (own)", "train FLOPs (all in)", "inference FLOPs/byte", "steps",
             "wall time"]
     head += ["peak memory"] if has_mem else []
+    head += ["MFU"] if has_mfu else []
     head += ["val bpb"] + (["test bpb"] if has_test else [])
     if has_task:
         head.append("task accuracy")
@@ -76,6 +78,8 @@ def markdown_table(summary: dict) -> str:
                f"{r['wall_s']:.0f} s"]
         if has_mem:
             row.append(f"{r['peak_rss_mib']:,} MiB" if "peak_rss_mib" in r else "")
+        if has_mfu:
+            row.append(f"{r['mfu']:.1%}" if "mfu" in r else "")
         row.append(f"{r['val_bpb']:.4f}")
         if has_test:
             row.append(f"{r['test_bpb']:.4f}" if "test_bpb" in r else "")
@@ -102,6 +106,9 @@ def markdown_table(summary: dict) -> str:
                      f"in the BLT's inference FLOPs per byte).")
     if has_mem:
         notes.append("Peak memory: the training process's highest resident memory during the run (Linux VmHWM).")
+    if has_mfu:
+        notes.append("MFU: the median over the run's logged stretches of its model FLOPs per second over the peak of "
+                     "the device and dtype it trained in (omnibyte/machine.py says how the peak is derived).")
     if kinds:
         notes.append("Noise columns: noisy bpb / clean bpb on the validation text perturbed at the given rate.")
     notes += summary.get("skipped", [])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -216,7 +217,9 @@ class Bench:
             raise OmnibyteError(f"{run_dir.name} stopped at step {steps} of {trainer.total_steps}; run the bench "
                                 f"again to continue it")
         peak = peak_rss()
-        return {"run": str(run_dir), "params": trainer.model.num_params(), "steps": steps,
+        used = logged(run_dir, "mfu")  # one value per logged stretch of steps
+        return {"run": str(run_dir), "params": trainer.model.num_params(), "steps": steps, "dtype": trainer.dtype,
+                **({"mfu": statistics.median(used)} if used else {}),
                 "train_flops": steps * trainer.bytes_per_step * trainer.flops_per_byte, "wall_s": round(wall, 1),
                 "ids_per_step": trainer.bytes_per_step,
                 **({"peak_rss_mib": round(peak / 2**20)} if peak is not None else {})}
@@ -465,6 +468,15 @@ def frontier(results: list[dict]) -> list[dict]:
     return [{"model": m, "budget": b, "name": r["name"], "grid_points": sum(1 for x in results
                                                                              if (x["model"], x["budget"]) == (m, b))}
             for (m, b), r in best.items()]
+
+
+def logged(run_dir: Path, key: str) -> list[float]:
+    """The values of `key` in a run's metrics.jsonl rows (none when the file is missing)."""
+    f = run_dir / "metrics.jsonl"
+    if not f.is_file():
+        return []
+    rows = (json.loads(line) for line in f.read_text().splitlines() if line.strip())
+    return [r[key] for r in rows if key in r]
 
 
 def add_seeds(picks: list[dict], grid: list[dict], repeats: list[dict]) -> None:
