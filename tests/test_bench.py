@@ -99,7 +99,6 @@ def test_quick_sweep_end_to_end_and_reuse(tmp_path, capsys):
     for r in summary["results"]:
         assert r["train_flops"] <= r["train_flops_all"] <= r["budget"] and r["steps"] >= 1 and r["params"] > 0
         assert 0 < r["val_bpb"] < 12 and 0 < r["test_bpb"] < 12 and r["infer_flops_per_byte"] > 0
-        assert r["peak_rss_mib"] > 50  # the training process's own peak: torch alone is more
         assert 0 < r["mfu"] < 1 and r["dtype"] in ("fp32", "bf16")
         # only BLT-entropy pays for something besides its own training: its entropy model
         assert (r["entropy_flops"] > 0) == (r["model"] == "blt-entropy")
@@ -188,7 +187,7 @@ def test_markdown_table_notes_skips():
          "infer_flops_per_byte": 2.5e5, "steps": 10, "wall_s": 3.2, "val_bpb": 2.5}],
         "skipped": ["blt-space: skipped (no module)"]}
     table = markdown_table(summary)
-    assert "| transformer | transformer-1e09 | 12.3k | 9.90e+08 | 9.90e+08 | 250k | 10 | 3 s | 2.5000 |" in table
+    assert "| transformer | transformer-1e09 | 12.3k | 9.90e+08 | 9.90e+08 | 250k | 10 | 3 s |  | 2.5000 |" in table
     assert "no test split" in table and "- blt-space: skipped (no module)" in table
 
 
@@ -271,6 +270,8 @@ def test_parallel_jobs_train_the_same_runs(tmp_path):
     assert sorted(a) == sorted(b) == sorted(models)
     for m in models:  # the same deterministic training, in a worker process or not
         assert b[m]["steps"] == a[m]["steps"] and abs(b[m]["val_bpb"] - a[m]["val_bpb"]) < 1e-6
+        # each worker run had a fresh process: its peak memory is its own (torch alone is more than 50 MiB)
+        assert b[m]["peak_rss_mib"] > 50
     with pytest.raises(OmnibyteError, match="--jobs"):
         Bench(tmp_path / "bad", data=str(data), preset="quick", jobs=0)
 

@@ -30,7 +30,7 @@ def markdown_table(summary: dict) -> str:
     results = summary["results"]
     has_task = any("task_accuracy" in r for r in results)
     has_test = any("test_bpb" in r for r in results)
-    has_mem = any("peak_rss_mib" in r for r in results)
+    has_mem = True  # the column stays, blank where a run did not have its process to itself
     has_mfu = any("mfu" in r for r in results)
     kinds = sorted({k for r in results for k in r.get("noise", {})})
     head = ["model", "run", "params", "train FLOPs (own)", "train FLOPs (all in)", "inference FLOPs/byte", "steps",
@@ -105,7 +105,9 @@ def markdown_table(summary: dict) -> str:
                      f"FLOPs, {fmt_si(e['infer_flops_per_byte'])} inference FLOPs per byte (in the all-in column and "
                      f"in the BLT's inference FLOPs per byte).")
     if has_mem:
-        notes.append("Peak memory: the training process's highest resident memory during the run (Linux VmHWM).")
+        notes.append("Peak memory: the training process's highest resident memory during the run (Linux VmHWM), "
+                     "given where the run had its process to itself (with --jobs 2 or more each run trains in a "
+                     "fresh process; with one job, only the first run of the process).")
     if has_mfu:
         notes.append("MFU: the median over the run's logged stretches of its model FLOPs per second over the peak of "
                      "the device and dtype it trained in (omnibyte/machine.py says how the peak is derived).")

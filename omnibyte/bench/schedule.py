@@ -51,7 +51,8 @@ def train_parallel(bench_cls: type, args: dict, todo: list[Entry], params: list[
         log(f"{n} run(s) at a time instead of {jobs}: the largest needs about "
             f"{need / 2**30:.1f} GiB and {free / 2**30:.1f} GiB of memory is available")
     log(f"training {len(todo)} runs, {n} at a time (one process each) ...")
-    with ProcessPoolExecutor(n, mp_context=get_context("spawn")) as pool:
+    # a fresh process per run: its peak memory is its own, not what an earlier run left in the heap
+    with ProcessPoolExecutor(n, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
         futures = [pool.submit(_run_one_job, bench_cls, args, entry) for entry in todo]
         for fut in futures:
             try:

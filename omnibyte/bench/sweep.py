@@ -46,6 +46,8 @@ from omnibyte.train import Trainer, load_run_config
 from omnibyte.train.config import read_run_config
 from omnibyte.train.trainer import open_dataset
 
+_trained_here = False  # whether this process has trained a run (see `Bench.train`)
+
 
 class Bench:
     """One sweep. `run()` does everything; the pieces are methods so a script can reuse them.
@@ -204,7 +206,11 @@ class Bench:
     def train(self, raw: dict, run_dir: Path) -> dict:
         """Train one run in this process (resuming an interrupted one); returns its facts."""
         t0 = time.perf_counter()
-        reset_peak_rss()  # this run's own peak, not an earlier run's of the same process
+        # this run's own peak: measurable when nothing was trained in this process before it (a
+        # freed heap stays resident, so a second run's peak would hold the first run's memory)
+        global _trained_here
+        first = not _trained_here and reset_peak_rss()
+        _trained_here = True
         if (run_dir / "checkpoint" / "trainer.pt").is_file():
             trainer = Trainer(read_run_config(run_dir), run_dir, resume=True, quiet=True)
         else:
@@ -216,7 +222,7 @@ class Bench:
         if steps < trainer.total_steps:  # stopped by a signal: no record, and its checkpoint resumes it
             raise OmnibyteError(f"{run_dir.name} stopped at step {steps} of {trainer.total_steps}; run the bench "
                                 f"again to continue it")
-        peak = peak_rss()
+        peak = peak_rss() if first else None
         used = logged(run_dir, "mfu")  # one value per logged stretch of steps
         return {"run": str(run_dir), "params": trainer.model.num_params(), "steps": steps, "dtype": trainer.dtype,
                 **({"mfu": statistics.median(used)} if used else {}),
