@@ -53,14 +53,7 @@ def available_memory(device: torch.device | str) -> int | None:
         return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
     if device.type != "cpu":
         return None
-    room = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                room = int(line.split()[1]) * 1024
-                break
-    except OSError:
-        pass
+    room = proc_bytes("/proc/meminfo", "MemAvailable")
     if room is None and hasattr(os, "sysconf"):
         try:
             room = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -209,9 +202,15 @@ def reset_peak_rss() -> bool:
 def peak_rss() -> int | None:
     """Bytes of this process's highest resident memory since it started or since `reset_peak_rss`
     (Linux VmHWM); None where the system does not say."""
+    return proc_bytes("/proc/self/status", "VmHWM")
+
+
+def proc_bytes(path: str, field: str) -> int | None:
+    """A "FIELD: N kB" line of a Linux /proc file (meminfo, status) in bytes; None where the file
+    or the field is missing or unreadable."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass

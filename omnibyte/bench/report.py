@@ -30,12 +30,11 @@ def markdown_table(summary: dict) -> str:
     results = summary["results"]
     has_task = any("task_accuracy" in r for r in results)
     has_test = any("test_bpb" in r for r in results)
-    has_mem = True  # the column stays, blank where a run did not have its process to itself
     has_mfu = any("mfu" in r for r in results)
     kinds = sorted({k for r in results for k in r.get("noise", {})})
     head = ["model", "run", "params", "train FLOPs (own)", "train FLOPs (all in)", "inference FLOPs/byte", "steps",
             "wall time"]
-    head += ["peak memory"] if has_mem else []
+    head.append("peak memory")  # blank where a run did not have its process to itself
     head += ["MFU"] if has_mfu else []
     head += ["val bpb"] + (["test bpb"] if has_test else [])
     if has_task:
@@ -76,8 +75,7 @@ def markdown_table(summary: dict) -> str:
         row = [r["model"], r.get("name", ""), fmt_si(r["params"]), f"{r['train_flops']:.2e}",
                f"{r.get('train_flops_all', r['train_flops']):.2e}", fmt_si(r["infer_flops_per_byte"]), str(r["steps"]),
                f"{r['wall_s']:.0f} s"]
-        if has_mem:
-            row.append(f"{r['peak_rss_mib']:,} MiB" if "peak_rss_mib" in r else "")
+        row.append(f"{r['peak_rss_mib']:,} MiB" if "peak_rss_mib" in r else "")
         if has_mfu:
             row.append(f"{r['mfu']:.1%}" if "mfu" in r else "")
         row.append(f"{r['val_bpb']:.4f}")
@@ -104,10 +102,9 @@ def markdown_table(summary: dict) -> str:
                      f"per patch; the entropy model: {fmt_si(e['params'])} params, {e['train_flops']:.2e} training "
                      f"FLOPs, {fmt_si(e['infer_flops_per_byte'])} inference FLOPs per byte (in the all-in column and "
                      f"in the BLT's inference FLOPs per byte).")
-    if has_mem:
-        notes.append("Peak memory: the training process's highest resident memory during the run (Linux VmHWM), "
-                     "given where the run had its process to itself (with --jobs 2 or more each run trains in a "
-                     "fresh process; with one job, only the first run of the process).")
+    notes.append("Peak memory: the training process's highest resident memory during the run (Linux VmHWM), "
+                 "given where the run had its process to itself (with --jobs 2 or more each run trains in a "
+                 "fresh process; with one job, only the first run of the process).")
     if has_mfu:
         notes.append("MFU: the median over the run's logged stretches of its model FLOPs per second over the peak of "
                      "the device and dtype it trained in (omnibyte/machine.py says how the peak is derived).")

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
-from pathlib import Path
 
 from omnibyte.bench.presets import Entry
 from omnibyte.errors import OmnibyteError
+from omnibyte.memory import proc_bytes
 
 
 def run_memory(params: int) -> int:
@@ -21,13 +21,7 @@ def run_memory(params: int) -> int:
 
 def available_memory() -> int | None:
     """Bytes of memory the system can still give (MemAvailable of /proc/meminfo); None where unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    return proc_bytes("/proc/meminfo", "MemAvailable")
 
 
 def fit_jobs(jobs: int, per_run: int, available: int | None) -> int:
