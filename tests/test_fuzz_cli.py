@@ -805,7 +805,13 @@ def test_interrupted_prepare_cleans_up_and_exits_non_zero(tmp_path, monkeypatch,
         os.kill(os.getpid(), sig)  # arrives part way, while the temporary folder is half written
 
     monkeypatch.setattr(prepare, "documents_from_path", interrupted)
-    code, _, err = cli(["prepare", tmp_path, "--out", tmp_path / "ds"])
+    # a shell that starts the suite in the background (`cmd &` without job control) starts it with
+    # SIGINT ignored, and Python then keeps it ignored: give SIGINT its interactive meaning here
+    sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code, _, err = cli(["prepare", tmp_path, "--out", tmp_path / "ds"])
+    finally:
+        signal.signal(signal.SIGINT, sigint)
     assert code == rc and err == f"omnibyte prepare: {word}\n"
     assert not (tmp_path / "ds").exists() and not leftovers(tmp_path)
     assert signal.getsignal(signal.SIGTERM) == before  # main() restores the handler it installed
