@@ -74,6 +74,22 @@ def test_unknown_key_in_a_preset_file_is_a_one_line_error(tmp_path, capsys, line
     assert err.count("\n") == 1 and f"unknown config key '{name}'" in err and not (tmp_path / "b").exists()
 
 
+def test_a_preset_with_a_base_overrides_its_keys_and_replaces_its_grid(tmp_path):
+    small = load_preset("small")
+    (tmp_path / "v.toml").write_text('base = "small"\nbudgets = [1e13]\n[blt]\nlatent = { dim = 96 }\n'
+                                     '[grid]\nlr = [1e-3]\n')
+    p = load_preset(tmp_path / "v.toml")
+    assert tuple(p.budgets) == (1e13,) and p.lr == small.lr and p.transformer == small.transformer
+    assert p.blt["latent"]["dim"] == 96 and p.blt["latent"]["n_layers"] == small.blt["latent"]["n_layers"]
+    assert p.grid == {"lr": [1e-3]}  # the base's size lists are not inherited
+    (tmp_path / "w.toml").write_text('base = "v.toml"\n')  # found beside the file naming it
+    with pytest.raises(OmnibyteError, match="no base itself"):
+        load_preset(tmp_path / "w.toml")
+    (tmp_path / "x.toml").write_text('base = "nope"\n')
+    with pytest.raises(OmnibyteError, match="unknown preset 'nope'"):
+        load_preset(tmp_path / "x.toml")
+
+
 def test_unknown_preset_name_lists_the_known_ones(tmp_path, monkeypatch):
     with pytest.raises(OmnibyteError, match=r"unknown preset 'huge' \(known: quick, small; or pass a preset"):
         load_preset("huge")

@@ -133,10 +133,9 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
 
 
-def load_preset(preset: str | Path) -> BenchPreset:
-    """A preset by name (configs/bench/NAME.toml) or by path to a TOML file, its keys checked: a
-    missing or unknown key, or a model table its model would refuse, is a one-line error naming the
-    file."""
+def load_path(preset: str | Path, beside: Path | None = None) -> Path:
+    """The file of a preset named NAME (configs/bench/NAME.toml) or given by path (relative to the
+    preset file `beside` when one names another as its base)."""
     path = Path(preset)
     if path.suffix != ".toml" and len(path.parts) == 1:  # a name, not a path
         if not PRESET_DIR.is_dir():
@@ -146,9 +145,28 @@ def load_preset(preset: str | Path) -> BenchPreset:
         if not path.is_file():
             raise OmnibyteError(f"unknown preset {preset!r} (known: {', '.join(preset_names())}; "
                                 f"or pass a preset .toml file)")
+    elif beside is not None and not path.is_absolute() and (beside.parent / path).is_file():
+        path = beside.parent / path
     elif not path.is_file():
         raise OmnibyteError(f"preset file not found: {path}")
+    return path
+
+
+def load_preset(preset: str | Path) -> BenchPreset:
+    """A preset by name (configs/bench/NAME.toml) or by path to a TOML file, its keys checked: a
+    missing or unknown key, or a model table its model would refuse, is a one-line error naming the
+    file."""
+    path = load_path(preset)
     raw = load_toml(path)
+    if "base" in raw:  # a variant of another preset: its keys over the base's; its own [grid] replaces the base's
+        base = raw.pop("base")
+        under = load_toml(load_path(base, path)) if isinstance(base, str) else {"base": base}
+        if "base" in under:
+            raise OmnibyteError(f"preset {path}: base must name a preset that has no base itself, got {base!r}")
+        grid = raw.pop("grid", None)
+        raw = merge(under, raw)
+        if grid is not None:
+            raw["grid"] = grid
     missing = [f.name for f in fields(BenchPreset)
                if f.default is MISSING and f.default_factory is MISSING and f.name not in raw]
     if missing:
