@@ -11,8 +11,10 @@ folder, imported with `omnibyte import hf`, and each side runs in a process of i
 Scaled down where this machine cannot hold or run the real thing, each stated in the results:
 `--buckets` rows per hash table (the released 500,002 × 6 tables take 12 GB per model; a lookup
 costs the same at any size), and `--hf-bytes` bytes for the port, whose uncached generation runs
-the whole model over the whole sequence for every byte (its time grows with the length; its rate
-at `--bytes` is extrapolated from its per-byte times and labelled as such).
+the whole model over the whole sequence for every byte (its time grows with the length). Its time
+at `--bytes` is then estimated, and labelled so: its measured steps, plus its forward over the very
+sequence it would generate (the prompt and omnibyte's bytes, equal to its own where both ran) timed
+at `--forward-lengths` lengths up to the last and interpolated between them.
 
     .venv/bin/python -m benchmarks.blt_import_speed            # the BLT-1B shape (~8 GB per side)
     .venv/bin/python -m benchmarks.blt_import_speed --quick    # a tiny shape, both sides all bytes
@@ -112,13 +114,18 @@ def omnibyte_side(folder: Path, n: int, prompt_len: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     model = OmniModel.from_pretrained(folder / "run")
-    stamps = []
+    stamps, peaks = [], []
+
+    def on_token(row, tok):
+        stamps.append(time.perf_counter())
+        peaks.append(peak_rss_mib())
+
     t0 = time.perf_counter()
     out = generate(model, [prompt_ids(prompt_len)], SamplingConfig(max_new=n, temperature=0),
-                   constraints=[bytes_only()], on_token=lambda row, tok: stamps.append(time.perf_counter()))[0]
+                   constraints=[bytes_only()], on_token=on_token)[0]
     with torch.no_grad():
         starts = model.patcher(torch.tensor([prompt_ids(prompt_len) + out]))
-    return {"seconds": time.perf_counter() - t0, "stamps": [s - t0 for s in stamps], "ids": out,
+    return {"seconds": time.perf_counter() - t0, "stamps": [s - t0 for s in stamps], "ids": out, "peaks": peaks,
             "bytes_per_patch": starts.numel() / float(starts.sum()), "peak_rss_mib": peak_rss_mib()}
 
 
@@ -130,10 +137,11 @@ def hf_side(folder: Path, n: int, prompt_len: int, threads: int) -> dict:
 
     class Stamps(BaseStreamer):
         def __init__(self):
-            self.times = []
+            self.times, self.peaks = [], []
 
         def put(self, value):
             self.times.append(time.perf_counter())
+            self.peaks.append(peak_rss_mib())
 
         def end(self):
             pass
@@ -150,7 +158,43 @@ def hf_side(folder: Path, n: int, prompt_len: int, threads: int) -> dict:
 
     new = [BLT_IDS.index(t) for t in out[0, ids.shape[1]:].tolist()]
     return {"seconds": seconds, "stamps": [s - t0 for s in streamer.times[1:]], "ids": new,
-            "peak_rss_mib": peak_rss_mib()}
+            "peaks": streamer.peaks[1:], "peak_rss_mib": peak_rss_mib()}
+
+
+def hf_forwards(folder: Path, prompt_len: int, threads: int, lengths: list[int], repeats: int = 3) -> dict:
+    """Worker: the seconds of one forward of the port over the first L ids of the sequence it
+    generates (the prompt and omnibyte's greedy bytes, which are the port's where both ran), for
+    each L in `lengths`, median of `repeats`: uncached `generate` makes one such forward per byte."""
+    import torch
+    from transformers import BltForCausalLM
+
+    torch.set_num_threads(threads)
+    model = BltForCausalLM.from_pretrained(folder / "hf").eval()
+    seq = hf_ids(prompt_ids(prompt_len) + json.loads((folder / "ours.json").read_text()))
+    seconds = {}
+    with torch.no_grad():
+        for length in lengths:
+            ids = torch.tensor([seq[:length]])
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                model(ids)
+                times.append(time.perf_counter() - t0)
+            seconds[length] = statistics.median(times)
+    return {"seconds": seconds, "peak_rss_mib": peak_rss_mib()}
+
+
+def interpolate(seconds: dict[int, float], prompt_len: int, n: int) -> float:
+    """Seconds of n uncached steps, the k-th a forward over prompt_len + k ids: each step's time
+    read off the timed lengths, linearly between them (and beyond the ends along the nearest pair)."""
+    xs = sorted(seconds)
+    total = 0.0
+    for k in range(n):
+        x = prompt_len + k
+        i = min(max(1, next((j for j, v in enumerate(xs) if v >= x), len(xs) - 1)), len(xs) - 1)
+        x0, x1 = xs[i - 1], xs[i]
+        total += seconds[x0] + (seconds[x1] - seconds[x0]) * (x - x0) / (x1 - x0)
+    return total
 
 
 def extrapolate(stamps: list[float], prompt_len: int, n: int) -> float:
@@ -175,7 +219,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per side (default 1: on a shared, "
                     "loaded 2-core machine a second thread waits for the first at every op)")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints in benchmarks/out/blt_import")
-    ap.add_argument("--worker", choices=["make", "import", "omnibyte", "hf"], help=argparse.SUPPRESS)
+    ap.add_argument("--forward-lengths", type=int, default=9, help="when the port generates fewer bytes than "
+                    "omnibyte: time its forward at this many lengths up to prompt + --bytes, for an estimate of its "
+                    "whole run interpolated between them (default 9; 0: none)")
+    ap.add_argument("--worker", choices=["make", "import", "omnibyte", "hf", "forwards"], help=argparse.SUPPRESS)
+    ap.add_argument("--lengths", type=int, nargs="*", default=[], help=argparse.SUPPRESS)
     ap.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--shape", default="1b", help=argparse.SUPPRESS)
     results_option(ap, "results_blt.md")
@@ -186,7 +234,8 @@ def main() -> int:
         work = {"make": lambda: make(args.dir, shape, args.buckets, args.prompt_bytes),
                 "import": lambda: import_run(args.dir),
                 "omnibyte": lambda: omnibyte_side(args.dir, args.bytes, args.prompt_bytes, args.threads),
-                "hf": lambda: hf_side(args.dir, args.bytes, args.prompt_bytes, args.threads)}[args.worker]
+                "hf": lambda: hf_side(args.dir, args.bytes, args.prompt_bytes, args.threads),
+                "forwards": lambda: hf_forwards(args.dir, args.prompt_bytes, args.threads, args.lengths)}[args.worker]
         print(json.dumps(work()))
         return 0
 
@@ -196,10 +245,10 @@ def main() -> int:
     common = ["--dir", str(folder), "--shape", shape, "--buckets", str(args.buckets), "--prompt-bytes",
               str(args.prompt_bytes), "--threads", str(args.threads)]
 
-    def worker(kind: str, n: int = 0) -> dict:
+    def worker(kind: str, n: int = 0, extra: tuple[str, ...] = ()) -> dict:
         print(f"{kind} ...", flush=True)
-        return run_worker(sys.executable, "benchmarks.blt_import_speed", ["--worker", kind, "--bytes", str(n), *common],
-                          args.threads, timeout=6 * 3600)
+        return run_worker(sys.executable, "benchmarks.blt_import_speed",
+                          ["--worker", kind, "--bytes", str(n), *common, *extra], args.threads, timeout=6 * 3600)
 
     def side(kind: str, n: int):
         def run() -> Measured:
@@ -213,8 +262,16 @@ def main() -> int:
     # one generation per side (the port's alone takes many minutes), each in its own process
     t = compare({"omnibyte": side("omnibyte", args.bytes), "transformers": side("hf", hf_bytes)},
                 repeats=1, warmup=0, log=True)
-    load.append(os.getloadavg()[0])
     ours, theirs = t["omnibyte"].values[0], t["transformers"].values[0]
+    forwards = None
+    if hf_bytes < args.bytes and args.forward_lengths > 1:
+        (folder / "ours.json").write_text(json.dumps(ours["ids"]))
+        first, last = args.prompt_bytes + hf_bytes, args.prompt_bytes + args.bytes - 1
+        step = (last - first) / (args.forward_lengths - 1)
+        lengths = sorted({round(first + i * step) for i in range(args.forward_lengths)})
+        forwards = worker("forwards", extra=("--lengths", *map(str, lengths)))["seconds"]
+        forwards = {int(k): v for k, v in forwards.items()}
+    load.append(os.getloadavg()[0])
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
     n = min(len(ours["ids"]), len(theirs["ids"]))
@@ -238,18 +295,32 @@ def main() -> int:
              f"{ours['peak_rss_mib']:,.0f} |",
              f"| omnibyte, its first {hf_bytes} bytes (prompt included) | {hf_bytes} | "
              f"{ours['stamps'][hf_bytes - 1]:.1f} | "
-             f"{ours_rate_n:.2f} | |",
+             f"{ours_rate_n:.2f} | {ours['peaks'][hf_bytes - 1]:,.0f} |",
              f"| transformers `generate(use_cache=False)` | {hf_bytes} | {theirs['seconds']:.1f} | {theirs_rate:.3f} | "
              f"{theirs['peak_rss_mib']:,.0f} |",
              "",
              f"- same outputs: **{'yes' if same else 'no'}** over the {n} bytes both generated"
              + ("" if same else f" (first difference at byte {first})"),
-             f"- speed-up over the same {hf_bytes} bytes: **{ours_rate_n / theirs_rate:.1f}×**"]
+             f"- speed-up over the same {hf_bytes} bytes: **{ours_rate_n / theirs_rate:.1f}×**",
+             f"- peak memory over the same {hf_bytes} bytes: omnibyte {ours['peaks'][hf_bytes - 1]:,.0f} MiB, the port "
+             f"{theirs['peak_rss_mib']:,.0f} MiB (**{ours['peaks'][hf_bytes - 1] / theirs['peak_rss_mib']:.2f}×**; the "
+             "weights are mapped from the file on both sides, so the hash tables grow resident as rows are looked up)"]
     if hf_bytes < args.bytes:
         est = extrapolate(theirs["stamps"], args.prompt_bytes, args.bytes)
         lines.append(f"- the port at {args.bytes:,} bytes, extrapolated from its per-byte times (a + b·length, "
                      f"not measured): ≈{est / 60:.0f} min, {args.bytes / est:.3f} bytes/s, so ≈"
                      f"{ours_rate / (args.bytes / est):.0f}× against omnibyte's measured {ours_rate:.2f} bytes/s")
+    if forwards:
+        # the measured steps (up to prompt + hf_bytes) and the timed forwards beyond them
+        steps = [b - a for a, b in zip([0.0, *theirs["stamps"][:-1]], theirs["stamps"])]
+        est = sum(steps) + interpolate(forwards, args.prompt_bytes + hf_bytes, args.bytes - hf_bytes)
+        lines.append(f"- the port at {args.bytes:,} bytes, its first {hf_bytes} steps measured and the rest read off "
+                     f"its forward timed at {len(forwards)} lengths from {min(forwards)} to {max(forwards)} ids "
+                     f"(median of 3 each: "
+                     + ", ".join(f"{k}: {v:.2f} s" for k, v in sorted(forwards.items()))
+                     + f"; linear between them, not a full run): ≈{est / 60:.0f} min, {args.bytes / est:.3f} "
+                     f"bytes/s, so ≈**{ours_rate / (args.bytes / est):.0f}×** against omnibyte's measured "
+                     f"{ours_rate:.2f} bytes/s")
     print("\n".join(lines))
     out = results_file(args, "results_blt.md")
     if out is not None:

@@ -4,29 +4,87 @@ line naming the tensor, the key or the value."""
 
 from __future__ import annotations
 
+import json
+import struct
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
 from omnibyte.errors import OmnibyteError
+
+# values checked at a time: the check's temporaries stay a few tens of MiB for a tensor of any size
+_CHUNK = 1 << 22
+# safetensors dtype names of the floating-point types torch reads
+_SAFETENSORS_FLOATS = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def _count_non_finite(values: torch.Tensor) -> int:
+    """NaN and ±inf values in a 1-d tensor, a chunk at a time."""
+    bad = 0
+    for chunk in values.split(_CHUNK):
+        ok = torch.isfinite(chunk)
+        if not bool(ok.all()):
+            bad += int(chunk.numel() - ok.sum())
+    return bad
+
+
+def _non_finite_message(name: str, bad: int, numel: int) -> str:
+    return f"tensor {name} holds {bad:,} non-finite values (NaN or inf) of {numel:,}"
 
 
 def first_non_finite(state: Mapping[str, torch.Tensor]) -> str | None:
     """'tensor NAME holds N non-finite values (NaN or inf) of M' for the first such tensor, else None."""
     for name, t in state.items():
         if t.is_floating_point() or t.is_complex():
-            bad = ~torch.isfinite(t)
-            if bool(bad.any()):
-                return f"tensor {name} holds {int(bad.sum()):,} non-finite values (NaN or inf) of {t.numel():,}"
+            bad = _count_non_finite(t.detach().reshape(-1))
+            if bad:
+                return _non_finite_message(name, bad, t.numel())
     return None
+
+
+def first_non_finite_file(path: str | Path) -> str | None:
+    """first_non_finite for the tensors of a safetensors file, read through one reused buffer. It
+    costs a pass over the file and no memory beyond the buffer, and it leaves the pages of a
+    memory-mapped load (safetensors' `load_file`) unread: a BLT's hash n-gram tables, most of an
+    imported model's bytes, are then read only where the model looks rows up."""
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+        header.pop("__metadata__", None)
+        buffer = bytearray(_CHUNK * 8)
+        for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            dtype = _SAFETENSORS_FLOATS.get(info["dtype"])
+            if dtype is None:
+                continue
+            start, end = info["data_offsets"]
+            f.seek(8 + size + start)
+            width, left, bad = dtype.itemsize, end - start, 0
+            while left:
+                got = f.readinto(memoryview(buffer)[: min(left, len(buffer))])
+                if not got or got % width:
+                    raise OmnibyteError(f"{path}: tensor {name} is cut short; the file is truncated")
+                bad += _count_non_finite(torch.frombuffer(buffer, dtype=dtype, count=got // width))
+                left -= got
+            if bad:
+                return _non_finite_message(name, bad, (end - start) // width)
+    return None
+
+
+def _refuse_non_finite(source, bad: str | None) -> None:
+    if bad:
+        raise OmnibyteError(f"{source}: {bad}; these weights cannot be used")
 
 
 def check_finite_tensors(state: Mapping[str, torch.Tensor], source) -> None:
     """Refuse weights holding NaN or ±inf: a model loaded from them computes NaN, and would pass
     it off as a result. Names the first such tensor."""
-    bad = first_non_finite(state)
-    if bad:
-        raise OmnibyteError(f"{source}: {bad}; these weights cannot be used")
+    _refuse_non_finite(source, first_non_finite(state))
+
+
+def check_finite_file(path: str | Path) -> None:
+    """check_finite_tensors for a safetensors file, without reading its tensors into memory."""
+    _refuse_non_finite(path, first_non_finite_file(path))
 
 
 def first_mismatch(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
@@ -51,11 +109,14 @@ class WeightsMismatch(OmnibyteError):
         self.detail = detail
 
 
-def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source, assign: bool = False) -> None:
+def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source, assign: bool = False,
+                 checked: bool = False) -> None:
     """`model.load_state_dict(state)`, refusing non-finite weights and naming the first tensor that
     does not fit the model (load_state_dict itself says only "Error(s) in loading state_dict").
-    `assign`: the tensors of `state` become the model's (a model built on the meta device)."""
-    check_finite_tensors(state, source)
+    `assign`: the tensors of `state` become the model's (a model built on the meta device).
+    `checked`: the caller has already found them finite (first_non_finite_file)."""
+    if not checked:
+        check_finite_tensors(state, source)
     try:
         model.load_state_dict(state, assign=assign)
     except RuntimeError as e:

@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from omnibyte.checks import load_weights
+from omnibyte.checks import check_finite_file, load_weights
 from omnibyte.config import from_dict
 from omnibyte.errors import OmnibyteError
 from omnibyte.files import CONFIG, WEIGHTS, resolve_model_dir
@@ -123,8 +123,11 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Om
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         model = build_model(cfg["arch"], cfg["model"])
     try:
+        # on the CPU the tensors stay mapped from the file; checked through a buffer, not the
+        # mapping, so a page of weights is read only when the model reads it
         state = load_file(str(path / WEIGHTS), device=str(map_location))
+        check_finite_file(path / WEIGHTS)
     except (SafetensorError, OSError) as e:
         raise OmnibyteError(f"corrupt or unreadable weights {path / WEIGHTS}: {e}") from None
-    load_weights(model, compat.state_dict(cfg["arch"], state), path / WEIGHTS, assign=True)  # finite, each fits
+    load_weights(model, compat.state_dict(cfg["arch"], state), path / WEIGHTS, assign=True, checked=True)
     return model.to(map_location).eval()
