@@ -66,16 +66,31 @@ TEXT_TARGET = 1.05  # the model's KJV bits per byte at most 5% above the text-on
 # ----------------------------------------------------------------------------- training facts
 
 
+# a logged window slower than this share of the run's median rate was a pause (the process stopped
+# or starved by another job), not training: it is counted at the median rate
+PAUSED = 0.1
+
+
 def training_facts(run: Path) -> dict:
-    """Steps, training minutes (the logged throughput: evaluation left out) and FLOPs of a finished run."""
-    rows = [r for r in metrics(run) if "loss" in r]
+    """Steps, training minutes (the logged throughput: evaluation left out; a paused window at the
+    run's median rate), the minutes as logged, the paused windows, and FLOPs of a finished run."""
+    rows = [r for r in metrics(run) if "loss" in r and r.get("bytes_per_s")]
     settings = run_settings(run)["train"]
     per_step = settings["batch_size"] * settings["seq_len"] * settings.get("grad_accum", 1)
-    seconds, last = 0.0, 0
+    median = statistics.median(r["bytes_per_s"] for r in rows) if rows else 0.0
+    seconds = logged = 0.0
+    last, paused = 0, []
     for r in rows:
-        seconds += (r["step"] - last) * per_step / r["bytes_per_s"] if r["bytes_per_s"] else 0.0
+        work = (r["step"] - last) * per_step
+        logged += work / r["bytes_per_s"]
+        if r["bytes_per_s"] < PAUSED * median:
+            paused.append({"step": r["step"], "seconds": work / r["bytes_per_s"]})
+            seconds += work / median
+        else:
+            seconds += work / r["bytes_per_s"]
         last = r["step"]
-    return {"steps": last, "train_minutes": seconds / 60, "flops": rows[-1]["flops"] if rows else 0.0}
+    return {"steps": last, "train_minutes": seconds / 60, "logged_minutes": logged / 60, "paused": paused,
+            "flops": rows[-1]["flops"] if rows else 0.0}
 
 
 def text_bytes_seen(run: Path) -> int:
@@ -207,7 +222,8 @@ def run_section(args, result: dict) -> list[str]:
     settings = run_settings(args.run)
     lines = header(f"One model for every task: {args.run.name} ({result['split']} split)", [
         f"run: `{args.run}` ({facts['steps']} steps, {facts['train_minutes']:.1f} minutes of training by its "
-        f"logged throughput, {facts['flops']:.3g} training FLOPs, seed {settings['train']['seed']})",
+        f"logged throughput{paused_note(facts)}, {facts['flops']:.3g} training FLOPs, "
+        f"seed {settings['train']['seed']})",
         f"data: `{result['data']}`; every held-out {result['split']} example answered, the first {result['draws']} "
         f"drawing prompts drawn at temperature {result['draw_temperature']:g} and judged by "
         f"benchmarks/fashion_judge.py ({100 * result['judge']['test_accuracy']:.1f}% on the official test images)",
@@ -225,6 +241,14 @@ def run_section(args, result: dict) -> list[str]:
         for k, v in m.items():
             lines.append(f"| {kind} | {k} | {fmt(v) if not isinstance(v, int) else v} |")
     return lines
+
+
+def paused_note(facts: dict) -> str:
+    if not facts.get("paused"):
+        return ""
+    windows = ", ".join(f"{p['seconds'] / 60:.0f} min up to step {p['step']}" for p in facts["paused"])
+    return (f" ({facts['logged_minutes']:.1f} as logged, with {len(facts['paused'])} window(s) where the process was "
+            f"paused, below a tenth of its median rate ({windows}), counted at the median rate)")
 
 
 def combine(paths: list[Path], split: str) -> list[str]:
@@ -274,6 +298,8 @@ def main() -> int:
                     "that fill MINUTES of training on this machine")
     ap.add_argument("--data", type=Path,
                     help="with --steps-for: the dataset the probe trains on (default: the config's)")
+    ap.add_argument("--section-only", action="store_true", help="write RUN's results section again from its "
+                    "results-SPLIT.json, its training minutes recounted (nothing is answered again)")
     ap.add_argument("--judge-images", type=int, help="train the drawing judge on the first N Fashion-MNIST training "
                     "images only, cached apart from the full judge (a smoke run)")
     args = ap.parse_args()
@@ -294,7 +320,14 @@ def main() -> int:
         ap.error(f"{args.run} is not a finished run (no run.json and checkpoint/)")
     if not is_dataset(args.text_data):
         ap.error(f"{args.text_data} is not a prepared dataset (make it with `omnibyte prepare --mix kjv:SHARE`)")
-    result = score_run(args)
+    if args.section_only:
+        saved = args.run / f"results-{args.split}.json"
+        if not saved.is_file():
+            ap.error(f"{saved} does not exist: score the run first")
+        result = {**json.loads(saved.read_text()), "training": training_facts(args.run)}
+        saved.write_text(json.dumps(json_safe(result), indent=2) + "\n")
+    else:
+        result = score_run(args)
     lines = run_section(args, result)
     print("\n".join(lines))
     write_section(args.results, f"one-model-{args.split}-{args.run.name}", lines, "Multimodal benchmarks")

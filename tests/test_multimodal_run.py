@@ -76,7 +76,19 @@ def test_training_facts_time_steps_by_their_logged_throughput(tmp_path):
     fake_run(tmp_path / "run", tmp_path, steps=6)
     facts = training_facts(tmp_path / "run")
     assert facts["steps"] == 6 and facts["flops"] == 6e6
-    assert facts["train_minutes"] == pytest.approx(6 * 2 * 256 / 512 / 60)
+    assert facts["train_minutes"] == facts["logged_minutes"] == pytest.approx(6 * 2 * 256 / 512 / 60)
+    assert facts["paused"] == []
+
+
+def test_training_facts_count_a_paused_window_at_the_median_rate(tmp_path):
+    fake_run(tmp_path / "run", tmp_path, steps=10)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows[3]["bytes_per_s"] = 5.0  # steps 4..6 took 204.8 s: the process was stopped, not training
+    (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    facts = training_facts(tmp_path / "run")
+    assert facts["train_minutes"] == pytest.approx(10 * 2 * 256 / 512 / 60)
+    assert facts["logged_minutes"] == pytest.approx((8 * 2 * 256 / 512 + 2 * 2 * 256 / 5) / 60)
+    assert facts["paused"] == [{"step": 6, "seconds": pytest.approx(2 * 2 * 256 / 5)}]
 
 
 def test_text_bytes_seen_counts_the_text_documents_of_the_trained_windows(tmp_path):
