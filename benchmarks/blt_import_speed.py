@@ -23,6 +23,7 @@ at `--forward-lengths` lengths up to the last and interpolated between them.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import shutil
@@ -192,7 +193,7 @@ def interpolate(seconds: dict[int, float], prompt_len: int, n: int) -> float:
     total = 0.0
     for k in range(n):
         x = prompt_len + k
-        i = min(max(1, next((j for j, v in enumerate(xs) if v >= x), len(xs) - 1)), len(xs) - 1)
+        i = min(max(1, bisect.bisect_left(xs, x)), len(xs) - 1)  # the pair [i - 1, i] around x
         x0, x1 = xs[i - 1], xs[i]
         total += seconds[x0] + (seconds[x1] - seconds[x0]) * (x - x0) / (x1 - x0)
     return total
@@ -312,9 +313,8 @@ def main() -> int:
                      f"not measured): ≈{est / 60:.0f} min, {args.bytes / est:.3f} bytes/s, so ≈"
                      f"{ours_rate / (args.bytes / est):.0f}× against omnibyte's measured {ours_rate:.2f} bytes/s")
     if forwards:
-        # the measured steps (up to prompt + hf_bytes) and the timed forwards beyond them
-        steps = [b - a for a, b in zip([0.0, *theirs["stamps"][:-1]], theirs["stamps"])]
-        est = sum(steps) + interpolate(forwards, args.prompt_bytes + hf_bytes, args.bytes - hf_bytes)
+        # the measured steps (until its last byte's stamp) and the timed forwards beyond them
+        est = theirs["stamps"][-1] + interpolate(forwards, args.prompt_bytes + hf_bytes, args.bytes - hf_bytes)
         lines.append(f"- the port at {args.bytes:,} bytes, its first {hf_bytes} steps measured and the rest read off "
                      f"its forward timed at {len(forwards)} lengths from {min(forwards)} to {max(forwards)} ids "
                      f"(median of 3 each: "
