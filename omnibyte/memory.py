@@ -2,8 +2,8 @@
 training refuse a request that cannot fit with one line up front instead of running out of memory
 part way (a traceback, or the kernel killing the process).
 
-Estimates come from the model itself: its decoding state (`init_state`) measured at two lengths
-gives the bytes each position costs (KV caches and whatever else a model keeps per position); the
+Estimates come from the model itself: its decoding state (`init_state`), made whole and measured at two
+lengths, gives the bytes each position costs (KV caches and whatever else a model keeps per position); the
 activations autograd keeps for two short training windows give a training step's bytes per
 position; its vocabulary gives the bytes of the logits. They count what grows with the request; a
 model's own transient buffers are left out, so they are lower bounds, meant to catch requests far
@@ -12,6 +12,8 @@ beyond the machine rather than to predict peak use exactly.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import os
 import weakref
@@ -25,6 +27,24 @@ from omnibyte.format import VOCAB_SIZE
 PROBE_LENS = (64, 128)  # decoding-state lengths measured to find the bytes per position
 LIST_BYTES = 16  # a generated id kept in Python lists: the row's sequence and its new ids
 _probes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_FULL = contextvars.ContextVar("omnibyte_full_states", default=False)
+
+
+@contextlib.contextmanager
+def full_states():
+    """Decoding states made inside allocate every position they may hold up front. Outside, their
+    caches start small and grow as positions are fed; measuring the most a state can take (what a
+    request must fit) needs them whole."""
+    token = _FULL.set(True)
+    try:
+        yield
+    finally:
+        _FULL.reset(token)
+
+
+def states_full() -> bool:
+    """Whether decoding states are being made whole (inside `full_states`)."""
+    return _FULL.get()
 
 
 def gib(n: float) -> str:
@@ -114,7 +134,7 @@ def state_cost(model) -> StateCost:
         cost = StateCost(0, 0, 1)
     if cost is None:
         a, b = PROBE_LENS
-        with torch.no_grad():
+        with torch.no_grad(), full_states():
             small = model.init_state(1, a)
             large = model.init_state(1, b)
         size_a, size_b = tensor_bytes(small), tensor_bytes(large)

@@ -20,6 +20,7 @@ from omnibyte.eval.flops import measure_flops_per_byte
 from omnibyte.format import AUDIO_MULAW8, BOS, EOI, N_BYTES, AudioSegment, Document, ImageSegment, TextSegment, encode
 from omnibyte.generate import DecodeBatch, SamplingConfig, generate
 from omnibyte.generate.reference import rerun_greedy
+from omnibyte.memory import full_states, state_cost, tensor_bytes
 from omnibyte.models import OmniModel, build_model
 from omnibyte.models.registry import _MODULES
 from omnibyte.patching import compute_entropies
@@ -78,6 +79,13 @@ def make(name: str, entropy_dir, seed: int = 0) -> OmniModel:
         for p in model.adapters.parameters():
             p.normal_(0, 0.3)
     return model
+
+
+@pytest.fixture(autouse=True)
+def growing_caches(monkeypatch):
+    """Decoding states start with room for 2 positions, so every cached check here also grows
+    them many times over (rows at different lengths, joining a running batch)."""
+    monkeypatch.setattr("omnibyte.nn.cache.FIRST_CAPACITY", 2)
 
 
 @pytest.fixture(params=SUBJECTS)
@@ -220,6 +228,20 @@ def sharpen(m: OmniModel) -> OmniModel:
     with torch.no_grad():
         m.head.weight.mul_(10)
     return m
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_state_sized_for_a_long_context_holds_what_it_was_fed(name, entropy_dir):
+    # its caches grow with the positions fed, not with the context it may reach; the memory
+    # estimate (`state_cost`) still counts the whole state a request may fill
+    m = make(name, entropy_dir)
+    with torch.no_grad():
+        with full_states():
+            whole = tensor_bytes(m.init_state(1, 4096))
+        state = m.init_state(1, 4096)
+        m.step(state, text_ids(1, 40))
+    assert tensor_bytes(state) < whole / 4
+    assert state_cost(m).per_position * 4096 > whole / 2
 
 
 def test_greedy_generation_equals_a_full_rerun(subject):

@@ -62,7 +62,7 @@ from omnibyte.media.layout import document_ids
 from omnibyte.models.base import ModelOutput, OmniModel
 from omnibyte.models.registry import register
 from omnibyte.nn import KVCache, StackConfig, TransformerStack, causal_mask, stack_flops
-from omnibyte.nn.cache import Rows, row_index
+from omnibyte.nn.cache import Rows, first_capacity, grow, row_index
 from omnibyte.nn.cross_attention import CrossBlock
 from omnibyte.nn.hash_ngram import HashNgramEmbedding, NgramConfig
 from omnibyte.patching import Patcher, PatcherConfig, PatchStream, patch_ids
@@ -159,8 +159,8 @@ class BLTState:
     enc_caches: KVCache
     lat_caches: KVCache
     dec_caches: KVCache
-    dec_k: list  # per reader (B, L+2, k, H, D): the decoder's keys per slot (0 = start, p+1 = patch p; last: scratch)
-    dec_v: list
+    dec_k: list  # per reader (B, S, k, H, D): the decoder's keys per slot (0 = start, p+1 = patch p; last:
+    dec_v: list  # scratch); S grows with the patches closed, up to L+2
     patches: PatchStream
     adapters: AdapterState | None = None
 
@@ -293,8 +293,8 @@ class BLT(OmniModel):
             n_closed=torch.zeros(b, **long), doc=torch.zeros(b, **long),
             enc_caches=self.encoder.new_caches(b, n, dev, dt), lat_caches=self.latent.new_caches(b, n, dev, dt),
             dec_caches=self.decoder.new_caches(b, n, dev, dt),
-            dec_k=[k0.new_zeros(b, n + 2, *k0.shape[2:]) for k0, _ in kv0],
-            dec_v=[v0.new_zeros(b, n + 2, *v0.shape[2:]) for _, v0 in kv0],
+            dec_k=[k0.new_zeros(b, first_capacity(n + 2), *k0.shape[2:]) for k0, _ in kv0],
+            dec_v=[v0.new_zeros(b, first_capacity(n + 2), *v0.shape[2:]) for _, v0 in kv0],
             patches=self.patcher.stream(b, n, dev), adapters=self.adapters.init_state(b, n, dev))
         self.clear_rows(state)
         return state
@@ -392,11 +392,21 @@ class BLT(OmniModel):
         keys = torch.arange(int(n_closed.max()) + c, device=dev)
         mask = (keys <= pidx[..., None]) & (state.patch_doc[row_of, keys][:, None] == pdoc[..., None])  # (R, c, keys)
         z = self.latent(patches, pos=pidx, mask=mask[:, None], caches=state.lat_caches, rows=rows, advance=closed)
+        self._reserve_slots(state, int(n_closed.max()) + c + 1)
         dest = torch.where(j < n_new, pidx + 1, state.dec_k[0].shape[1] - 1)  # spare positions → scratch
         for dec_k, dec_v, (k, v) in zip(state.dec_k, state.dec_v, self.decoder_kv(z)):  # (R, c, k, H, D)
             dec_k[row_of, dest] = k
             dec_v[row_of, dest] = v
         state.n_closed[row_of[:, 0]] = n_closed + n_new[:, 0]
+
+    @staticmethod
+    def _reserve_slots(state: BLTState, n: int) -> None:
+        """Grow the decoder's slots to hold slots 0..n-1 and the scratch slot after them; the old
+        scratch slot is not carried over."""
+        have, limit = state.dec_k[0].shape[1], state.ids.shape[1] + 2
+        if n + 1 > have:
+            state.dec_k = [grow(k, 1, n + 1, limit, keep=have - 1) for k in state.dec_k]
+            state.dec_v = [grow(v, 1, n + 1, limit, keep=have - 1) for v in state.dec_v]
 
     # --- cost ------------------------------------------------------------------------------------
     def flops_per_byte(self, seq_len: int) -> dict[str, float]:

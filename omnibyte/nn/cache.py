@@ -1,5 +1,6 @@
-"""Caches: the KV cache for incremental decoding (preallocated (B, H, max_len, D) buffers per
-layer, filled row by row), and `eager_lru_cache` for small constant tables."""
+"""Caches: the KV cache for incremental decoding ((B, H, capacity, D) buffers per layer, filled
+row by row, growing up to max_len as positions arrive), `grow` for other per-position state, and
+`eager_lru_cache` for small constant tables."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import functools
 from collections.abc import Sequence
 
 import torch
+
+from omnibyte.memory import states_full
+
+FIRST_CAPACITY = 256  # positions a growing buffer starts with (all of them inside memory.full_states)
 
 
 def eager_lru_cache(maxsize: int):
@@ -37,24 +42,55 @@ def row_index(rows: Rows, device=None) -> slice | torch.Tensor:
     return torch.tensor(list(rows), dtype=torch.long, device=device)
 
 
+def first_capacity(limit: int) -> int:
+    """Positions a growing buffer of at most `limit` starts with."""
+    return limit if states_full() else min(limit, FIRST_CAPACITY)
+
+
+def grow(buf: torch.Tensor, dim: int, need: int, limit: int, keep: int | None = None) -> torch.Tensor:
+    """`buf` when its `dim` holds `need` positions; else a zero-filled copy with that dim doubled
+    (at least `need`, at most `limit`) holding buf's first `keep` positions (all by default).
+    Doubling keeps the copies to a constant share of the positions fed."""
+    have = buf.shape[dim]
+    if need <= have:
+        return buf
+    if need > limit:
+        raise RuntimeError(f"buffer full: {need} > {limit} positions")
+    shape = list(buf.shape)
+    shape[dim] = min(limit, max(need, 2 * have))
+    out = buf.new_zeros(shape)
+    keep = have if keep is None else keep
+    out.narrow(dim, 0, keep).copy_(buf.narrow(dim, 0, keep))
+    return out
+
+
 class KVCache:
-    """Keys and values of a stack's layers, up to `max_len` positions per row (preallocated
-    (B, H, max_len, D) buffers per layer). Rows fill independently: `lengths[r]` positions of
+    """Keys and values of a stack's layers, up to `max_len` positions per row, in (B, H, capacity,
+    D) buffers per layer that start at `first_capacity` and grow as calls need (a request sized for
+    a long context holds only what it has fed). Rows fill independently: `lengths[r]` positions of
     row r are cached, so the rows of one state may be at different positions (a server's requests
     join and leave a running batch between steps)."""
 
     def __init__(self, n_layers: int, batch_size: int, n_heads: int, max_len: int, head_dim: int, device=None,
                  dtype=torch.float32):
-        shape = (batch_size, n_heads, max_len, head_dim)
+        self.max_len = max_len
+        shape = (batch_size, n_heads, first_capacity(max_len), head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
-        self.shape = shape
         self.lengths = [0] * batch_size  # kept on the host: read every step without a device sync
         self.shifted: dict[tuple[int, str], torch.Tensor] = {}  # token shift: each row's last shifted half
 
     @property
-    def max_len(self) -> int:
-        return self.shape[2]
+    def shape(self) -> tuple[int, int, int, int]:
+        """(B, H, capacity, D) of every layer's buffers."""
+        return tuple(self.k[0].shape) if self.k else (len(self.lengths), 0, 0, 0)
+
+    def reserve(self, end: int) -> None:
+        """Grow the buffers to hold `end` positions per row; raises past max_len."""
+        if end > self.max_len:
+            raise RuntimeError(f"KV cache full: {end} > {self.max_len} positions")
+        self.k = [grow(k, 2, end, self.max_len) for k in self.k]
+        self.v = [grow(v, 2, end, self.max_len) for v in self.v]
 
     def lengths_of(self, rows: Rows) -> list[int]:
         return list(self.lengths) if rows is None else [self.lengths[r] for r in rows]
@@ -92,8 +128,7 @@ class CacheFeed:
         self.inner = [r - self.span.start for r in self.rows] if gaps else None  # writers' places in the span
         self.starts = cache.lengths_of(self.rows)
         self.end = max(self.starts) + t
-        if self.end > cache.max_len:
-            raise RuntimeError(f"KV cache full: {self.end} > {cache.max_len} positions")
+        cache.reserve(self.end)
         self.flat = self.take = None
         if self.inner is not None or any(s != self.starts[0] for s in self.starts):
             # each writer at its own positions: flat indices into a layer's (B·H·L, D) rows
