@@ -11,9 +11,10 @@ HELP = """Serve a trained byte model over HTTP: an OpenAI-compatible API (/v1/co
 /v1/chat/completions, /v1/models; streaming; images and audio in and out) and a web page at /.
 Concurrent requests decode together in one batch, joining and leaving it between steps.
 
-Each of the --max-batch rows holds --max-context ids of model state, allocated at start: size them
-to the machine. Past a limit a request gets a 4xx answer; with every row busy and --max-queue
-requests waiting, a 503. SIGTERM or Ctrl-C ends open streams after their text so far, then stops."""
+Each of the --max-batch rows holds up to --max-context ids of model state, growing as it fills and
+checked at start as if every row were full: size them to the machine. Past a limit a request gets
+a 4xx answer; with every row busy and --max-queue requests waiting, a 503. SIGTERM or Ctrl-C ends
+open streams after their text so far, then stops."""
 
 
 def add_parser(sub) -> None:

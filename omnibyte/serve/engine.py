@@ -256,8 +256,9 @@ class Engine:
                     sent_at = now
 
     def _check_fits(self) -> None:
-        """The decoding state of every row is allocated at start: refuse settings it cannot fit in
-        with one line, instead of running out of memory."""
+        """Every row's decoding state may fill to max_context (it grows as the row does): refuse
+        settings whose full state cannot fit with one line at start, instead of running out of
+        memory later under load."""
         s = self.settings
         check_fits(decoding_bytes(self.model, s.max_batch, s.max_context, min(s.prefill_chunk, s.max_context)),
                    self.model.device, f"serving {s.max_batch} rows of {s.max_context:,} ids",
