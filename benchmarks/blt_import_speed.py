@@ -67,15 +67,13 @@ def prompt_ids(n: int) -> list[int]:
     return [BOS, *(PROMPT * 4)[: n - 1]]
 
 
-def make(folder: Path, shape: str, buckets: int, prompt_len: int) -> dict:
-    """Worker: a random BltForCausalLM of `shape`, its threshold at ~4.5 bytes/patch on the prompt,
-    saved to folder/hf."""
-    import torch
-    from transformers import BltConfig, BltForCausalLM
+def blt_config(shape: str, buckets: int):
+    """transformers' BltConfig of a shape in SHAPES, hash tables of `buckets` rows."""
+    from transformers import BltConfig
 
     s = SHAPES[shape]
     local = dict(hidden_size=s["dl"], num_attention_heads=s["heads"], hidden_size_global=s["dg"], cross_attn_k=2)
-    cfg = BltConfig(
+    return BltConfig(
         cross_attn_k=2, encoder_hash_byte_group_vocab=buckets, local_attention_window_len=s["window"], use_cache=False,
         encoder_config=dict(local, num_hidden_layers=s["enc_layers"], intermediate_size=s["enc_mlp"]),
         decoder_config=dict(local, num_hidden_layers=s["dec_layers"], intermediate_size=s["dec_mlp"],
@@ -84,6 +82,15 @@ def make(folder: Path, shape: str, buckets: int, prompt_len: int) -> dict:
                            intermediate_size=s["glob_mlp"]),
         patcher_config=dict(hidden_size=s["em_dim"], num_attention_heads=s["em_heads"],
                             num_hidden_layers=s["em_layers"], intermediate_size=s["em_mlp"], sliding_window=512))
+
+
+def make(folder: Path, shape: str, buckets: int, prompt_len: int) -> dict:
+    """Worker: a random BltForCausalLM of `shape`, its threshold at ~4.5 bytes/patch on the prompt,
+    saved to folder/hf."""
+    import torch
+    from transformers import BltForCausalLM
+
+    cfg = blt_config(shape, buckets)
     torch.manual_seed(0)
     t0 = time.perf_counter()
     model = BltForCausalLM(cfg).eval()
